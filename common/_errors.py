@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttestationError",
+    "CiphertextError",
     "ConfigError",
     "DecodeError",
     "Error",
@@ -93,6 +94,12 @@ class ReceiptError(VerificationError):
     code = "receipt"
 
 
+class CiphertextError(VerificationError):
+    """A sealed message failed authentication: tampered, replayed, reordered or misrouted."""
+
+    code = "ciphertext"
+
+
 class PolicyError(VerificationError):
     """Verified evidence does not satisfy the trust policy."""
 
@@ -155,6 +162,7 @@ _BY_CODE: dict[str, type[Error]] = {
         LimitError,
         VerificationError,
         AttestationError,
+        CiphertextError,
         ReceiptError,
         PolicyError,
         ManifestError,

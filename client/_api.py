@@ -1,0 +1,232 @@
+"""The client library: ``connect(...)`` → :class:`Session` with ``.embed(texts)``.
+
+A blocking socket drives the sans-IO :class:`~ephemeralml.common._session.ClientSession`.
+Nothing but the hello (a random nonce) is sent before the enclave's attestation has
+verified under the policy; every response's receipt is verified before its result
+is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+import numpy as np
+
+from ephemeralml.common._attestation import VerifiedAttestation
+from ephemeralml.common._binding import EnclaveBinding
+from ephemeralml.common._errors import (
+    ConfigError,
+    Error,
+    InferenceError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportError,
+    error_from_code,
+)
+from ephemeralml.common._messages import EmbedRequest, EmbedResult
+from ephemeralml.common._receipt import VerifiedReceipt
+from ephemeralml.common._session import (
+    Attested,
+    ClientSession,
+    RequestFailed,
+    ResponseReceived,
+)
+
+from ._policy import ClientPolicy
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_MODEL",
+    "DEFAULT_TIMEOUT_S",
+    "MAX_TEXTS_PER_REQUEST",
+    "Embeddings",
+    "Session",
+    "connect",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:5000"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: How long to wait for the enclave at any step; a first request may include model
+#: warm-up, so this is generous. Past it the session ends with a TransportError.
+DEFAULT_TIMEOUT_S = 30.0
+#: Texts per sealed request; more are split into several requests (one receipt each).
+MAX_TEXTS_PER_REQUEST = 64
+
+_READ_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings of one request, with the verified receipt that covers them."""
+
+    model: str
+    vectors: np.ndarray  # float32 [n, dim], L2-normalised
+    receipt: VerifiedReceipt
+    request_cbor: bytes  # the exact bytes whose hash is the receipt's request_hash
+    response_cbor: bytes  # the exact bytes whose hash is the receipt's response_hash
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def _parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("tcp:").strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"address {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+class Session:
+    """One attested, encrypted session with an enclave (through the host)."""
+
+    def __init__(self, sock: socket.socket, proto: ClientSession, policy: ClientPolicy, address: str):
+        self._sock = sock
+        self._proto = proto
+        self.policy = policy
+        self.address = address
+        self._closed = False
+
+    @property
+    def attestation(self) -> VerifiedAttestation:
+        assert self._proto.attestation is not None
+        return self._proto.attestation
+
+    @property
+    def binding(self) -> EnclaveBinding:
+        assert self._proto.binding is not None
+        return self._proto.binding
+
+    @property
+    def models(self) -> dict[str, bytes]:
+        return dict(self.binding.models)
+
+    def embed(self, texts: Sequence[str], *, model: str = DEFAULT_MODEL) -> list[Embeddings]:
+        """Embed ``texts``; one :class:`Embeddings` per request of ≤ 64 texts."""
+        if isinstance(texts, str):
+            raise InferenceError("embed() takes a list of texts, not one string")
+        texts = list(texts)
+        if not texts:
+            raise InferenceError("no input texts")
+        self.policy.check_model(self.binding, model)
+        out: list[Embeddings] = []
+        for i in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
+            out.append(self._request(EmbedRequest(model, tuple(texts[i : i + MAX_TEXTS_PER_REQUEST]))))
+        return out
+
+    def _request(self, request: EmbedRequest) -> Embeddings:
+        seq, frame = self._proto.send_request(request)
+        self._send(frame)
+        while True:
+            event = self._next_event()
+            if isinstance(event, RequestFailed):
+                raise error_from_code(event.code)(f"enclave refused the request: {event.message}")
+            if isinstance(event, ResponseReceived):
+                if event.seq != seq:  # pragma: no cover - one request in flight
+                    raise LocalProtocolError("response for another request")
+                return _embeddings(event)
+            raise RemoteProtocolError(f"unexpected {type(event).__name__}")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            raise TransportError(f"connection to {self.address} lost while sending: {_why(e)}") from e
+
+    def _next_event(self) -> Attested | ResponseReceived | RequestFailed:
+        while True:
+            event = self._proto.next_event(now=datetime.now(UTC))
+            if event is not None:
+                return event
+            try:
+                data = self._sock.recv(_READ_BYTES)
+            except TimeoutError as e:
+                raise TransportError(
+                    f"no answer from {self.address} within {self._sock.gettimeout():.0f} s"
+                ) from e
+            except OSError as e:
+                raise TransportError(f"connection to {self.address} lost: {_why(e)}") from e
+            if not data:
+                raise TransportError(
+                    f"{self.address} closed the connection mid-session "
+                    "(is the enclave behind the host running?)"
+                )
+            self._proto.receive_data(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def _embeddings(event: ResponseReceived) -> Embeddings:
+    r: EmbedResult = event.result
+    vectors = np.frombuffer(r.vectors, dtype="<f4").reshape(r.count, r.dim)
+    return Embeddings(
+        model=r.model,
+        vectors=vectors,
+        receipt=event.receipt,
+        request_cbor=event.request.to_cbor(),
+        response_cbor=r.to_cbor(),
+    )
+
+
+def connect(
+    address: str = DEFAULT_ADDRESS,
+    *,
+    policy: ClientPolicy,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    nonce: bytes | None = None,
+) -> Session:
+    """Open a session: send a nonce, verify the attestation, set up HPKE.
+
+    Raises :class:`TransportError` if nothing answers, :class:`AttestationError` /
+    :class:`PolicyError` if the enclave does not verify. Nothing but the hello has
+    been sent when those are raised.
+    """
+    host, port = _parse_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as e:
+        raise TransportError(f"cannot reach {address}: timed out after {timeout:.0f} s") from e
+    except OSError as e:
+        raise TransportError(
+            f"cannot reach {address}: {_why(e)} (is ephemeral-host running?)"
+        ) from e
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    proto = ClientSession(policy.attestation, nonce=nonce)
+    session = Session(sock, proto, policy, address)
+    try:
+        session._send(proto.hello())
+        event = session._next_event()
+        if not isinstance(event, Attested):  # pragma: no cover - state table forbids it
+            raise RemoteProtocolError("expected an attestation")
+        policy.check_models(event.binding)
+        # Only now, with the attestation verified, does the HPKE "open" go out.
+        session._send(proto.data_to_send())
+        return session
+    except Error:
+        session.close()
+        raise
+    except BaseException:
+        session.close()
+        raise

@@ -1,0 +1,106 @@
+"""COSE_Sign1 with EdDSA (RFC 9052 §4.2, RFC 9053 §2.2), through pycose.
+
+Used for receipts. We decode the envelope strictly ourselves (pycose 1.1 cannot
+decode cbor2 6's tagged values, see FACTS.md), check the headers we insist on, and
+let pycose build the Sig_structure and check the signature over the bytes received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pycose.algorithms import EdDSA
+from pycose.headers import KID, Algorithm
+from pycose.keys import OKPKey
+from pycose.keys.curves import Ed25519
+from pycose.messages import Sign1Message
+
+from ._cbor import decode_strict
+from ._errors import DecodeError, Error
+
+__all__ = ["Sign1", "decode_sign1", "sign_eddsa", "verify_eddsa"]
+
+_COSE_SIGN1_TAG = 18
+_ALG_EDDSA = -8
+
+
+@dataclass(frozen=True)
+class Sign1:
+    """A decoded, *unverified* COSE_Sign1 envelope."""
+
+    protected: bytes
+    protected_map: dict[Any, Any]
+    unprotected: dict[Any, Any]
+    payload: bytes
+    signature: bytes
+
+
+def decode_sign1(data: bytes, *, what: str, max_bytes: int) -> Sign1:
+    """Strictly decode a COSE_Sign1 (tag 18 or untagged); verifies nothing."""
+    obj = decode_strict(data, what=what, max_bytes=max_bytes)
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != _COSE_SIGN1_TAG:
+            raise DecodeError(f"{what} has CBOR tag {obj.tag}, not COSE_Sign1 (18)")
+        obj = obj.value
+    if not isinstance(obj, list | tuple) or len(obj) != 4:
+        raise DecodeError(f"{what} is not a 4-element COSE_Sign1 array")
+    protected, unprotected, payload, signature = obj
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes):
+        raise DecodeError(f"{what}: protected header and payload must be byte strings")
+    if not isinstance(signature, bytes):
+        raise DecodeError(f"{what}: signature must be a byte string")
+    if not isinstance(unprotected, dict):
+        try:
+            unprotected = dict(unprotected)
+        except (TypeError, ValueError) as e:
+            raise DecodeError(f"{what}: unprotected header is not a map") from e
+    pmap = decode_strict(protected, what=f"{what} protected header") if protected else {}
+    if not isinstance(pmap, dict):
+        raise DecodeError(f"{what}: protected header is not a map")
+    return Sign1(protected, dict(pmap), dict(unprotected), payload, signature)
+
+
+def _okp(private: Ed25519PrivateKey | None = None, public: bytes | None = None) -> OKPKey:
+    if private is not None:
+        d = private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        x = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return OKPKey(crv=Ed25519, x=x, d=d)
+    assert public is not None
+    return OKPKey(crv=Ed25519, x=public)
+
+
+def sign_eddsa(payload: bytes, key: Ed25519PrivateKey, *, kid: bytes) -> bytes:
+    """A tagged COSE_Sign1 with protected header exactly ``{1: -8, 4: kid}``."""
+    msg = Sign1Message(phdr={Algorithm: EdDSA, KID: kid}, uhdr={}, payload=payload)
+    msg.key = _okp(private=key)
+    return msg.encode(tag=True)  # type: ignore[no-any-return]
+
+
+def verify_eddsa(env: Sign1, public_key: bytes) -> bool:
+    """Check ``env``'s EdDSA signature with a raw Ed25519 public key.
+
+    Returns the pycose verdict; raises only our errors for malformed input.
+    """
+    try:
+        msg = Sign1Message.from_cose_obj(
+            [env.protected, env.unprotected, env.payload, env.signature], True
+        )
+        msg.key = _okp(public=public_key)
+        return bool(msg.verify_signature())
+    except Error:
+        raise
+    except Exception as e:  # pycose and cryptography raise a variety of types
+        raise DecodeError(f"signature could not be checked: {e}") from e
+
+
+ALG_EDDSA = _ALG_EDDSA

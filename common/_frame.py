@@ -1,0 +1,72 @@
+"""Length-prefixed framing (protocol.md §1.1).
+
+A frame is a 4-byte big-endian length followed by that many bytes of
+deterministic CBOR. The decoder is sans-IO: feed it bytes in any chunking and take
+complete frames out. A length over :data:`MAX_FRAME_BYTES` is rejected as soon as
+the 4 length bytes are seen, before any body is buffered.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ._errors import LimitError, LocalProtocolError, RemoteProtocolError
+
+__all__ = ["FRAME_HEADER_BYTES", "MAX_FRAME_BYTES", "FrameDecoder", "encode_frame"]
+
+#: Hard maximum of one frame's body. The largest legitimate frame is a request of
+#: MAX_INPUTS (64) texts of 16 KiB each (1 MiB of text plus CBOR overhead) sealed by
+#: HPKE; 2 MiB leaves room for that and bounds what a peer can make us buffer.
+MAX_FRAME_BYTES = 2 * 1024 * 1024
+
+#: Size of the big-endian length prefix.
+FRAME_HEADER_BYTES = 4
+
+_LEN = struct.Struct(">I")
+
+
+def encode_frame(body: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Prefix ``body`` with its length. Refuses (locally) to build an oversized frame."""
+    if len(body) > max_bytes:
+        raise LocalProtocolError(f"frame of {len(body)} bytes is over the limit of {max_bytes}")
+    if not body:
+        raise LocalProtocolError("refusing to send an empty frame")
+    return _LEN.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream (protocol.md §1.1)."""
+
+    def __init__(self, *, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_bytes
+        self._need: int | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not yet a complete frame."""
+        return len(self._buf)
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or ``None`` if more bytes are needed."""
+        if self._need is None:
+            if len(self._buf) < FRAME_HEADER_BYTES:
+                return None
+            (n,) = _LEN.unpack_from(self._buf, 0)
+            # §1.1 check F1: length within the hard maximum, before buffering a body.
+            if n > self._max:
+                raise LimitError(f"frame of {n} bytes is over the limit of {self._max}")
+            # §1.1 check F2: no empty frames (every frame is one CBOR map).
+            if n == 0:
+                raise RemoteProtocolError("empty frame")
+            self._need = n
+            del self._buf[:FRAME_HEADER_BYTES]
+        if len(self._buf) < self._need:
+            return None
+        body = bytes(self._buf[: self._need])
+        del self._buf[: self._need]
+        self._need = None
+        return body

@@ -1,0 +1,504 @@
+"""The session state machines, sans-IO (protocol.md §2).
+
+Each side is an object that takes bytes in (:meth:`receive_data`), yields events
+(:meth:`next_event`) and turns what its program decides into bytes to send. The
+legal order of messages lives in one table per side; anything out of order, and
+any error at all, moves the session to its terminal ``ERROR`` state, after which
+every call raises.
+
+    client                         enclave
+    hello(nonce)        ───────▶   HelloReceived  (program asks NSM for a document)
+    Attested  ◀───────  attest(doc)
+    open(enc)           ───────▶   (HPKE recipient context)
+    req(seq, ct)        ───────▶   RequestReceived (program runs the model)
+    Response  ◀───────  resp(seq, ct{result, receipt})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ._binding import EnclaveBinding
+from ._cbor import encode
+from ._errors import (
+    AttestationError,
+    CiphertextError,
+    DecodeError,
+    Error,
+    InferenceError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+)
+from ._frame import FrameDecoder, encode_frame
+from ._hpke import ClientChannel, EnclaveChannel, EnclaveSessionKey
+from ._messages import (
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    SESSION_ID_BYTES,
+    ClientHello,
+    EmbedRequest,
+    EmbedResult,
+    ErrorFrame,
+    Message,
+    RequestError,
+    SealedRequest,
+    SealedResponse,
+    ServerAttest,
+    SessionOpen,
+    decode_message,
+    decode_response_body,
+    encode_response_body,
+)
+from ._receipt import (
+    MAX_SESSION_S,
+    RECEIPT_PCRS,
+    Receipt,
+    ReceiptExpectations,
+    VerifiedReceipt,
+    sign_receipt,
+    verify_receipt,
+)
+
+if TYPE_CHECKING:
+    from ._attestation import AttestationPolicy, VerifiedAttestation
+
+__all__ = [
+    "MAX_OUTSTANDING_REQUESTS",
+    "Attested",
+    "ClientSession",
+    "ClientState",
+    "EnclaveIdentity",
+    "EnclaveSession",
+    "EnclaveState",
+    "HelloReceived",
+    "RequestFailed",
+    "RequestReceived",
+    "ResponseReceived",
+]
+
+#: Requests a client may have in flight in one session; bounds what the enclave
+#: queues for one peer.
+MAX_OUTSTANDING_REQUESTS = 64
+
+
+def _aad(kind: str, session_id: bytes, seq: int) -> bytes:
+    # §4 H1: the frame type, session id and sequence number are authenticated.
+    return encode({"t": kind, "sid": session_id, "seq": seq})
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Attested:
+    """Client: the enclave's attestation verified; the session is open."""
+
+    attestation: VerifiedAttestation
+    binding: EnclaveBinding
+
+
+@dataclass(frozen=True)
+class ResponseReceived:
+    """Client: a response opened and its receipt verified against the session."""
+
+    seq: int
+    request: EmbedRequest
+    result: EmbedResult
+    receipt: VerifiedReceipt
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    """Client: the enclave refused one request; the session goes on."""
+
+    seq: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class HelloReceived:
+    """Enclave: a client asked for a session; attest with this nonce."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True)
+class RequestReceived:
+    """Enclave: an authenticated request to serve (or to refuse with respond_error)."""
+
+    seq: int
+    request: EmbedRequest | None
+    #: SHA-256 of the request plaintext as received: the receipt's request_hash.
+    request_hash: bytes
+    #: Set when the request authenticated but its body is not a valid request:
+    #: the client's fault, answered with a sealed error, and the session goes on.
+    error: Error | None = None
+
+
+# ---------------------------------------------------------------- client
+
+
+class ClientState(Enum):
+    START = "start"
+    AWAIT_ATTEST = "await_attest"
+    READY = "ready"
+    ERROR = "error"
+
+
+_CLIENT_ACCEPTS: dict[ClientState, tuple[type[Message], ...]] = {
+    ClientState.START: (),
+    ClientState.AWAIT_ATTEST: (ServerAttest, ErrorFrame),
+    ClientState.READY: (SealedResponse, ErrorFrame),
+    ClientState.ERROR: (),
+}
+
+
+class ClientSession:
+    """The client's half of one session."""
+
+    def __init__(self, policy: AttestationPolicy, *, nonce: bytes | None = None) -> None:
+        self.policy = policy
+        self.nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
+        self.state = ClientState.START
+        self._decoder = FrameDecoder()
+        self._out = bytearray()
+        self._transcript = hashlib.sha256()
+        self.transcript_hash: bytes | None = None
+        self.attestation: VerifiedAttestation | None = None
+        self.binding: EnclaveBinding | None = None
+        self._channel: ClientChannel | None = None
+        self._next_seq = 0
+        self._pending: dict[int, tuple[EmbedRequest, bytes]] = {}
+
+    # -- outbound
+    def hello(self) -> bytes:
+        self._expect_state(ClientState.START)
+        frame = encode_frame(ClientHello(PROTOCOL_VERSION, self.nonce).to_cbor())
+        self._transcript.update(frame)
+        self.state = ClientState.AWAIT_ATTEST
+        return frame
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def send_request(self, request: EmbedRequest) -> tuple[int, bytes]:
+        """Seal ``request``; returns its sequence number and the frame to send."""
+        self._expect_state(ClientState.READY)
+        assert self._channel is not None and self.binding is not None
+        if request.model not in self.binding.models:
+            raise InferenceError(
+                f"unknown model {request.model!r}; the enclave serves {sorted(self.binding.models)}"
+            )
+        if len(self._pending) >= MAX_OUTSTANDING_REQUESTS:
+            raise LocalProtocolError("too many requests in flight")
+        seq = self._next_seq
+        body = request.to_cbor()
+        ct = self._channel.seal_request(seq, body, _aad("req", self.binding.session_id, seq))
+        self._next_seq += 1
+        self._pending[seq] = (request, hashlib.sha256(body).digest())
+        return seq, encode_frame(SealedRequest(seq, ct).to_cbor())
+
+    # -- inbound
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def next_event(self, *, now: datetime) -> Attested | ResponseReceived | RequestFailed | None:
+        """Process at most one frame; ``now`` is the time attestation is checked at."""
+        if self.state is ClientState.ERROR:
+            raise LocalProtocolError("session already failed")
+        try:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                return None
+            msg = decode_message(frame)
+            if not isinstance(msg, _CLIENT_ACCEPTS[self.state]):
+                raise RemoteProtocolError(
+                    f"unexpected {type(msg).__name__} in state {self.state.value}"
+                )
+            if isinstance(msg, ErrorFrame):
+                raise RemoteError(msg.code, msg.message)
+            if isinstance(msg, ServerAttest):
+                return self._on_attest(frame, msg, now)
+            assert isinstance(msg, SealedResponse)
+            return self._on_response(msg)
+        except Error:
+            self.state = ClientState.ERROR
+            raise
+
+    def _on_attest(self, frame: bytes, msg: ServerAttest, now: datetime) -> Attested:
+        from ._attestation import verify_attestation
+
+        if msg.version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"enclave speaks protocol {msg.version}, not {PROTOCOL_VERSION}"
+            )
+        # §3 A1-A9: signature, chain to the pinned root, time, age, nonce, PCRs.
+        verified = verify_attestation(msg.attestation, self.policy, now=now, nonce=self.nonce)
+        doc = verified.document
+        # §3 A8: the document binds an X25519 key and an ephemeralml binding.
+        binding = EnclaveBinding.from_user_data(doc.user_data)
+        if binding.protocol_version != PROTOCOL_VERSION:
+            raise AttestationError(
+                f"A8 binding: enclave attests protocol {binding.protocol_version}, "
+                f"not {PROTOCOL_VERSION} (downgrade?)"
+            )
+        if (binding.mode == "mock") != verified.root.is_mock:
+            raise AttestationError(
+                f"A8 binding: a {binding.mode} enclave under a "
+                f"{'mock' if verified.root.is_mock else 'non-mock'} root"
+            )
+        if doc.public_key is None:
+            raise AttestationError("A8 binding: the attestation document has no public_key")
+        self._transcript.update(encode_frame(frame))  # §2.6: framed bytes
+        self._channel = ClientChannel(doc.public_key, doc.sha256)
+        open_frame = encode_frame(SessionOpen(self._channel.enc).to_cbor())
+        self._transcript.update(open_frame)
+        self.transcript_hash = self._transcript.digest()
+        self._out += open_frame
+        self.attestation, self.binding = verified, binding
+        self.state = ClientState.READY
+        return Attested(verified, binding)
+
+    def _on_response(self, msg: SealedResponse) -> ResponseReceived | RequestFailed:
+        assert self._channel is not None and self.binding is not None
+        assert self.attestation is not None and self.transcript_hash is not None
+        pending = self._pending.pop(msg.seq, None)
+        if pending is None:
+            raise CiphertextError(f"response {msg.seq} answers no request in flight (replay?)")
+        request, request_hash = pending
+        body = self._channel.open_response(
+            msg.seq, msg.ciphertext, _aad("resp", self.binding.session_id, msg.seq)
+        )
+        parsed = decode_response_body(body)
+        if isinstance(parsed, RequestError):
+            return RequestFailed(msg.seq, parsed.code, parsed.message)
+        result, receipt = parsed
+        if result.model != request.model:
+            raise RemoteProtocolError("response is for a different model than requested")
+        # §5 R1-R11: the receipt is the enclave's signed account of this exchange.
+        verified = verify_receipt(
+            receipt,
+            self.attestation,
+            expect=ReceiptExpectations(
+                seq=msg.seq,
+                transcript_hash=self.transcript_hash,
+                request_hash=request_hash,
+                response_hash=hashlib.sha256(result.to_cbor()).digest(),
+                model_id=request.model,
+            ),
+        )
+        return ResponseReceived(msg.seq, request, result, verified)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _expect_state(self, state: ClientState) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot do that in state {self.state.value}")
+
+
+# ---------------------------------------------------------------- enclave
+
+
+class EnclaveState(Enum):
+    AWAIT_HELLO = "await_hello"
+    ATTESTING = "attesting"
+    AWAIT_OPEN = "await_open"
+    READY = "ready"
+    ERROR = "error"
+
+
+_ENCLAVE_ACCEPTS: dict[EnclaveState, tuple[type[Message], ...]] = {
+    EnclaveState.AWAIT_HELLO: (ClientHello,),
+    EnclaveState.ATTESTING: (),
+    EnclaveState.AWAIT_OPEN: (SessionOpen, ErrorFrame),
+    EnclaveState.READY: (SealedRequest, ErrorFrame),
+    EnclaveState.ERROR: (),
+}
+
+
+@dataclass(frozen=True)
+class EnclaveIdentity:
+    """What an enclave process holds across sessions."""
+
+    receipt_key: Ed25519PrivateKey
+    models: Mapping[str, bytes]
+    policy_version: int
+    mode: str
+    pcrs: Mapping[int, bytes]
+
+
+class EnclaveSession:
+    """The enclave's half of one session."""
+
+    def __init__(self, identity: EnclaveIdentity, *, session_id: bytes | None = None) -> None:
+        self.identity = identity
+        self.session_id = session_id or secrets.token_bytes(SESSION_ID_BYTES)
+        self.state = EnclaveState.AWAIT_HELLO
+        self._key = EnclaveSessionKey(secrets.token_bytes(32))
+        self._decoder = FrameDecoder()
+        self._transcript = hashlib.sha256()
+        self.transcript_hash: bytes | None = None
+        self.nonce: bytes | None = None
+        self.attestation_hash: bytes | None = None
+        self.attestation_time_ms: int | None = None
+        self._channel: EnclaveChannel | None = None
+        self._pending: set[int] = set()
+
+    @property
+    def public_key(self) -> bytes:
+        """The session's X25519 key: goes into the attestation's ``public_key``."""
+        return self._key.public_bytes
+
+    @property
+    def binding(self) -> EnclaveBinding:
+        return EnclaveBinding(
+            protocol_version=PROTOCOL_VERSION,
+            session_id=self.session_id,
+            receipt_key=self.identity.receipt_key.public_key().public_bytes_raw(),
+            models=self.identity.models,
+            policy_version=self.identity.policy_version,
+            mode=self.identity.mode,
+        )
+
+    def receive_data(self, data: bytes) -> None:
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> HelloReceived | RequestReceived | None:
+        if self.state is EnclaveState.ERROR:
+            raise LocalProtocolError("session already failed")
+        try:
+            while True:
+                frame = self._decoder.next_frame()
+                if frame is None:
+                    return None
+                msg = decode_message(frame)
+                if not isinstance(msg, _ENCLAVE_ACCEPTS[self.state]):
+                    raise RemoteProtocolError(
+                        f"unexpected {type(msg).__name__} in state {self.state.value}"
+                    )
+                if isinstance(msg, ErrorFrame):
+                    raise RemoteError(msg.code, msg.message)
+                if isinstance(msg, ClientHello):
+                    if msg.version != PROTOCOL_VERSION:
+                        raise RemoteProtocolError(
+                            f"client speaks protocol {msg.version}; this enclave speaks "
+                            f"{PROTOCOL_VERSION}"
+                        )
+                    self._transcript.update(encode_frame(frame))  # §2.6: framed bytes
+                    self.nonce = msg.nonce
+                    self.state = EnclaveState.ATTESTING
+                    return HelloReceived(msg.nonce)
+                if isinstance(msg, SessionOpen):
+                    assert self.attestation_hash is not None
+                    self._channel = self._key.open_channel(msg.enc, self.attestation_hash)
+                    self._transcript.update(encode_frame(frame))
+                    self.transcript_hash = self._transcript.digest()
+                    self.state = EnclaveState.READY
+                    continue
+                assert isinstance(msg, SealedRequest)
+                return self._on_request(msg)
+        except Error:
+            self.state = EnclaveState.ERROR
+            raise
+
+    def _on_request(self, msg: SealedRequest) -> RequestReceived:
+        assert self._channel is not None
+        if len(self._pending) >= MAX_OUTSTANDING_REQUESTS:
+            raise RemoteProtocolError("too many requests in flight")
+        body = self._channel.open_request(
+            msg.seq, msg.ciphertext, _aad("req", self.session_id, msg.seq)
+        )
+        self._pending.add(msg.seq)
+        digest = hashlib.sha256(body).digest()
+        try:
+            request = EmbedRequest.from_cbor(body)
+        except (DecodeError, RemoteProtocolError) as e:
+            return RequestReceived(msg.seq, None, digest, InferenceError(f"bad request: {e}"))
+        return RequestReceived(msg.seq, request, digest)
+
+    def attest(self, document: bytes, *, timestamp_ms: int) -> bytes:
+        """The attest frame for the document the NSM made for this session."""
+        self._expect_state(EnclaveState.ATTESTING)
+        frame = encode_frame(ServerAttest(PROTOCOL_VERSION, document).to_cbor())
+        self._transcript.update(frame)
+        self.attestation_hash = hashlib.sha256(document).digest()
+        self.attestation_time_ms = timestamp_ms
+        self.state = EnclaveState.AWAIT_OPEN
+        return frame
+
+    def respond(
+        self,
+        event: RequestReceived,
+        result: EmbedResult,
+        *,
+        model_digest: bytes,
+        time_ms: int,
+        duration_us: int,
+        receipt_id: bytes | None = None,
+    ) -> bytes:
+        """Seal ``result`` with a signed receipt for ``event``'s request."""
+        self._expect_state(EnclaveState.READY)
+        seq = self._take(event.seq)
+        assert self._channel is not None and event.request is not None
+        assert self.nonce is not None and self.attestation_hash is not None
+        assert self.transcript_hash is not None and self.attestation_time_ms is not None
+        if time_ms > self.attestation_time_ms + MAX_SESSION_S * 1000:
+            raise LocalProtocolError("session is older than its maximum lifetime")
+        receipt = Receipt(
+            receipt_id=receipt_id or secrets.token_bytes(16),
+            session_id=self.session_id,
+            seq=seq,
+            model_id=result.model,
+            model_digest=model_digest,
+            request_hash=event.request_hash,
+            response_hash=hashlib.sha256(result.to_cbor()).digest(),
+            attestation_hash=self.attestation_hash,
+            pcrs={i: self.identity.pcrs[i] for i in RECEIPT_PCRS},
+            policy_version=self.identity.policy_version,
+            mode=self.identity.mode,
+            time_ms=time_ms,
+            duration_us=duration_us,
+            client_nonce=self.nonce,
+            transcript_hash=self.transcript_hash,
+        )
+        body = encode_response_body(result, sign_receipt(receipt, self.identity.receipt_key), None)
+        ct = self._channel.seal_response(seq, body, _aad("resp", self.session_id, seq))
+        return encode_frame(SealedResponse(seq, ct).to_cbor())
+
+    def respond_error(self, event: RequestReceived, error: Error) -> bytes:
+        """A sealed per-request error; the session goes on."""
+        self._expect_state(EnclaveState.READY)
+        seq = self._take(event.seq)
+        assert self._channel is not None
+        body = encode_response_body(None, None, RequestError(error.code, error.message[:300]))
+        ct = self._channel.seal_response(seq, body, _aad("resp", self.session_id, seq))
+        return encode_frame(SealedResponse(seq, ct).to_cbor())
+
+    def fail(self, error: Error) -> bytes:
+        """The error frame that ends this session (§6)."""
+        self.state = EnclaveState.ERROR
+        return encode_frame(ErrorFrame(error.code, error.message).to_cbor())
+
+    def _take(self, seq: int) -> int:
+        if seq not in self._pending:
+            raise LocalProtocolError(f"no request {seq} to answer")
+        self._pending.discard(seq)
+        return seq
+
+    def _expect_state(self, state: EnclaveState) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot do that in state {self.state.value}")

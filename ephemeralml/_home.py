@@ -1,0 +1,40 @@
+"""Where the programs keep local state (not part of the protocol core).
+
+``EPHEMERALML_HOME`` (default ``~/.ephemeralml``) holds, in mock mode, the mock
+NSM's CA (``mock-nsm/``) and what the mock enclave *publishes* for clients on the
+same machine (``published/``): its root certificate and its measurements, the
+way a production build publishes the PCRs of its EIF.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["MOCK_MEASUREMENTS", "MOCK_ROOT", "default_home", "write_atomic"]
+
+#: Relative to the home: the mock root the enclave published.
+MOCK_ROOT = Path("published") / "mock-root.pem"
+#: Relative to the home: the mock enclave's measurements (PCRs).
+MOCK_MEASUREMENTS = Path("published") / "measurements.json"
+
+
+def default_home() -> Path:
+    env = os.environ.get("EPHEMERALML_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".ephemeralml"
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
