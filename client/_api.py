@@ -86,7 +86,9 @@ def _parse_address(address: str) -> tuple[str, int]:
 class Session:
     """One attested, encrypted session with an enclave (through the host)."""
 
-    def __init__(self, sock: socket.socket, proto: ClientSession, policy: ClientPolicy, address: str):
+    def __init__(
+        self, sock: socket.socket, proto: ClientSession, policy: ClientPolicy, address: str
+    ):
         self._sock = sock
         self._proto = proto
         self.policy = policy
@@ -117,7 +119,9 @@ class Session:
         self.policy.check_model(self.binding, model)
         out: list[Embeddings] = []
         for i in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
-            out.append(self._request(EmbedRequest(model, tuple(texts[i : i + MAX_TEXTS_PER_REQUEST]))))
+            out.append(
+                self._request(EmbedRequest(model, tuple(texts[i : i + MAX_TEXTS_PER_REQUEST])))
+            )
         return out
 
     def _request(self, request: EmbedRequest) -> Embeddings:
@@ -137,7 +141,9 @@ class Session:
         try:
             self._sock.sendall(data)
         except OSError as e:
-            raise TransportError(f"connection to {self.address} lost while sending: {_why(e)}") from e
+            raise TransportError(
+                f"connection to {self.address} lost while sending: {_why(e)}"
+            ) from e
 
     def _next_event(self) -> Attested | ResponseReceived | RequestFailed:
         while True:

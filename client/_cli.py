@@ -1,9 +1,9 @@
 """``ephemeral``: the client CLI. Thin: parsing, one function per subcommand, printing.
 
-    ephemeral attest [--mock]                 verify the enclave, print what it proves
-    ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
-    ephemeral verify RECEIPT [--mock]         offline receipt verification
-    ephemeral attestation FILE [--at TIME]    offline attestation document check
+ephemeral attest [--mock]                 verify the enclave, print what it proves
+ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
+ephemeral verify RECEIPT [--mock]         offline receipt verification
+ephemeral attestation FILE [--at TIME]    offline attestation document check
 """
 
 from __future__ import annotations
@@ -82,19 +82,27 @@ def _parse_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as e:
-        raise ConfigError(f"--at {text!r} is not an ISO 8601 time (e.g. 2023-05-17T21:21:51.808Z)") from e
+        raise ConfigError(
+            f"--at {text!r} is not an ISO 8601 time (e.g. 2023-05-17T21:21:51.808Z)"
+        ) from e
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def _fp(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _doc_json(v: VerifiedAttestation | AttestationDocument, *, root: TrustedRoot | None) -> dict[str, Any]:
+def _doc_json(
+    v: VerifiedAttestation | AttestationDocument, *, root: TrustedRoot | None
+) -> dict[str, Any]:
     doc = v.document if isinstance(v, VerifiedAttestation) else v
     out: dict[str, Any] = {
         "module_id": doc.module_id,
@@ -113,15 +121,23 @@ def _doc_json(v: VerifiedAttestation | AttestationDocument, *, root: TrustedRoot
     return out
 
 
-def _print_doc(args: argparse.Namespace, d: dict[str, Any], *, pcrs: Sequence[int] | None = None) -> None:
+def _print_doc(
+    args: argparse.Namespace, d: dict[str, Any], *, pcrs: Sequence[int] | None = None
+) -> None:
     _out(args, f"  module id     {d['module_id']}")
     _out(args, f"  time          {d['timestamp']}")
     _out(args, f"  document      sha256 {d['sha256']}")
     if "root" in d:
         r = d["root"]
-        _out(args, f"  root          {r['name']} sha256 {r['sha256']}{'  (MOCK)' if r['mock'] else ''}")
+        _out(
+            args,
+            f"  root          {r['name']} sha256 {r['sha256']}{'  (MOCK)' if r['mock'] else ''}",
+        )
     if d["debug_mode"]:
-        _out(args, "  DEBUG MODE    all-zero PCRs: a debug-mode enclave proves nothing about its code")
+        _out(
+            args,
+            "  DEBUG MODE    all-zero PCRs: a debug-mode enclave proves nothing about its code",
+        )
     for i, p in d["pcrs"].items():
         if pcrs is None or int(i) in pcrs:
             _out(args, f"  PCR{i:<2}         {p}")
@@ -215,7 +231,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
         receipts.append(rj)
     vectors = [row for e in results for row in e.vectors.tolist()]
     if args.json:
-        _out(args, json.dumps({"model": results[0].model, "dim": results[0].dim, "embeddings": vectors, "receipts": receipts}))
+        _out(
+            args,
+            json.dumps(
+                {
+                    "model": results[0].model,
+                    "dim": results[0].dim,
+                    "embeddings": vectors,
+                    "receipts": receipts,
+                }
+            ),
+        )
         return 0
     _out(args, f"{results[0].model}: {len(vectors)} embedding(s) of dimension {results[0].dim}")
     for text, vec in zip(args.texts, vectors, strict=True):
@@ -223,7 +249,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         _out(args, f"  {text[:40]!r:<44} [{head}, … {len(vec) - 6} more]")
     for rj in receipts:
         where = f" -> {rj['files']['receipt']}" if "files" in rj else ""
-        _out(args, f"receipt {rj['receipt_id']} VERIFIED (seq {rj['seq']}, session {rj['session_id'][:16]}…){where}")
+        _out(
+            args,
+            f"receipt {rj['receipt_id']} VERIFIED (seq {rj['seq']}, session {rj['session_id'][:16]}…){where}",
+        )
     return 0
 
 
@@ -242,7 +271,11 @@ def _offline_policy(args: argparse.Namespace, doc: AttestationDocument) -> Attes
         warn_mock(path)
         measurements: Measurements = _published_or_any(home)
         return AttestationPolicy(root, measurements)
-    root = TrustedRoot.from_pem_or_der(_read(args.root, "root"), name=str(args.root)) if args.root else aws_root()
+    root = (
+        TrustedRoot.from_pem_or_der(_read(args.root, "root"), name=str(args.root))
+        if args.root
+        else aws_root()
+    )
     return AttestationPolicy(root, UnsafeAnyMeasurements())
 
 
@@ -265,30 +298,60 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise ReceiptError(f"R2 attestation: {att_path} is not the document this receipt refers to")
     doc = parse_unverified(doc_raw)
     if not args.policy and not args.mock and args.root is None:
-        raise ConfigError("verify needs --policy FILE (allowed measurements), or --mock for a mock receipt")
+        raise ConfigError(
+            "verify needs --policy FILE (allowed measurements), or --mock for a mock receipt"
+        )
     policy = _offline_policy(args, doc)
     # The document is verified at its own timestamp: its chain was valid then;
     # the receipt's time must fall inside the session's lifetime (R10).
     verified = verify_attestation(doc_raw, policy, now=doc.timestamp)
     expect = ReceiptExpectations(
-        request_hash=hashlib.sha256(_read(args.request, "request")).digest() if args.request else None,
-        response_hash=hashlib.sha256(_read(args.response, "response")).digest() if args.response else None,
+        request_hash=hashlib.sha256(_read(args.request, "request")).digest()
+        if args.request
+        else None,
+        response_hash=hashlib.sha256(_read(args.response, "response")).digest()
+        if args.response
+        else None,
     )
     vr: VerifiedReceipt = verify_receipt(raw, verified, expect=expect)
     binding = EnclaveBinding.from_user_data(verified.document.user_data)
     r = vr.receipt
     if args.json:
-        _out(args, json.dumps({"verified": True, "receipt": r.to_json(), "attestation": _doc_json(verified, root=verified.root), "checked_request": bool(args.request), "checked_response": bool(args.response)}, indent=2))
+        _out(
+            args,
+            json.dumps(
+                {
+                    "verified": True,
+                    "receipt": r.to_json(),
+                    "attestation": _doc_json(verified, root=verified.root),
+                    "checked_request": bool(args.request),
+                    "checked_response": bool(args.response),
+                },
+                indent=2,
+            ),
+        )
         return 0
     _out(args, f"receipt {r.receipt_id.hex()} VERIFIED")
-    _out(args, f"  mode          {r.mode}{'  (MOCK: not a real enclave)' if r.mode == 'mock' else ''}")
+    _out(
+        args,
+        f"  mode          {r.mode}{'  (MOCK: not a real enclave)' if r.mode == 'mock' else ''}",
+    )
     _out(args, f"  model         {r.model_id} manifest {r.model_digest.hex()}")
     _out(args, f"  time          {_iso(r.time_ms)} ({r.duration_us} µs)")
     _out(args, f"  session       {r.session_id.hex()} seq {r.seq}")
-    _out(args, f"  attestation   {att_path} (module {verified.document.module_id}, {_iso(verified.document.timestamp_ms)})")
+    _out(
+        args,
+        f"  attestation   {att_path} (module {verified.document.module_id}, {_iso(verified.document.timestamp_ms)})",
+    )
     _out(args, f"  receipt key   sha256 {_fp(binding.receipt_key)}")
-    _out(args, f"  request hash  {r.request_hash.hex()}{'  (matches --request)' if args.request else ''}")
-    _out(args, f"  response hash {r.response_hash.hex()}{'  (matches --response)' if args.response else ''}")
+    _out(
+        args,
+        f"  request hash  {r.request_hash.hex()}{'  (matches --request)' if args.request else ''}",
+    )
+    _out(
+        args,
+        f"  response hash {r.response_hash.hex()}{'  (matches --response)' if args.response else ''}",
+    )
     for i in sorted(r.pcrs):
         _out(args, f"  PCR{i:<2}         {r.pcrs[i].hex()}")
     return 0
@@ -334,19 +397,33 @@ def cmd_attestation(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ephemeral", description="Client for attested, encrypted inference.")
+    p = argparse.ArgumentParser(
+        prog="ephemeral", description="Client for attested, encrypted inference."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def trust(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--mock", action="store_true", help="trust the local MOCK enclave's root (development only; warns)")
+        sp.add_argument(
+            "--mock",
+            action="store_true",
+            help="trust the local MOCK enclave's root (development only; warns)",
+        )
         sp.add_argument("--policy", type=Path, help="trust policy file (JSON)")
-        sp.add_argument("--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+        sp.add_argument(
+            "--home",
+            type=Path,
+            help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)",
+        )
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     def online(sp: argparse.ArgumentParser) -> None:
         trust(sp)
-        sp.add_argument("--host", default=os.environ.get("EPHEMERAL_HOST", DEFAULT_ADDRESS), help=f"host relay address (default {DEFAULT_ADDRESS})")
+        sp.add_argument(
+            "--host",
+            default=os.environ.get("EPHEMERAL_HOST", DEFAULT_ADDRESS),
+            help=f"host relay address (default {DEFAULT_ADDRESS})",
+        )
         sp.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
 
     a = sub.add_parser("attest", help="fetch and verify the enclave's attestation")
@@ -357,15 +434,28 @@ def _parser() -> argparse.ArgumentParser:
     online(e)
     e.add_argument("texts", nargs="+", metavar="TEXT")
     e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--receipt-out", type=Path, metavar="DIR", help="store receipts and their attestation documents here")
-    e.add_argument("--save-payloads", action="store_true", help="with --receipt-out: also store the request and response bytes (plaintext!)")
+    e.add_argument(
+        "--receipt-out",
+        type=Path,
+        metavar="DIR",
+        help="store receipts and their attestation documents here",
+    )
+    e.add_argument(
+        "--save-payloads",
+        action="store_true",
+        help="with --receipt-out: also store the request and response bytes (plaintext!)",
+    )
     e.set_defaults(fn=cmd_embed)
 
     v = sub.add_parser("verify", help="verify a stored receipt offline")
     trust(v)
     v.add_argument("receipt", type=Path, metavar="RECEIPT")
-    v.add_argument("--attestation", type=Path, help="attestation document (default: beside the receipt)")
-    v.add_argument("--root", type=Path, help="trust this root (PEM/DER) instead of AWS's; PCRs not checked")
+    v.add_argument(
+        "--attestation", type=Path, help="attestation document (default: beside the receipt)"
+    )
+    v.add_argument(
+        "--root", type=Path, help="trust this root (PEM/DER) instead of AWS's; PCRs not checked"
+    )
     v.add_argument("--request", type=Path, help="request bytes to check against request_hash")
     v.add_argument("--response", type=Path, help="response bytes to check against response_hash")
     v.set_defaults(fn=cmd_verify)

@@ -93,7 +93,9 @@ def _measurements_from_published(home: Path) -> tuple[PcrAllowlist, Path]:
         data = json.loads(path.read_bytes())
         pcrs = _pcr_set(data["pcrs"], str(path))
     except FileNotFoundError as e:
-        raise ConfigError(f"no mock measurements at {path}: start `ephemeral-enclave --mock` first") from e
+        raise ConfigError(
+            f"no mock measurements at {path}: start `ephemeral-enclave --mock` first"
+        ) from e
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot read mock measurements at {path}: {e}") from e
     return PcrAllowlist([pcrs]), path
@@ -131,7 +133,9 @@ class ClientPolicy:
 
     def check_model(self, binding: EnclaveBinding, model_id: str) -> None:
         if self.models is not None and model_id not in self.models:
-            raise PolicyError(f"P1 model: {model_id!r} is not allowed by the policy ({self.source})")
+            raise PolicyError(
+                f"P1 model: {model_id!r} is not allowed by the policy ({self.source})"
+            )
         self.check_models(binding)
 
     # ---------------------------------------------------------------- presets
@@ -203,7 +207,9 @@ class ClientPolicy:
             try:
                 root = TrustedRoot.from_pem_or_der(pem_path.read_bytes(), name=str(pem_path))
             except OSError as e:
-                raise ConfigError(f"policy {path}: cannot read root {pem_path}: {e.strerror}") from e
+                raise ConfigError(
+                    f"policy {path}: cannot read root {pem_path}: {e.strerror}"
+                ) from e
         else:
             raise ConfigError(f'policy {path}: root must be "aws-nitro", "mock" or {{"pem": PATH}}')
         sets = doc.get("measurements")

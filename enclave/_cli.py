@@ -66,14 +66,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mock mode: loopback TCP instead of vsock and a mock NSM (not a real enclave)",
     )
-    p.add_argument("--listen", help=f"endpoint (default {MOCK_LISTEN} with --mock, else {NITRO_LISTEN})")
-    p.add_argument("--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+    p.add_argument(
+        "--listen", help=f"endpoint (default {MOCK_LISTEN} with --mock, else {NITRO_LISTEN})"
+    )
+    p.add_argument(
+        "--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)"
+    )
     p.add_argument(
         "--model-dir",
         type=Path,
         help="model directory (model.onnx, tokenizer.json, model.json); default: the packaged all-MiniLM-L6-v2",
     )
-    p.add_argument("--policy-version", type=int, default=1, help="policy version to report in receipts")
+    p.add_argument(
+        "--policy-version", type=int, default=1, help="policy version to report in receipts"
+    )
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
@@ -132,7 +138,9 @@ def _make_nsm(config: EnclaveConfig, files: ModelFiles) -> Nsm:
         "model": {"id": files.model_id, "digest": files.digest.hex()},
         "pcrs": {str(i): nsm.describe_pcr(i).hex() for i in (0, 1, 2, 8)},
     }
-    write_atomic(config.home / MOCK_MEASUREMENTS, (json.dumps(measurements, indent=2) + "\n").encode())
+    write_atomic(
+        config.home / MOCK_MEASUREMENTS, (json.dumps(measurements, indent=2) + "\n").encode()
+    )
     return nsm
 
 

@@ -100,7 +100,9 @@ class EnclaveServer:
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._nsm_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         if len(self._sessions) >= self.config.max_sessions:
@@ -128,7 +130,9 @@ class EnclaveServer:
                         reader.read(_READ_BYTES), timeout=self.config.idle_timeout_s
                     )
                 except TimeoutError:
-                    log.info("session %s: idle for %.0f s, closing", sid, self.config.idle_timeout_s)
+                    log.info(
+                        "session %s: idle for %.0f s, closing", sid, self.config.idle_timeout_s
+                    )
                     return
                 if not data:
                     return  # the client (or the host) closed
@@ -188,7 +192,9 @@ class EnclaveServer:
                 writer.write(frame)
                 await writer.drain()
         except Error as e:
-            log.info("session %s: request %d failed: %s", session.session_id.hex()[:8], event.seq, e)
+            log.info(
+                "session %s: request %d failed: %s", session.session_id.hex()[:8], event.seq, e
+            )
         except (ConnectionError, OSError):
             pass
 
@@ -218,4 +224,3 @@ class EnclaveServer:
             time_ms=int(time.time() * 1000),
             duration_us=duration_us,
         )
-

@@ -147,7 +147,9 @@ class TamperProxy:
     ends the connection once that many bytes have gone down (a peer that vanishes).
     """
 
-    def __init__(self, upstream_port: int, tamper: Tamper | None = None, close_after: int | None = None):
+    def __init__(
+        self, upstream_port: int, tamper: Tamper | None = None, close_after: int | None = None
+    ):
         self.upstream = upstream_port
         self.tamper = tamper or (lambda d, o, b: b)
         self.close_after = close_after
@@ -185,7 +187,11 @@ class TamperProxy:
                 offset = len(self.seen[direction])
                 self.seen[direction] += chunk
                 out = self.tamper(direction, offset, chunk)
-                if direction == "down" and self.close_after is not None and len(self.seen["down"]) >= self.close_after:
+                if (
+                    direction == "down"
+                    and self.close_after is not None
+                    and len(self.seen["down"]) >= self.close_after
+                ):
                     dst.sendall(out[: max(0, self.close_after - offset)])
                     break
                 dst.sendall(out)

@@ -82,7 +82,10 @@ def test_receipt_verifies_offline_and_only_with_mock_trust(stack: Stack, tmp_pat
 
 
 def test_second_session_gets_new_nonce_key_and_session(stack: Stack) -> None:
-    with connect(stack.address, policy=_policy(stack)) as a, connect(stack.address, policy=_policy(stack)) as b:
+    with (
+        connect(stack.address, policy=_policy(stack)) as a,
+        connect(stack.address, policy=_policy(stack)) as b,
+    ):
         da, db = a.attestation.document, b.attestation.document
         assert da.nonce != db.nonce
         assert da.public_key != db.public_key
@@ -113,7 +116,9 @@ def _one_session(address: str, stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("direction", ["up", "down"])
-def test_flipped_bit_anywhere_in_the_relayed_stream_is_detected(stack: Stack, direction: str) -> None:
+def test_flipped_bit_anywhere_in_the_relayed_stream_is_detected(
+    stack: Stack, direction: str
+) -> None:
     # Learn the stream's length in this direction from one clean session.
     clean = TamperProxy(stack.host_port)
     _one_session(clean.address, stack)
@@ -157,9 +162,15 @@ def test_bad_inputs_are_refused_and_the_session_goes_on(stack: Stack) -> None:
     with connect(stack.address, policy=_policy(stack)) as s:
         with pytest.raises(InferenceError, match=r"enclave refused the request: input 1 is empty"):
             s.embed(["fine", "  "])
-        with pytest.raises(LimitError, match=r"enclave refused the request: input 0 is \d+ tokens; the limit is 256"):
+        with pytest.raises(
+            LimitError,
+            match=r"enclave refused the request: input 0 is \d+ tokens; the limit is 256",
+        ):
             s.embed(["word " * 400])
-        with pytest.raises(InferenceError, match=r"unknown model 'gpt-9'; the enclave serves \['all-MiniLM-L6-v2'\]"):
+        with pytest.raises(
+            InferenceError,
+            match=r"unknown model 'gpt-9'; the enclave serves \['all-MiniLM-L6-v2'\]",
+        ):
             s.embed(["x"], model="gpt-9")
         with pytest.raises(InferenceError, match="no input texts"):
             s.embed([])
@@ -185,7 +196,10 @@ def test_frame_over_the_limit_gets_an_error_frame(stack: Stack) -> None:
 
     msg = decode_message(data[4:])
     assert isinstance(msg, ErrorFrame) and msg.code == "limit"
-    assert msg.message == f"frame of {MAX_FRAME_BYTES + 1} bytes is over the limit of {MAX_FRAME_BYTES}"
+    assert (
+        msg.message
+        == f"frame of {MAX_FRAME_BYTES + 1} bytes is over the limit of {MAX_FRAME_BYTES}"
+    )
     _one_session(stack.address, stack)
 
 
@@ -204,11 +218,17 @@ def test_garbage_gets_an_error_and_others_are_served(stack: Stack) -> None:
 
 def test_nothing_listening(stack: Stack) -> None:
     port = free_port()
-    with pytest.raises(TransportError, match=rf"cannot reach 127.0.0.1:{port}: .*is ephemeral-host running"):
+    with pytest.raises(
+        TransportError, match=rf"cannot reach 127.0.0.1:{port}: .*is ephemeral-host running"
+    ):
         connect(f"127.0.0.1:{port}", policy=_policy(stack), timeout=5)
     r = stack.cli("attest", "--mock", "--host", f"127.0.0.1:{port}")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith(f"ephemeral: transport error: cannot reach 127.0.0.1:{port}")
+    assert (
+        r.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"ephemeral: transport error: cannot reach 127.0.0.1:{port}")
+    )
 
 
 def test_enclave_not_running_behind_the_host(stack: Stack) -> None:
@@ -224,7 +244,14 @@ def test_attest_command_prints_what_it_verified(stack: Stack) -> None:
     r = stack.cli("attest", "--mock", "--host", stack.address)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"attestation VERIFIED (mock enclave via {stack.address}")
-    for field in ("module id", "PCR0", "PCR2", "public key", "receipt key", "model         all-MiniLM-L6-v2"):
+    for field in (
+        "module id",
+        "PCR0",
+        "PCR2",
+        "public key",
+        "receipt key",
+        "model         all-MiniLM-L6-v2",
+    ):
         assert field in r.stdout
     j = stack.cli("attest", "--mock", "--json", "--host", stack.address)
     doc = json.loads(j.stdout)

@@ -8,7 +8,12 @@ import cbor2
 import pytest
 
 from ephemeralml.common._cbor import MAX_CBOR_DEPTH, decode_deterministic, decode_strict, encode
-from ephemeralml.common._errors import DecodeError, LimitError, LocalProtocolError, RemoteProtocolError
+from ephemeralml.common._errors import (
+    DecodeError,
+    LimitError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from ephemeralml.common._frame import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 
 

@@ -47,7 +47,7 @@ def _resign(world: MockWorld, r: Receipt, **changes: object) -> bytes:
 
 
 def test_valid_receipt_verifies_offline(session, world: MockWorld) -> None:  # type: ignore[no-untyped-def]
-    p, raw, r, att = session
+    _p, raw, r, att = session
     # Offline: re-verify the document at its own time, then the receipt.
     doc = att.document
     offline = verify_attestation(doc.raw, world.policy, now=doc.timestamp)
@@ -158,7 +158,9 @@ def test_mock_receipt_refused_under_a_non_mock_root(session, world) -> None:  # 
     policy = AttestationPolicy(root, PcrAllowlist.from_document(att.document))
     doc = att.document
     v = verify_attestation(doc.raw, policy, now=doc.timestamp)
-    with pytest.raises(ReceiptError, match="^R8 mode: a mock receipt verified under a non-mock root"):
+    with pytest.raises(
+        ReceiptError, match="^R8 mode: a mock receipt verified under a non-mock root"
+    ):
         verify_receipt(raw, v)
 
 
@@ -166,9 +168,18 @@ def test_mock_receipt_refused_under_a_non_mock_root(session, world) -> None:  # 
     ("mutate", "message"),
     [
         (lambda t: cbor2.CBORTag(19, t.value), "R1 envelope: .* not COSE_Sign1"),
-        (lambda t: cbor2.CBORTag(18, [cbor2.dumps({1: -7, 4: t.value[0][-32:]}), *t.value[1:]]), "R1 envelope: protected header must be exactly"),
-        (lambda t: cbor2.CBORTag(18, [t.value[0], {4: b"x"}, *t.value[2:]]), "R1 envelope: unprotected header must be empty"),
-        (lambda t: cbor2.CBORTag(18, [*t.value[:3], t.value[3][:63]]), "R1 envelope: an Ed25519 signature is 64 bytes"),
+        (
+            lambda t: cbor2.CBORTag(18, [cbor2.dumps({1: -7, 4: t.value[0][-32:]}), *t.value[1:]]),
+            "R1 envelope: protected header must be exactly",
+        ),
+        (
+            lambda t: cbor2.CBORTag(18, [t.value[0], {4: b"x"}, *t.value[2:]]),
+            "R1 envelope: unprotected header must be empty",
+        ),
+        (
+            lambda t: cbor2.CBORTag(18, [*t.value[:3], t.value[3][:63]]),
+            "R1 envelope: an Ed25519 signature is 64 bytes",
+        ),
         (lambda t: cbor2.CBORTag(18, t.value[:3]), "R1 envelope: .*4-element"),
     ],
 )

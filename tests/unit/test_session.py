@@ -147,7 +147,7 @@ def test_replayed_request_is_rejected(world: MockWorld) -> None:
 def test_reordered_requests_are_rejected(world: MockWorld) -> None:
     p = SessionPair(world)
     p.handshake()
-    _, f0 = p.client.send_request(EmbedRequest(MODEL, ("x",)))
+    _, _f0 = p.client.send_request(EmbedRequest(MODEL, ("x",)))
     _, f1 = p.client.send_request(EmbedRequest(MODEL, ("y",)))
     p.to_enclave(f1)
     with pytest.raises(CiphertextError, match=r"request 1 out of order \(expected 0\)"):
@@ -157,7 +157,7 @@ def test_reordered_requests_are_rejected(world: MockWorld) -> None:
 def test_request_with_relabelled_seq_fails_authentication(world: MockWorld) -> None:
     p = SessionPair(world)
     p.handshake()
-    _, f0 = p.client.send_request(EmbedRequest(MODEL, ("x",)))
+    _, _f0 = p.client.send_request(EmbedRequest(MODEL, ("x",)))
     _, f1 = p.client.send_request(EmbedRequest(MODEL, ("y",)))
 
     def relabel(m):  # type: ignore[no-untyped-def]
@@ -187,7 +187,7 @@ def test_response_from_another_session_is_rejected(world: MockWorld) -> None:
     a, b = SessionPair(world), SessionPair(world)
     a.handshake()
     b.handshake()
-    _, fa = a.client.send_request(EmbedRequest(MODEL, ("x",)))
+    _, _fa = a.client.send_request(EmbedRequest(MODEL, ("x",)))
     _, fb = b.client.send_request(EmbedRequest(MODEL, ("x",)))
     b.to_enclave(fb)
     ev = b.enclave.next_event()
@@ -248,7 +248,9 @@ def test_error_frame_from_enclave_raises_remote_error(world: MockWorld) -> None:
 def test_enclave_refuses_wrong_version(world: MockWorld) -> None:
     e = EnclaveSession(world.identity)
     e.receive_data(encode_frame(ClientHello(2, b"n" * 32).to_cbor()))
-    with pytest.raises(RemoteProtocolError, match="client speaks protocol 2; this enclave speaks 1"):
+    with pytest.raises(
+        RemoteProtocolError, match="client speaks protocol 2; this enclave speaks 1"
+    ):
         e.next_event()
 
 
@@ -274,7 +276,9 @@ def test_non_deterministic_frame_is_rejected(world: MockWorld) -> None:
 def test_client_refuses_unknown_model_locally(world: MockWorld) -> None:
     p = SessionPair(world)
     p.handshake()
-    with pytest.raises(InferenceError, match=r"unknown model 'nope'; the enclave serves \['test-model'\]"):
+    with pytest.raises(
+        InferenceError, match=r"unknown model 'nope'; the enclave serves \['test-model'\]"
+    ):
         p.client.send_request(EmbedRequest("nope", ("x",)))
 
 
@@ -291,7 +295,9 @@ def test_bad_request_body_gets_sealed_error_and_session_goes_on(world: MockWorld
     p.to_enclave(encode_frame(SealedRequest(0, ct).to_cbor()))
     ev = p.enclave.next_event()
     assert isinstance(ev, RequestReceived) and ev.request is None
-    assert ev.error is not None and ev.error.message.startswith("bad request: request has unexpected")
+    assert ev.error is not None and ev.error.message.startswith(
+        "bad request: request has unexpected"
+    )
     p.to_client(p.enclave.respond_error(ev, ev.error))
     failed = p.client.next_event(now=now())
     assert isinstance(failed, RequestFailed)
