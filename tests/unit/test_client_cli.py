@@ -1,0 +1,160 @@
+"""The client CLI's offline commands and the trust policy, on real AWS documents."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from ephemeralml.client._aws_root import AWS_NITRO_ROOT_G1_PEM
+from ephemeralml.client._cli import main
+from ephemeralml.client._policy import ClientPolicy
+from ephemeralml.common._attestation import AWS_NITRO_ROOT_SHA256, PcrAllowlist, parse_unverified
+from ephemeralml.common._errors import ConfigError
+from ephemeralml.enclave._cli import main as enclave_main
+from tests.vectors_path import SHARED_VECTORS
+
+DOC3 = SHARED_VECTORS / "nitro_attestation_3.cbor"
+DOC4 = SHARED_VECTORS / "nitro_attestation_4.cbor"
+DOC3_TIME = "2023-05-17T21:21:51.808Z"
+DOC4_TIME = "2023-05-24T17:07:48.582Z"
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), stdout=out)
+    return code, out.getvalue()
+
+
+def test_embedded_aws_root_is_the_published_one() -> None:
+    shared = x509.load_pem_x509_certificate((SHARED_VECTORS / "aws_nitro_root_g1.pem").read_bytes())
+    ours = x509.load_pem_x509_certificate(AWS_NITRO_ROOT_G1_PEM)
+    assert ours == shared
+    der = ours.public_bytes(encoding=__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    assert hashlib.sha256(der).hexdigest() == AWS_NITRO_ROOT_SHA256
+
+
+def test_attestation_at_its_own_time_verifies() -> None:
+    code, out = run("attestation", str(DOC4), "--at", DOC4_TIME, "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["verified"] is True
+    assert d["module_id"] == "i-09b153b9b6859a1de-enc01884ebaeb16c078"
+    assert d["pcrs"]["0"].startswith("28de6557cce896cf8c580d8674fbc13c")
+    assert d["root"]["sha256"] == AWS_NITRO_ROOT_SHA256
+    assert d["pcr_policy"] == "not checked (no --policy)"
+
+
+def test_attestation_now_is_refused_with_the_failing_check(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("attestation", str(DOC4))
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("ephemeral: attestation error: A5 validity: cabundle[1] is not valid at now")
+
+
+def test_attestation_with_another_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.unit.test_attestation_helpers import self_signed_p384_root_pem
+
+    root = tmp_path / "root.pem"
+    root.write_bytes(self_signed_p384_root_pem())
+    code, _ = run("attestation", str(DOC4), "--at", DOC4_TIME, "--root", str(root))
+    assert code == 1
+    assert "A4 chain: cabundle[0] is not the pinned root" in capsys.readouterr().err
+
+
+def _policy_file(tmp_path: Path, doc: Path, **extra: object) -> Path:
+    d = parse_unverified(doc.read_bytes())
+    p = tmp_path / "policy.json"
+    body = {"version": 3, "root": "aws-nitro", "measurements": [{f"PCR{i}": d.pcrs[i].hex() for i in (0, 1, 2)}]}
+    body.update(extra)
+    p.write_text(json.dumps(body))
+    return p
+
+
+def test_attestation_with_a_matching_policy(tmp_path: Path) -> None:
+    policy = _policy_file(tmp_path, DOC4)
+    code, out = run("attestation", str(DOC4), "--at", DOC4_TIME, "--policy", str(policy))
+    assert code == 0 and "PCR policy    checked" in out
+
+
+def test_attestation_with_a_policy_for_another_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = _policy_file(tmp_path, DOC4)
+    doc5 = SHARED_VECTORS / "nitro_attestation_5.cbor"
+    code, _ = run("attestation", str(doc5), "--at", "2025-05-05T23:27:32.119Z", "--policy", str(policy))
+    assert code == 1
+    assert capsys.readouterr().err.startswith("ephemeral: policy error: A9")
+
+
+def test_debug_mode_document_refused_by_a_production_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = _policy_file(tmp_path, DOC3)  # DOC3 is debug mode: PCR0 all zero
+    code, _ = run("attestation", str(DOC3), "--at", DOC3_TIME, "--policy", str(policy))
+    assert code == 1
+    assert "debug" in capsys.readouterr().err
+    allow = _policy_file(tmp_path, DOC3, allow_debug=True)
+    assert run("attestation", str(DOC3), "--at", DOC3_TIME, "--policy", str(allow))[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"measurements": []}, "measurements must be a non-empty list"),
+        ({"measurements": [{"PCR0": "00"}]}, "PCR0 must be 96 hex digits"),
+        ({"measurements": [{"PCRX": "00" * 48}]}, "'PCRX' is not a PCR name"),
+        ({"root": "nope", "measurements": [{"PCR0": "00" * 48}]}, "root must be"),
+        ({"measurements": [{"PCR0": "11" * 48}], "extra": 1}, "unknown fields ['extra']"),
+        ({"measurements": [{"PCR0": "11" * 48}], "models": {"m": "zz"}}, "models.m must be 64 hex digits"),
+    ],
+)
+def test_bad_policy_files(tmp_path: Path, body: dict, message: str) -> None:  # type: ignore[type-arg]
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(body))
+    with pytest.raises(ConfigError) as info:
+        ClientPolicy.from_file(p)
+    assert message in str(info.value)
+
+
+def test_policy_file_round_trip(tmp_path: Path) -> None:
+    p = _policy_file(tmp_path, DOC4, models={"all-MiniLM-L6-v2": "ab" * 32}, max_age_s=60)
+    pol = ClientPolicy.from_file(p)
+    assert pol.version == 3 and not pol.is_mock
+    assert pol.attestation.max_age_s == 60
+    assert isinstance(pol.attestation.measurements, PcrAllowlist)
+    assert dict(pol.models or {}) == {"all-MiniLM-L6-v2": bytes.fromhex("ab" * 32)}
+
+
+def test_mock_without_a_mock_enclave_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("attest", "--mock", "--home", str(tmp_path))
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ephemeral: error: no mock root at {tmp_path}/published/mock-root.pem: start "
+        "`ephemeral-enclave --mock` first (or set EPHEMERALML_HOME to the enclave's)"
+    )
+
+
+def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("attestation", "/nonexistent/doc.cbor")
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "ephemeral: error: attestation document /nonexistent/doc.cbor does not exist"
+
+
+def test_bad_time(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run("attestation", str(DOC4), "--at", "yesterday")
+    assert code == 2
+    assert "--at 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_enclave_refuses_to_pretend_outside_mock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert enclave_main(["--home", str(tmp_path), "--listen", "vsock:any:5005"]) == 2
+    assert "the production NSM (libnsm.so) is not built yet" in capsys.readouterr().err
+
+
+def test_enclave_mock_needs_tcp(capsys: pytest.CaptureFixture[str]) -> None:
+    assert enclave_main(["--mock", "--listen", "vsock:any:5005"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ephemeral-enclave: error: --mock listens on TCP; give --listen HOST:PORT"
+    )
