@@ -19,13 +19,10 @@ from bytes, never from a path, so that the model can be decrypted in memory only
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,6 +34,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+from ephemeralml._home import write_atomic
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
 
@@ -302,17 +300,8 @@ def write_model_dir(files: ModelFiles, path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Owner-only: a model directory holds the weights.
+    write_atomic(path, data, mode=0o600)
 
 
 class Embedder:
