@@ -128,7 +128,6 @@ def _make_nsm(config: EnclaveConfig, files: ModelFiles) -> Nsm:
     nsm = MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
     # Publish what a client on this machine needs to trust the mock (ARCHITECTURE:
     # like an EIF build publishes its PCRs): the mock root and the measurements.
-    (config.home / MOCK_ROOT).parent.mkdir(parents=True, exist_ok=True)
     nsm.publish_root(config.home / MOCK_ROOT)
     measurements = {
         "mode": "mock",

@@ -381,8 +381,13 @@ def test_publish_root(tmp_path: Path, nsm: MockNsm) -> None:
     assert TrustedRoot.unsafe_mock(pem).certificate_der == nsm.root_certificate_der
     nsm.publish_root(out)  # replacing is fine
     assert [p.name for p in out.parent.iterdir()] == ["mock-root.pem"]
+    # A missing folder is created; a path under a regular file cannot be written.
+    nsm.publish_root(tmp_path / "new-dir" / "root.pem")
+    assert (tmp_path / "new-dir" / "root.pem").read_bytes() == pem
+    (tmp_path / "a-file").write_bytes(b"")
     with pytest.raises(ConfigError, match="cannot write root certificate"):
-        nsm.publish_root(tmp_path / "missing-dir" / "root.pem")
+        nsm.publish_root(tmp_path / "a-file" / "root.pem")
+    assert not list((tmp_path / "new-dir").glob(".*.tmp"))  # nothing half-written left
 
 
 # ---------------------------------------------------------------------------
