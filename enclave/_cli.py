@@ -23,7 +23,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import ephemeralml as _top_pkg
 import ephemeralml.common as _common_pkg
+import ephemeralml.enclave as _enclave_pkg
+import ephemeralml.host as _host_pkg
 from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
 from ephemeralml.common._errors import ConfigError, Error
 from ephemeralml.common._session import EnclaveIdentity
@@ -103,10 +106,18 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
 
 
 def enclave_code_digest() -> bytes:
-    """SHA-384 of the enclave's own code (common + enclave packages)."""
-    enclave_dir = Path(__file__).resolve().parent
-    common_dir = Path(_common_pkg.__file__).resolve().parent
-    return code_digest([common_dir, enclave_dir])
+    """SHA-384 of every project file the enclave program runs.
+
+    That is the enclave and common packages, the transport seam it shares with
+    the host (host/), and the top-level package (ephemeralml/): a change to any of
+    them changes PCR0 and PCR2, as a rebuilt EIF would.
+    """
+    dirs = [
+        Path(pkg.__file__).resolve().parent
+        for pkg in (_top_pkg, _common_pkg, _host_pkg, _enclave_pkg)
+        if pkg.__file__ is not None
+    ]
+    return code_digest(dirs)
 
 
 def _runtime_id() -> str:
