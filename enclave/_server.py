@@ -192,9 +192,15 @@ class EnclaveServer:
                 writer.write(frame)
                 await writer.drain()
         except Error as e:
+            # The session cannot answer (e.g. it outlived MAX_SESSION_S): end it with
+            # an error frame rather than leave the client waiting.
             log.info(
                 "session %s: request %d failed: %s", session.session_id.hex()[:8], event.seq, e
             )
+            with contextlib.suppress(Exception):
+                writer.write(session.fail(e))
+                await writer.drain()
+                writer.close()
         except (ConnectionError, OSError):
             pass
 

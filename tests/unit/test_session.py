@@ -331,3 +331,19 @@ def test_receipt_tampered_inside_enclave_output_is_rejected(world: MockWorld) ->
     p.to_client(p.answer(wrong))
     with pytest.raises(ReceiptError, match=r"^R11 request: request_hash does not match"):
         p.client.next_event(now=now())
+
+
+def test_enclave_refuses_to_answer_in_a_session_past_its_lifetime(world: MockWorld) -> None:
+    from ephemeralml.common._receipt import MAX_SESSION_S
+    from tests.pair import MODEL_DIGEST, fake_result
+
+    p = SessionPair(world)
+    p.handshake()
+    _, frame = p.client.send_request(EmbedRequest(MODEL, ("x",)))
+    p.to_enclave(frame)
+    ev = p.enclave.next_event()
+    assert isinstance(ev, RequestReceived) and ev.request is not None
+    assert p.enclave.attestation_time_ms is not None
+    late = p.enclave.attestation_time_ms + MAX_SESSION_S * 1000 + 1
+    with pytest.raises(LocalProtocolError, match="session is older than its maximum lifetime"):
+        p.enclave.respond(ev, fake_result(ev.request), model_digest=MODEL_DIGEST, time_ms=late, duration_us=1)
