@@ -1,0 +1,218 @@
+"""Model packaging, on the model owner's machine: ``ephemeral model package``.
+
+Streams the model's files through :class:`BundleEncryptor` under a fresh data key
+from KMS ``GenerateDataKey`` and writes the three bundle files of protocol.md §9:
+``model.enc``, ``model.key`` (the KMS-wrapped data key) and ``manifest.cose``
+(signed by the owner's Ed25519 key). Memory use is one chunk, whatever the model's
+size. Everything is written into a temporary folder beside the output and moved
+into place at the end, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ephemeralml._home import write_atomic
+from ephemeralml.common._bundle import (
+    DEFAULT_CHUNK_BYTES,
+    BundleEncryptor,
+    BundleFile,
+    Manifest,
+    owner_key_id,
+    sign_manifest,
+)
+from ephemeralml.common._errors import ConfigError, KeyReleaseError
+
+__all__ = [
+    "BUNDLE_FILES",
+    "MANIFEST_FILE",
+    "MODEL_ENC_FILE",
+    "MODEL_KEY_FILE",
+    "Source",
+    "default_sources",
+    "generate_owner_key",
+    "load_owner_key",
+    "package_model",
+]
+
+MODEL_ENC_FILE = "model.enc"
+MODEL_KEY_FILE = "model.key"
+MANIFEST_FILE = "manifest.cose"
+BUNDLE_FILES = (MANIFEST_FILE, MODEL_KEY_FILE, MODEL_ENC_FILE)
+
+_READ_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of the model: its name in the bundle, and where its bytes are."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> Any:
+        if self.data is not None:
+            import io
+
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        try:
+            return open(self.path, "rb")
+        except OSError as e:
+            raise ConfigError(f"cannot read {self.path}: {e.strerror}") from e
+
+
+def model_json(model_id: str, *, dim: int = 384, max_seq_tokens: int = 256) -> bytes:
+    meta = {
+        "model_id": model_id,
+        "dim": dim,
+        "max_seq_tokens": max_seq_tokens,
+        "pooling": "mean",
+        "normalize": True,
+    }
+    return (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+
+
+def dir_sources(model_dir: Path) -> list[Source]:
+    """A model directory as written by ``write_model_dir``: small files first."""
+    names = ("model.json", "tokenizer.json", "model.onnx")
+    missing = [n for n in names if not (model_dir / n).is_file()]
+    if missing:
+        raise ConfigError(f"model directory {model_dir} lacks {', '.join(missing)}")
+    return [Source(n, path=model_dir / n) for n in names]
+
+
+def default_sources() -> tuple[str, list[Source]]:
+    """The packaged all-MiniLM-L6-v2, read from the installed packages' files."""
+    from ephemeralml.enclave._model import MODEL_ID, ModelFiles
+
+    files = ModelFiles.default()  # checks the packages and the pinned ONNX digest
+    return MODEL_ID, [
+        Source(
+            "model.json",
+            data=model_json(files.model_id, dim=files.dim, max_seq_tokens=files.max_seq_tokens),
+        ),
+        Source("tokenizer.json", data=files.tokenizer_json),
+        Source("model.onnx", data=files.onnx),
+    ]
+
+
+def generate_owner_key(path: Path) -> bytes:
+    """Write a new Ed25519 owner key (PKCS#8 PEM, 0600); returns the raw public key."""
+    if path.exists():
+        raise ConfigError(f"{path} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(path, pem, mode=0o600)
+    return key.public_key().public_bytes_raw()
+
+
+def load_owner_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as e:
+        raise ConfigError(f"cannot read owner key {path}: {e.strerror}") from e
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def _generate_data_key(kms: Any, key_id: str) -> tuple[bytearray, bytes, str]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        r = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        raise KeyReleaseError(
+            f"KMS GenerateDataKey failed: {err.get('Code')}: {err.get('Message')}"
+        ) from e
+    except BotoCoreError as e:
+        raise KeyReleaseError(f"KMS GenerateDataKey failed: {e}") from e
+    plaintext = bytearray(r["Plaintext"])
+    if len(plaintext) != 32:
+        raise KeyReleaseError("KMS returned a data key that is not 32 bytes")
+    return plaintext, bytes(r["CiphertextBlob"]), str(r["KeyId"])
+
+
+def package_model(
+    sources: Sequence[Source],
+    *,
+    model_id: str,
+    version: str,
+    kms: Any,
+    kms_key_id: str,
+    owner_key: Ed25519PrivateKey,
+    out_dir: Path,
+    chunk_size: int = DEFAULT_CHUNK_BYTES,
+    now: datetime | None = None,
+) -> Manifest:
+    """Encrypt ``sources`` into ``out_dir`` (created; must not hold a bundle yet)."""
+    if any((out_dir / f).exists() for f in BUNDLE_FILES):
+        raise ConfigError(f"{out_dir} already holds a bundle; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_key, wrapped, key_arn = _generate_data_key(kms, kms_key_id)
+    tmp = Path(tempfile.mkdtemp(prefix=".package-", dir=out_dir))
+    try:
+        bundle_id, salt = secrets.token_bytes(16), secrets.token_bytes(32)
+        enc = BundleEncryptor(data_key, chunk_size=chunk_size, bundle_id=bundle_id, salt=salt)
+        files: list[BundleFile] = []
+        with open(tmp / MODEL_ENC_FILE, "wb") as out:
+            for src in sources:
+                h, size = hashlib.sha256(), 0
+                with src.open() as f:
+                    while block := f.read(_READ_BYTES):
+                        h.update(block)
+                        size += len(block)
+                        out.write(enc.update(block))
+                files.append(BundleFile(src.name, size, h.digest()))
+            out.write(enc.finish())
+            out.flush()
+            os.fsync(out.fileno())
+        manifest = Manifest(
+            model_id=model_id,
+            version=version,
+            files=tuple(files),
+            plaintext_size=enc.plaintext_size,
+            plaintext_sha256=enc.plaintext_sha256,
+            ciphertext_size=enc.ciphertext_size,
+            ciphertext_sha256=enc.ciphertext_sha256,
+            chunk_size=chunk_size,
+            bundle_id=bundle_id,
+            salt=salt,
+            kms_key_id=key_arn,
+            wrapped_key_sha256=hashlib.sha256(wrapped).digest(),
+            created=(now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            owner=owner_key_id(owner_key.public_key().public_bytes_raw()),
+        )
+        write_atomic(tmp / MODEL_KEY_FILE, wrapped)
+        write_atomic(tmp / MANIFEST_FILE, sign_manifest(manifest, owner_key))
+        # Move into place; the manifest last, so its presence means a whole bundle.
+        for name in (MODEL_ENC_FILE, MODEL_KEY_FILE, MANIFEST_FILE):
+            os.replace(tmp / name, out_dir / name)
+        return manifest
+    finally:
+        # Best effort: Python cannot promise the key bytes leave no copy, but the
+        # buffer we own is zeroed as soon as the encryptor no longer needs it.
+        data_key[:] = bytes(len(data_key))
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
