@@ -393,6 +393,71 @@ def cmd_attestation(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- model
+
+
+def _aws_client(service: str, endpoint: str | None, region: str | None) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name=region or os.environ.get("AWS_REGION") or "us-east-1", endpoint_url=endpoint)
+
+
+def cmd_model_keygen(args: argparse.Namespace) -> int:
+    from ephemeralml.common._bundle import owner_key_id
+
+    from ._package import generate_owner_key
+
+    pub = generate_owner_key(args.out)
+    _out(args, f"owner key written to {args.out} (keep it secret)")
+    _out(args, f"  public key  {pub.hex()}")
+    _out(args, f"  key id      {owner_key_id(pub).hex()}")
+    return 0
+
+
+def cmd_model_package(args: argparse.Namespace) -> int:
+    from ._package import default_sources, dir_sources, load_owner_key, package_model
+
+    if args.model_dir:
+        if not args.model_id:
+            raise ConfigError("--model-dir needs --model-id")
+        model_id, sources = args.model_id, dir_sources(args.model_dir)
+    else:
+        model_id, sources = default_sources()
+        model_id = args.model_id or model_id
+    kms = _aws_client("kms", args.kms_endpoint, args.region)
+    m = package_model(
+        sources,
+        model_id=model_id,
+        version=args.version,
+        kms=kms,
+        kms_key_id=args.kms_key_id,
+        owner_key=load_owner_key(args.owner_key),
+        out_dir=args.out,
+        chunk_size=args.chunk_size,
+    )
+    if args.json:
+        _out(args, json.dumps({"model_id": m.model_id, "version": m.version, "manifest_digest": m.digest.hex(), "kms_key_id": m.kms_key_id, "plaintext_size": m.plaintext_size, "ciphertext_size": m.ciphertext_size, "out": str(args.out)}))
+        return 0
+    _out(args, f"packaged {m.model_id} {m.version}: {m.plaintext_size} bytes in {m.chunk_count} chunk(s) -> {args.out}")
+    _out(args, f"  manifest digest  {m.digest.hex()}")
+    _out(args, f"  KMS key          {m.kms_key_id}")
+    return 0
+
+
+def cmd_model_upload(args: argparse.Namespace) -> int:
+    from ._upload import upload_local, upload_s3
+
+    if bool(args.to) == bool(args.s3):
+        raise ConfigError("give exactly one of --to DIR or --s3 s3://bucket/prefix")
+    if args.to:
+        dest = upload_local(args.bundle, args.to, args.model_id)
+        _out(args, f"uploaded {args.model_id} to {dest}")
+    else:
+        keys = upload_s3(args.bundle, args.s3, args.model_id, s3=_aws_client("s3", args.s3_endpoint, args.region))
+        _out(args, f"uploaded {args.model_id} to {keys[-1].rsplit('/', 1)[0]}/")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -466,6 +531,31 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--at", metavar="TIME", help="check at this ISO 8601 time (default: now)")
     t.add_argument("--root", type=Path, help="trust this root certificate (PEM/DER)")
     t.set_defaults(fn=cmd_attestation)
+    m = sub.add_parser("model", help="package and upload encrypted models (model owners)")
+    msub = m.add_subparsers(dest="model_cmd", required=True)
+    mk = msub.add_parser("keygen", help="make a model-owner Ed25519 signing key")
+    mk.add_argument("--out", type=Path, required=True, help="private key file to write (PEM, 0600)")
+    mk.set_defaults(fn=cmd_model_keygen)
+    mp = msub.add_parser("package", help="encrypt a model under a KMS data key and sign its manifest")
+    mp.add_argument("--model-dir", type=Path, help="model.onnx, tokenizer.json, model.json (default: the packaged all-MiniLM-L6-v2)")
+    mp.add_argument("--model-id", help="model id (default: the packaged model's)")
+    mp.add_argument("--version", default="1", help="model version (free text)")
+    mp.add_argument("--owner-key", type=Path, required=True, help="model owner's Ed25519 key (PEM)")
+    mp.add_argument("--kms-key-id", required=True, help="KMS key id or ARN")
+    mp.add_argument("--kms-endpoint", default=os.environ.get("EPHEMERAL_KMS_ENDPOINT"), help="KMS endpoint URL (mock: the local KMS server)")
+    mp.add_argument("--region", help="AWS region (default $AWS_REGION or us-east-1)")
+    mp.add_argument("--chunk-size", type=int, default=1024 * 1024, help="bytes per encrypted chunk")
+    mp.add_argument("--out", type=Path, required=True, help="folder for manifest.cose, model.key, model.enc")
+    mp.add_argument("--json", action="store_true")
+    mp.set_defaults(fn=cmd_model_package)
+    mu = msub.add_parser("upload", help="put a bundle into a local store or S3")
+    mu.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    mu.add_argument("--model-id", required=True)
+    mu.add_argument("--to", type=Path, metavar="DIR", help="local model store")
+    mu.add_argument("--s3", metavar="URL", help="s3://bucket/prefix")
+    mu.add_argument("--s3-endpoint", default=os.environ.get("EPHEMERAL_S3_ENDPOINT"), help="S3 endpoint URL")
+    mu.add_argument("--region")
+    mu.set_defaults(fn=cmd_model_upload)
     return p
 
 

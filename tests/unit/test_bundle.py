@@ -127,7 +127,7 @@ def test_flipped_byte_in_the_last_chunk(bundle, keys) -> None:  # type: ignore[n
 
 
 def test_truncated_and_extended(bundle, keys) -> None:  # type: ignore[no-untyped-def]
-    raw, enc, m, key = bundle
+    raw, enc, _m, key = bundle
     _expect(f"M6 size: model.enc is {len(enc) - 1} bytes; the manifest says {len(enc)}", raw, enc[:-1], keys, key)
     _expect(f"M6 size: model.enc is {len(enc) - (CHUNK + 16)} bytes", raw, enc[: -(CHUNK + 16)], keys, key)
     _expect("M6 size: model.enc is longer than the manifest says", raw, enc + b"\x00", keys, key)
@@ -141,8 +141,8 @@ def test_swapped_chunks(bundle, keys) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_model_swapped_for_another_with_the_same_name(bundle, owner, keys) -> None:  # type: ignore[no-untyped-def]
-    raw, enc, m, key = bundle
-    other_raw, other_enc, _ = make_bundle({"model.onnx": b"y" * (3 * CHUNK + 100)}, key=key, owner=owner)
+    raw, _enc, _m, key = bundle
+    _other_raw, other_enc, _ = make_bundle({"model.onnx": b"y" * (3 * CHUNK + 100)}, key=key, owner=owner)
     # The host serves the other bundle's model.enc under this manifest.
     _expect("M9 content: chunk 0", raw, other_enc, keys, key)
 
@@ -160,7 +160,7 @@ def test_manifest_signed_by_an_unknown_key(bundle) -> None:  # type: ignore[no-u
 
 
 def test_manifest_forged_with_another_key_under_the_owner_kid(bundle, keys) -> None:  # type: ignore[no-untyped-def]
-    raw, _, m, _ = bundle
+    _raw, _, m, _ = bundle
     forged = sign_eddsa(m.to_cbor(), Ed25519PrivateKey.generate(), kid=m.owner)
     with pytest.raises(ManifestError, match=r"^M3 signature: the manifest signature does not verify"):
         verify_manifest(forged, keys)

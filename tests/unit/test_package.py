@@ -98,3 +98,60 @@ def test_owner_key_files(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("nope")
     with pytest.raises(ConfigError, match="is not an unencrypted PEM private key"):
         load_owner_key(tmp_path / "junk.pem")
+
+
+def test_upload_to_a_local_store_and_to_s3(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ephemeralml.client._upload import parse_s3_url, upload_local, upload_s3
+
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    bundle = tmp_path / "bundle"
+    package_model(_sources(), model_id="tiny", version="1", kms=kms, kms_key_id=key_id,
+                  owner_key=Ed25519PrivateKey.generate(), out_dir=bundle)  # fmt: skip
+    dest = upload_local(bundle, tmp_path / "store", "tiny")
+    assert dest == tmp_path / "store" / "tiny"
+    for name in (MANIFEST_FILE, MODEL_KEY_FILE, MODEL_ENC_FILE):
+        assert (dest / name).read_bytes() == (bundle / name).read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == sorted([MANIFEST_FILE, MODEL_KEY_FILE, MODEL_ENC_FILE])
+
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
+    s3.create_bucket(Bucket="models")
+    keys = upload_s3(bundle, "s3://models/prod", "tiny", s3=s3)
+    assert keys[-1] == "s3://models/prod/tiny/manifest.cose"
+    body = s3.get_object(Bucket="models", Key="prod/tiny/model.enc")["Body"].read()
+    assert body == (bundle / MODEL_ENC_FILE).read_bytes()
+    assert parse_s3_url("s3://models") == ("models", "")
+    with pytest.raises(ConfigError, match="is not s3://bucket"):
+        parse_s3_url("http://models")
+    with pytest.raises(ConfigError, match=r"model id '\.\./x' must be"):
+        upload_local(bundle, tmp_path / "store", "../x")
+    with pytest.raises(ConfigError, match="is not a bundle: it lacks manifest.cose, model.key, model.enc"):
+        upload_local(tmp_path, tmp_path / "store", "tiny")
+
+
+def test_model_cli_keygen_package_upload(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import json
+
+    from ephemeralml.client._cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        return main(list(argv), stdout=out), out.getvalue()
+
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    owner = tmp_path / "owner.pem"
+    code, out = run("model", "keygen", "--out", str(owner))
+    assert code == 0 and out.startswith(f"owner key written to {owner}")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for s in _sources():
+        (model_dir / s.name).write_bytes(s.data or b"")
+    code, out = run("model", "package", "--model-dir", str(model_dir), "--model-id", "tiny", "--version", "2",
+                    "--owner-key", str(owner), "--kms-key-id", key_id, "--out", str(tmp_path / "b"), "--json")  # fmt: skip
+    assert code == 0
+    info = json.loads(out)
+    assert info["model_id"] == "tiny" and info["version"] == "2" and len(info["manifest_digest"]) == 64
+    code, out = run("model", "upload", str(tmp_path / "b"), "--model-id", "tiny", "--to", str(tmp_path / "store"))
+    assert code == 0 and out.strip() == f"uploaded tiny to {tmp_path / 'store' / 'tiny'}"
+    assert run("model", "package", "--model-dir", str(model_dir), "--owner-key", str(owner),
+               "--kms-key-id", key_id, "--out", str(tmp_path / "c"))[0] == 2  # fmt: skip
