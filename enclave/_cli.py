@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import platform
 import signal
 import sys
@@ -32,6 +33,7 @@ from ephemeralml.common._errors import ConfigError, Error
 from ephemeralml.common._session import EnclaveIdentity
 from ephemeralml.host._transport import Endpoint
 
+from ._libnsm import DEFAULT_LIBNSM, NitroNsm
 from ._model import Embedder, ModelFiles
 from ._nsm import MockNsm, Nsm, code_digest, mock_measurements
 from ._server import IDLE_TIMEOUT_S, MAX_SESSIONS, EnclaveServer, ServerConfig
@@ -56,6 +58,7 @@ class EnclaveConfig:
     policy_version: int
     max_sessions: int
     idle_timeout_s: float
+    nsm_lib: str = DEFAULT_LIBNSM
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds")
+    p.add_argument(
+        "--nsm-lib",
+        default=os.environ.get("EPHEMERAL_LIBNSM", DEFAULT_LIBNSM),
+        help="path of libnsm.so (production only)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
     return p
 
@@ -102,6 +110,7 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         policy_version=args.policy_version,
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
+        nsm_lib=args.nsm_lib,
     )
 
 
@@ -128,11 +137,9 @@ def _runtime_id() -> str:
 
 def _make_nsm(config: EnclaveConfig, files: ModelFiles) -> Nsm:
     if not config.mock:
-        # The production NSM binding (libnsm.so through ctypes) is the next issue's
-        # work; refusing here is better than pretending.
-        raise ConfigError(
-            "the production NSM (libnsm.so) is not built yet; run with --mock on a development machine"
-        )
+        # Production: the real NSM through libnsm.so. Outside a Nitro Enclave this
+        # fails with a one-line ConfigError (no /dev/nsm) rather than pretending.
+        return NitroNsm.open(config.nsm_lib)
     pcrs = mock_measurements(
         code_digest=enclave_code_digest(), model_digest=files.digest, runtime_id=_runtime_id()
     )

@@ -148,9 +148,10 @@ def test_bad_time(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--at 'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
 
 
-def test_enclave_refuses_to_pretend_outside_mock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert enclave_main(["--home", str(tmp_path), "--listen", "vsock:any:5005"]) == 2
-    assert "the production NSM (libnsm.so) is not built yet" in capsys.readouterr().err
+def test_enclave_outside_nitro_fails_on_the_nsm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "libnsm.so"
+    assert enclave_main(["--home", str(tmp_path), "--listen", "vsock:any:5005", "--nsm-lib", str(missing)]) == 2
+    assert capsys.readouterr().err.startswith(f"ephemeral-enclave: error: NSM: cannot load {missing}: ")
 
 
 def test_enclave_mock_needs_tcp(capsys: pytest.CaptureFixture[str]) -> None:
