@@ -20,8 +20,8 @@ import contextlib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,13 @@ from ._transport import Endpoint, server_endpoint, set_nodelay, start_server
 __all__ = [
     "STORE_CHUNK_BYTES",
     "STORE_FILES",
+    "AwsCredentials",
     "LocalStore",
     "ModelStore",
     "S3Store",
     "StoreService",
+    "fetch_credentials",
+    "instance_credentials",
     "store_from_url",
 ]
 
@@ -148,12 +151,103 @@ def store_from_url(url: str, *, s3: Any = None) -> ModelStore:
     return LocalStore(Path(url))
 
 
+@dataclass(frozen=True)
+class AwsCredentials:
+    """The instance role's temporary credentials, handed to the enclave (§10.2).
+
+    Not secret from the host (it has them anyway): the key policy, which demands the
+    enclave's attestation for Decrypt, is what protects the model key.
+    """
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+
+    def to_cbor(self) -> bytes:
+        return encode(
+            {
+                "t": "creds",
+                "access_key_id": self.access_key_id,
+                "secret_access_key": self.secret_access_key,
+                "session_token": self.session_token,
+                "region": self.region,
+            }
+        )
+
+    @classmethod
+    def from_map(cls, m: Any) -> AwsCredentials:
+        keys = {"t", "access_key_id", "secret_access_key", "session_token", "region"}
+        if not isinstance(m, dict) or set(m) != keys or m["t"] != "creds":
+            raise RemoteProtocolError("host sent a malformed credentials frame")
+        for k in ("access_key_id", "secret_access_key", "region"):
+            if not isinstance(m[k], str) or not m[k] or len(m[k]) > 4096:
+                raise RemoteProtocolError(f"credentials: bad {k}")
+        if m["session_token"] is not None and not isinstance(m["session_token"], str):
+            raise RemoteProtocolError("credentials: bad session_token")
+        return cls(m["access_key_id"], m["secret_access_key"], m["session_token"], m["region"])
+
+
+def instance_credentials(region: str | None = None) -> Callable[[], AwsCredentials]:
+    """The host's own AWS credentials (instance role), read fresh at each request."""
+
+    def get() -> AwsCredentials:
+        import boto3
+
+        session = boto3.Session()
+        creds = session.get_credentials()
+        if creds is None:
+            raise ConfigError("the host has no AWS credentials to hand to the enclave")
+        frozen = creds.get_frozen_credentials()
+        return AwsCredentials(
+            frozen.access_key,
+            frozen.secret_key,
+            frozen.token,
+            region or session.region_name or "us-east-1",
+        )
+
+    return get
+
+
+async def fetch_credentials(endpoint: Endpoint, *, timeout: float = 30.0) -> AwsCredentials:
+    """The enclave's side of §10.2."""
+    from ._transport import open_connection
+
+    reader, writer = await open_connection(endpoint, timeout=timeout, peer="host services")
+    try:
+        writer.write(encode_frame(encode({"t": "creds"})))
+        await writer.drain()
+        dec = FrameDecoder(max_bytes=64 * 1024)
+        while (frame := dec.next_frame()) is None:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+            if not data:
+                raise TransportError("host closed the connection before sending credentials")
+            dec.receive_data(data)
+        m = decode_deterministic(frame, what="credentials")
+        if isinstance(m, dict) and m.get("t") == "error":
+            raise ConfigError(f"host services: {str(m.get('msg'))[:300]}")
+        return AwsCredentials.from_map(m)
+    except TimeoutError as e:
+        raise TransportError("host services did not send credentials in time") from e
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
 class StoreService:
     """Serves a :class:`ModelStore` to enclaves (§10)."""
 
-    def __init__(self, store: ModelStore, listen: Endpoint) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        listen: Endpoint,
+        *,
+        credentials: Callable[[], AwsCredentials] | None = None,
+    ) -> None:
         self.store = store
         self.listen = listen
+        self.credentials = credentials
         self._server: asyncio.AbstractServer | None = None
         self.bound: Endpoint | None = None
 
@@ -167,12 +261,26 @@ class StoreService:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
 
+    async def _send_credentials(self, writer: asyncio.StreamWriter) -> None:
+        if self.credentials is None:
+            raise ConfigError("this host hands out no AWS credentials")
+        loop = asyncio.get_running_loop()
+        c = await loop.run_in_executor(None, self.credentials)
+        writer.write(encode_frame(c.to_cbor()))
+        await writer.drain()
+        # Which credentials, never their secret parts.
+        log.info("handed credentials %s… to the enclave", c.access_key_id[:4])
+
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         set_nodelay(writer)
         try:
-            model_id, name = await asyncio.wait_for(_read_request(reader), _REQUEST_TIMEOUT_S)
+            request = await asyncio.wait_for(_read_request(reader), _REQUEST_TIMEOUT_S)
+            if request is None:
+                await self._send_credentials(writer)
+                return
+            model_id, name = request
             sent = 0
             loop = asyncio.get_running_loop()
             chunks = await loop.run_in_executor(None, self.store.open, model_id, name)
@@ -200,7 +308,8 @@ class StoreService:
                 await writer.wait_closed()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    """A get request's (model, file), or None for a credentials request."""
     dec = FrameDecoder(max_bytes=_MAX_REQUEST_BYTES)
     while (frame := dec.next_frame()) is None:
         data = await reader.read(_MAX_REQUEST_BYTES)
@@ -208,8 +317,10 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
             raise RemoteProtocolError("store request: connection closed before a request")
         dec.receive_data(data)
     m = decode_deterministic(frame, what="store request")
+    if isinstance(m, dict) and m == {"t": "creds"}:
+        return None
     if not isinstance(m, dict) or set(m) != {"t", "model", "file"} or m["t"] != "get":
-        raise RemoteProtocolError("store request must be {t: get, model, file}")
+        raise RemoteProtocolError("host request must be {t: get, model, file} or {t: creds}")
     if not isinstance(m["model"], str) or not isinstance(m["file"], str):
         raise RemoteProtocolError("store request: model and file must be text")
     ModelStore.check(m["model"], m["file"])

@@ -95,3 +95,41 @@ def test_s3_store_streams_from_moto() -> None:
             match=r"^host model store: model store has no s3://models/prod/m/model.key$",
         ):
             run(_get(store, "m", "model.key"))
+
+
+def test_credentials_are_handed_over_and_parsed(local) -> None:  # type: ignore[no-untyped-def]
+    from ephemeralml.host._store import AwsCredentials, fetch_credentials
+
+    store, _ = local
+    creds = AwsCredentials("AKIAEXAMPLE", "secret", "token", "eu-west-1")
+
+    async def go() -> AwsCredentials:
+        svc = StoreService(store, LISTEN, credentials=lambda: creds)
+        await svc.start()
+        try:
+            assert svc.bound is not None
+            return await fetch_credentials(svc.bound, timeout=10)
+        finally:
+            await svc.close()
+
+    got = run(go())
+    assert got == creds
+    assert "secret" not in repr(got) and "token" not in repr(got)
+
+
+def test_no_credentials_configured(local) -> None:  # type: ignore[no-untyped-def]
+    from ephemeralml.host._store import fetch_credentials
+
+    store, _ = local
+
+    async def go() -> None:
+        svc = StoreService(store, LISTEN)
+        await svc.start()
+        try:
+            assert svc.bound is not None
+            await fetch_credentials(svc.bound, timeout=10)
+        finally:
+            await svc.close()
+
+    with pytest.raises(ConfigError, match=r"^host services: this host hands out no AWS credentials$"):
+        run(go())
