@@ -226,7 +226,7 @@ def connect(
         event = session._next_event()
         if not isinstance(event, Attested):  # pragma: no cover - state table forbids it
             raise RemoteProtocolError("expected an attestation")
-        policy.check_models(event.binding)
+        policy.check_binding(event.binding)  # P1 models, P2 enclave policy version
         # Only now, with the attestation verified, does the HPKE "open" go out.
         session._send(proto.data_to_send())
         return session

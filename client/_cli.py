@@ -4,6 +4,7 @@ ephemeral attest [--mock]                 verify the enclave, print what it prov
 ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
 ephemeral verify RECEIPT [--mock]         offline receipt verification
 ephemeral attestation FILE [--at TIME]    offline attestation document check
+ephemeral policy keygen|sign|show         make a policy-signing key, sign, inspect
 """
 
 from __future__ import annotations
@@ -39,7 +40,19 @@ from ephemeralml.common._receipt import (
 )
 
 from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, Embeddings, connect
-from ._policy import ClientPolicy, aws_root, mock_root, warn_mock
+from ._policy import (
+    POLICY_SIGNERS_FILE,
+    ClientPolicy,
+    aws_root,
+    generate_signer_key,
+    load_policy_signers,
+    load_signer_key,
+    mock_root,
+    parse_signer_keys,
+    policy_signer_kid,
+    sign_policy,
+    warn_mock,
+)
 
 __all__ = ["main"]
 
@@ -53,6 +66,19 @@ def _out(args: argparse.Namespace, text: str = "") -> None:
     print(text, file=args.stdout)
 
 
+def _signers(args: argparse.Namespace, home: Path) -> dict[bytes, bytes]:
+    """Trusted policy signers: $EPHEMERALML_HOME/policy-signers plus every --policy-signer."""
+    signers = load_policy_signers(home)
+    signers.update(parse_signer_keys(args.policy_signer or ()))
+    return signers
+
+
+def _policy_file(args: argparse.Namespace, home: Path, *, record: bool = True) -> ClientPolicy:
+    return ClientPolicy.from_file(
+        args.policy, home=home, trusted_signers=_signers(args, home), record=record
+    )
+
+
 def _policy(args: argparse.Namespace) -> ClientPolicy:
     home = args.home or default_home()
     if args.mock and args.policy:
@@ -60,7 +86,7 @@ def _policy(args: argparse.Namespace) -> ClientPolicy:
     if args.mock:
         return ClientPolicy.unsafe_mock(home)
     if args.policy:
-        return ClientPolicy.from_file(args.policy, home=home)
+        return _policy_file(args, home)
     raise ConfigError(
         "no trust policy: give --policy FILE (allowed PCRs for a real enclave) "
         "or --mock to trust a local mock enclave"
@@ -259,24 +285,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- verify
 
 
-def _offline_policy(args: argparse.Namespace, doc: AttestationDocument) -> AttestationPolicy:
+def _offline_policy(
+    args: argparse.Namespace, doc: AttestationDocument
+) -> tuple[AttestationPolicy, ClientPolicy | None]:
     """The policy for offline checks: the document is checked at its own time."""
     home = args.home or default_home()
     if args.mock and (args.policy or args.root):
         raise ConfigError("give one of --mock, --policy or --root")
     if args.policy:
-        return ClientPolicy.from_file(args.policy, home=home).attestation
+        client_policy = _policy_file(args, home)
+        return client_policy.attestation, client_policy
     if args.mock:
         root, path = mock_root(home)
         warn_mock(path)
         measurements: Measurements = _published_or_any(home)
-        return AttestationPolicy(root, measurements)
+        return AttestationPolicy(root, measurements), None
     root = (
         TrustedRoot.from_pem_or_der(_read(args.root, "root"), name=str(args.root))
         if args.root
         else aws_root()
     )
-    return AttestationPolicy(root, UnsafeAnyMeasurements())
+    return AttestationPolicy(root, UnsafeAnyMeasurements()), None
 
 
 def _published_or_any(home: Path) -> Measurements:
@@ -301,7 +330,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise ConfigError(
             "verify needs --policy FILE (allowed measurements), or --mock for a mock receipt"
         )
-    policy = _offline_policy(args, doc)
+    policy, client_policy = _offline_policy(args, doc)
     # The document is verified at its own timestamp: its chain was valid then;
     # the receipt's time must fall inside the session's lifetime (R10).
     verified = verify_attestation(doc_raw, policy, now=doc.timestamp)
@@ -316,6 +345,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     vr: VerifiedReceipt = verify_receipt(raw, verified, expect=expect)
     binding = EnclaveBinding.from_user_data(verified.document.user_data)
     r = vr.receipt
+    if client_policy is not None:
+        # The same policy checks a live session runs: P1 for the receipt's model, P2.
+        client_policy.check_binding(binding)
+        client_policy.check_model(binding, r.model_id)
     if args.json:
         _out(
             args,
@@ -337,6 +370,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"  mode          {r.mode}{'  (MOCK: not a real enclave)' if r.mode == 'mock' else ''}",
     )
     _out(args, f"  model         {r.model_id} manifest {r.model_digest.hex()}")
+    _out(args, f"  key release   evidence {r.key_release.hex()}")
     _out(args, f"  time          {_iso(r.time_ms)} ({r.duration_us} µs)")
     _out(args, f"  session       {r.session_id.hex()} seq {r.seq}")
     _out(
@@ -366,9 +400,9 @@ def cmd_attestation(args: argparse.Namespace) -> int:
     if sum(bool(x) for x in (args.root, args.mock)) > 1:
         raise ConfigError("give --root PEM or --mock, not both")
     if args.policy:
-        policy = ClientPolicy.from_file(args.policy, home=home).attestation
         if args.root or args.mock:
             raise ConfigError("--policy names its own root; drop --root/--mock")
+        policy = _policy_file(args, home).attestation
     else:
         if args.mock:
             root, path = mock_root(home)
@@ -458,6 +492,64 @@ def cmd_model_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- policy
+
+
+def cmd_policy_keygen(args: argparse.Namespace) -> int:
+    pub = generate_signer_key(args.out)
+    _out(args, f"policy signing key written to {args.out} (keep it secret)")
+    _out(args, f"  public key  {pub.hex()}")
+    _out(args, f"  key id      {policy_signer_kid(pub).hex()}")
+    _out(args, f"clients trust it with --policy-signer {pub.hex()[:16]}… (the whole key)")
+    _out(args, f"or a line in $EPHEMERALML_HOME/{POLICY_SIGNERS_FILE}")
+    return 0
+
+
+def cmd_policy_sign(args: argparse.Namespace) -> int:
+    payload = _read(args.policy_json, "policy")
+    key = load_signer_key(args.key)
+    signed, doc = sign_policy(payload, key, where=str(args.policy_json))
+    write_atomic(args.out, signed)
+    kid = policy_signer_kid(key.public_key().public_bytes_raw())
+    _out(args, f"signed policy version {doc.version} -> {args.out} (signer {kid.hex()})")
+    return 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    home = args.home or default_home()
+    # Every check a client runs (P3, P4), without recording the version: showing a
+    # policy is not adopting it.
+    policy = ClientPolicy.from_file(
+        args.file, home=home, trusted_signers=_signers(args, home), record=False
+    )
+    d = policy.to_json()
+    if args.json:
+        _out(args, json.dumps(d, indent=2))
+        return 0
+    if policy.signer:
+        _out(args, f"policy {args.file} VERIFIED: signed by {policy.signer.hex()}")
+    else:
+        _out(args, f"policy {args.file} is valid: UNSIGNED (no policy signer configured)")
+    r = d["root"]
+    _out(args, f"  version       {d['version']}")
+    _out(args, f"  root          {r['name']} sha256 {r['sha256']}{'  (MOCK)' if r['mock'] else ''}")
+    _out(args, f"  max age       {d['max_age_s']} s")
+    for i, s in enumerate(d["measurements"]):
+        for pcr, value in s.items():
+            _out(args, f"  set {i:<2} {pcr:<5} {value}")
+    if d["allow_debug"]:
+        _out(args, "  DEBUG MODE    allowed: a debug-mode enclave proves nothing about its code")
+    models = d["models"]
+    if models is None:
+        _out(args, "  models        any attested model")
+    for k, dg in (models or {}).items():
+        _out(args, f"  model         {k} manifest {dg}")
+    for key in d["owner_keys"] or ():
+        _out(args, f"  owner key     {key}")
+    _out(args, f"  min enclave policy version {d['min_enclave_policy_version']}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -468,13 +560,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
+    def signer(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--policy-signer",
+            action="append",
+            metavar="HEX",
+            help="trust policies signed by this Ed25519 key (64 hex; repeatable; added to "
+            f"$EPHEMERALML_HOME/{POLICY_SIGNERS_FILE}); unsigned policies are then refused",
+        )
+
     def trust(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--mock",
             action="store_true",
             help="trust the local MOCK enclave's root (development only; warns)",
         )
-        sp.add_argument("--policy", type=Path, help="trust policy file (JSON)")
+        sp.add_argument(
+            "--policy", type=Path, help="trust policy file (policy.json, or signed policy.cose)"
+        )
+        signer(sp)
         sp.add_argument(
             "--home",
             type=Path,
@@ -556,6 +660,25 @@ def _parser() -> argparse.ArgumentParser:
     mu.add_argument("--s3-endpoint", default=os.environ.get("EPHEMERAL_S3_ENDPOINT"), help="S3 endpoint URL")
     mu.add_argument("--region")
     mu.set_defaults(fn=cmd_model_upload)
+
+    pol = sub.add_parser("policy", help="make, sign and inspect trust policies (policy owners)")
+    psub = pol.add_subparsers(dest="policy_cmd", required=True)
+    pk = psub.add_parser("keygen", help="make an Ed25519 policy-signing key")
+    pk.add_argument("--out", type=Path, required=True, help="private key file to write (PEM, 0600)")
+    pk.set_defaults(fn=cmd_policy_keygen)
+    ps = psub.add_parser("sign", help="check a policy.json and sign it into a policy.cose")
+    ps.add_argument("policy_json", type=Path, metavar="POLICY_JSON")
+    ps.add_argument("--key", type=Path, required=True, help="policy-signing key (PEM)")
+    ps.add_argument("--out", type=Path, required=True, help="signed policy to write (policy.cose)")
+    ps.set_defaults(fn=cmd_policy_sign)
+    pw = psub.add_parser("show", help="verify a policy file as a client would and print it")
+    pw.add_argument("file", type=Path, metavar="FILE")
+    signer(pw)
+    pw.add_argument(
+        "--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)"
+    )
+    pw.add_argument("--json", action="store_true", help="machine-readable output")
+    pw.set_defaults(fn=cmd_policy_show)
     return p
 
 

@@ -3,23 +3,47 @@
 Built at the edge (CLI flags or a policy file) and handed to the library. Three
 ways to get one:
 
-* :meth:`ClientPolicy.from_file` — a JSON policy (the production path);
+* :meth:`ClientPolicy.from_file` — a JSON policy, unsigned (``policy.json``) or
+  signed by a policy signer (``policy.cose``); the production path;
 * :meth:`ClientPolicy.production` — the pinned AWS root and explicit measurements;
 * :meth:`ClientPolicy.unsafe_mock` — the mock root and measurements that a local
   mock enclave published. It warns, loudly, every time.
+
+The layers of a policy file, in the order they run (protocol.md §8):
+
+1. :func:`open_policy` — bytes in: check P3 (the signature, over the bytes received)
+   and return the JSON payload. No JSON is parsed before P3 has passed.
+2. :meth:`PolicyDocument.from_json` — pure parsing: every field, its type and range.
+3. :meth:`ClientPolicy.from_file` — resolves the root (reads files), then check P4
+   against a :class:`PolicyVersionStore` (rollback), and records the version only
+   once everything else has passed.
+
+P1 (models) and P2 (the enclave's policy version) run later, against the verified
+binding of each session: :meth:`ClientPolicy.check_binding`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import hmac
 import json
+import math
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
 from ephemeralml.common._attestation import (
     MAX_ATTESTATION_AGE_S,
     AttestationPolicy,
@@ -28,19 +52,61 @@ from ephemeralml.common._attestation import (
     TrustedRoot,
 )
 from ephemeralml.common._binding import EnclaveBinding
-from ephemeralml.common._errors import ConfigError, Error, PolicyError
+from ephemeralml.common._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
+from ephemeralml.common._errors import ConfigError, DecodeError, Error, PolicyError
 
 from ._aws_root import AWS_NITRO_ROOT_G1_PEM
 
-__all__ = ["MOCK_WARNING", "ClientPolicy", "aws_root", "mock_root", "warn_mock"]
+__all__ = [
+    "MOCK_WARNING",
+    "POLICY_SIGNERS_FILE",
+    "POLICY_VERSIONS_FILE",
+    "ClientPolicy",
+    "PemRoot",
+    "PolicyDocument",
+    "PolicyVersionStore",
+    "aws_root",
+    "generate_signer_key",
+    "load_policy_signers",
+    "load_signer_key",
+    "mock_root",
+    "open_policy",
+    "parse_signer_keys",
+    "policy_signer_kid",
+    "sign_policy",
+    "warn_mock",
+]
 
 MOCK_WARNING = (
     "WARNING: trusting the MOCK attestation root ({where}). This is NOT a real enclave: "
     "the machine's owner can read everything. Use for development only."
 )
 
-#: A policy file is small; anything bigger is a mistake.
+#: A policy file (signed or not) is small; anything bigger is a mistake.
 _MAX_POLICY_BYTES = 64 * 1024
+
+#: Relative to the home: trusted policy signers, one raw Ed25519 public key (64 hex)
+#: a line. When it names any key, unsigned policies are refused (P3).
+POLICY_SIGNERS_FILE = Path("policy-signers")
+#: Relative to the home: the highest policy version accepted per identity (P4).
+POLICY_VERSIONS_FILE = Path("policy-versions.json")
+
+_VERSIONS_FORMAT = "ephemeralml-policy-versions/1"
+_FIELDS = frozenset(
+    {
+        "version",
+        "root",
+        "max_age_s",
+        "measurements",
+        "allow_debug",
+        "models",
+        "owner_keys",
+        "min_enclave_policy_version",
+    }
+)
+#: First byte of a COSE_Sign1: tag 18 (0xd2) or, untagged, an array of 4 (0x84).
+#: Any other file is read as an unsigned JSON policy.
+_COSE_FIRST_BYTES = frozenset({0xD2, 0x84})
 
 
 def warn_mock(where: Path | str, stream: TextIO | None = None) -> None:
@@ -83,6 +149,8 @@ def _pcr_set(obj: Any, where: str) -> dict[int, bytes]:
         name = str(k).upper().removeprefix("PCR")
         if not name.isdigit() or not 0 <= int(name) <= 31:
             raise ConfigError(f"{where}: {k!r} is not a PCR name (PCR0..PCR31)")
+        if int(name) in out:
+            raise ConfigError(f"{where}: PCR{int(name)} is named twice")
         out[int(name)] = _hex(v, f"{where}: {k}", 48)
     return out
 
@@ -101,6 +169,372 @@ def _measurements_from_published(home: Path) -> tuple[PcrAllowlist, Path]:
     return PcrAllowlist([pcrs]), path
 
 
+# ---------------------------------------------------------------- signer keys
+
+
+def policy_signer_kid(public_key: bytes) -> bytes:
+    """The id of a policy signer: SHA-256 of its 32 raw Ed25519 public-key bytes."""
+    return hashlib.sha256(public_key).digest()
+
+
+def _ed25519_public(value: Any, what: str) -> bytes:
+    raw = _hex(value, what, 32)
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as e:
+        raise ConfigError(f"{what} is not an Ed25519 public key") from e
+    return raw
+
+
+def parse_signer_keys(
+    hex_keys: Iterable[str], *, where: str = "--policy-signer"
+) -> dict[bytes, bytes]:
+    """Raw Ed25519 public keys as hex → ``{kid: key}``, the form ``from_file`` takes."""
+    out: dict[bytes, bytes] = {}
+    for text in hex_keys:
+        key = _ed25519_public(text.strip(), f"{where} {text.strip()[:16]!r}")
+        out[policy_signer_kid(key)] = key
+    return out
+
+
+def load_policy_signers(home: Path) -> dict[bytes, bytes]:
+    """The signers listed in ``home/policy-signers`` (absent file: none).
+
+    One 64-hex raw Ed25519 public key a line; blank lines and ``#`` comments are
+    ignored. A line that is not a key is an error, never skipped.
+    """
+    path = home / POLICY_SIGNERS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read policy signers {path}: {e}") from e
+    out: dict[bytes, bytes] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.update(parse_signer_keys([line], where=f"{path} line {n}:"))
+    return out
+
+
+def _checked_signers(trusted: Mapping[bytes, bytes]) -> Mapping[bytes, bytes]:
+    for kid, key in trusted.items():
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ConfigError("policy signers: each key must be 32 raw Ed25519 bytes")
+        if not isinstance(kid, bytes) or not hmac.compare_digest(kid, policy_signer_kid(key)):
+            raise ConfigError(
+                "policy signers: map kid -> key, with kid = SHA-256 of the raw public key"
+            )
+    return trusted
+
+
+def generate_signer_key(path: Path) -> bytes:
+    """Write a new Ed25519 policy-signing key (PKCS#8 PEM, 0600); returns the raw public key."""
+    if path.exists():
+        raise ConfigError(f"{path} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(path, pem, mode=0o600)
+    return key.public_key().public_bytes_raw()
+
+
+def load_signer_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as e:
+        raise ConfigError(f"cannot read policy signing key {path}: {e.strerror}") from e
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    return key
+
+
+# ---------------------------------------------------------------- P3: the envelope
+
+
+def open_policy(
+    raw: bytes, *, where: str, trusted_signers: Mapping[bytes, bytes]
+) -> tuple[bytes, bytes | None]:
+    """Check P3 on a policy file's bytes; return ``(json_payload, signer_kid or None)``.
+
+    A file whose first byte opens a COSE_Sign1 (tag 18, or an untagged array of 4) is
+    a signed policy: its envelope and EdDSA signature are checked against
+    ``trusted_signers`` (kid → raw public key) over the bytes received, and only then
+    is the payload handed back. Any other file is an unsigned policy, refused when
+    any signer is trusted. Does not parse or check the JSON itself.
+    """
+    if len(raw) > _MAX_POLICY_BYTES:
+        raise ConfigError(f"policy {where} is over {_MAX_POLICY_BYTES} bytes")
+    if not raw or raw[0] not in _COSE_FIRST_BYTES:
+        # P3: once a signer is configured, only its signature makes a policy.
+        if trusted_signers:
+            raise PolicyError(
+                f"P3 policy signature: policy is not signed but signers are configured ({where})"
+            )
+        return raw, None
+    try:
+        env = decode_sign1(raw, what=f"policy {where}", max_bytes=_MAX_POLICY_BYTES)
+    except DecodeError as e:
+        raise PolicyError(f"P3 policy signature: {e}") from e
+    kid = env.protected_map.get(4)
+    # P3: protected header exactly {alg: EdDSA, kid: 32 bytes}, as for receipts (R1).
+    if set(env.protected_map) != {1, 4} or env.protected_map[1] != ALG_EDDSA:
+        raise PolicyError(
+            f"P3 policy signature: {where}: protected header must be exactly {{alg: EdDSA, kid}}"
+        )
+    if not isinstance(kid, bytes) or len(kid) != 32 or env.unprotected or len(env.signature) != 64:
+        raise PolicyError(
+            f"P3 policy signature: {where}: bad kid, unprotected header or signature length"
+        )
+    public = trusted_signers.get(kid)
+    if public is None:
+        hint = "" if trusted_signers else "; no policy signers are configured (--policy-signer)"
+        raise PolicyError(
+            f"P3 policy signature: signed by an unknown key {kid.hex()[:16]}… ({where}){hint}"
+        )
+    try:
+        ok = verify_eddsa(env, public)
+    except DecodeError as e:
+        raise PolicyError(f"P3 policy signature: {where}: {e}") from e
+    if not ok:
+        raise PolicyError(
+            f"P3 policy signature: the signature on {where} does not verify "
+            f"with signer {kid.hex()[:16]}…"
+        )
+    return env.payload, kid
+
+
+def sign_policy(
+    payload: bytes, key: Ed25519PrivateKey, *, where: str
+) -> tuple[bytes, PolicyDocument]:
+    """Sign a policy's JSON bytes, unchanged, after checking them as a signed policy."""
+    doc = PolicyDocument.from_json(payload, where=where, signed=True)
+    kid = policy_signer_kid(key.public_key().public_bytes_raw())
+    signed = sign_eddsa(payload, key, kid=kid)
+    if len(signed) > _MAX_POLICY_BYTES:
+        raise ConfigError(f"signed policy {where} would be over {_MAX_POLICY_BYTES} bytes")
+    return signed, doc
+
+
+# ---------------------------------------------------------------- pure parsing
+
+
+@dataclass(frozen=True)
+class PemRoot:
+    """``{"pem": path, "sha256": hex}``: a root read from a file beside the policy."""
+
+    path: str
+    #: SHA-256 of the certificate's DER; required in a signed policy (the file is
+    #: not covered by the signature, the pin is).
+    sha256: bytes | None = None
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _int_field(doc: Mapping[str, Any], name: str, where: str) -> int:
+    value = doc.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"policy {where}: {name} must be a non-negative integer")
+    return value
+
+
+@dataclass(frozen=True)
+class PolicyDocument:
+    """A parsed policy (protocol.md §8), before any file it names is read."""
+
+    version: int
+    root: str | PemRoot  # "aws-nitro", "mock" or a PemRoot
+    max_age_s: float
+    measurements: PcrAllowlist
+    models: Mapping[str, bytes] | None
+    #: Model-owner keys (kid → raw Ed25519 key), as ``verify_manifest`` takes them.
+    owner_keys: Mapping[bytes, bytes] | None
+    min_enclave_policy_version: int
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, where: str, signed: bool = False) -> PolicyDocument:
+        """Parse a policy's JSON bytes (UTF-8, no duplicate keys). No I/O.
+
+        ``signed``: the bytes came out of a verified signature; then a ``{"pem"}``
+        root must carry its ``sha256``.
+        """
+        try:
+            doc = json.loads(
+                raw.decode("utf-8"),
+                object_pairs_hook=_reject_duplicates,
+                parse_constant=_reject_constant,
+            )
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"policy {where} is not JSON: {e}") from e
+        try:
+            return cls._from_obj(doc, where, signed)
+        except Error:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"policy {where}: {e}") from e
+
+    @classmethod
+    def _from_obj(cls, doc: Any, where: str, signed: bool) -> PolicyDocument:
+        if not isinstance(doc, dict):
+            raise ConfigError(f"policy {where}: not a JSON object")
+        if unknown := set(doc) - _FIELDS:
+            raise ConfigError(f"policy {where}: unknown fields {sorted(unknown)}")
+        version = _int_field(doc, "version", where)
+        min_pv = _int_field(doc, "min_enclave_policy_version", where)
+        root_spec = doc.get("root", "aws-nitro")
+        root: str | PemRoot
+        if root_spec in ("aws-nitro", "mock"):
+            root = root_spec
+        elif (
+            isinstance(root_spec, dict)
+            and "pem" in root_spec
+            and set(root_spec) <= {"pem", "sha256"}
+            and isinstance(root_spec["pem"], str)
+        ):
+            pin = root_spec.get("sha256")
+            root = PemRoot(
+                root_spec["pem"],
+                None if pin is None else _hex(pin, f"policy {where}: root.sha256", 32),
+            )
+            if signed and root.sha256 is None:
+                raise ConfigError(
+                    f"policy {where}: a signed policy must pin its root: "
+                    '{"pem": PATH, "sha256": HEX}'
+                )
+        else:
+            raise ConfigError(
+                f'policy {where}: root must be "aws-nitro", "mock" or {{"pem": PATH}}'
+            )
+        sets = doc.get("measurements")
+        if not isinstance(sets, list) or not sets:
+            raise ConfigError(f"policy {where}: measurements must be a non-empty list")
+        allow_debug = doc.get("allow_debug", False)
+        if not isinstance(allow_debug, bool):
+            raise ConfigError(f"policy {where}: allow_debug must be true or false")
+        allowlist = PcrAllowlist(
+            [_pcr_set(s, f"policy {where} measurements[{i}]") for i, s in enumerate(sets)],
+            allow_debug=allow_debug,
+        )
+        max_age = doc.get("max_age_s", MAX_ATTESTATION_AGE_S)
+        if (
+            isinstance(max_age, bool)
+            or not isinstance(max_age, int | float)
+            or not math.isfinite(max_age)
+            or max_age <= 0
+        ):
+            raise ConfigError(f"policy {where}: max_age_s must be a positive number of seconds")
+        models = doc.get("models")
+        if models is not None:
+            if not isinstance(models, dict):
+                raise ConfigError(f"policy {where}: models must be an object of id: digest hex")
+            models = {k: _hex(v, f"policy {where}: models.{k}", 32) for k, v in models.items()}
+        owners = doc.get("owner_keys")
+        owner_keys: dict[bytes, bytes] | None = None
+        if owners is not None:
+            if not isinstance(owners, list):
+                raise ConfigError(f"policy {where}: owner_keys must be a list of 64-hex keys")
+            keys = [
+                _ed25519_public(k, f"policy {where}: owner_keys[{i}]") for i, k in enumerate(owners)
+            ]
+            owner_keys = {policy_signer_kid(k): k for k in keys}
+        return cls(
+            version=version,
+            root=root,
+            max_age_s=max_age,
+            measurements=allowlist,
+            models=MappingProxyType(models) if models is not None else None,
+            owner_keys=MappingProxyType(owner_keys) if owner_keys is not None else None,
+            min_enclave_policy_version=min_pv,
+        )
+
+
+# ---------------------------------------------------------------- P4: the version store
+
+
+class PolicyVersionStore:
+    """The highest policy version accepted, per identity (check P4, protocol.md §8).
+
+    A JSON file (``{"format": ..., "accepted": {identity: version}}``) written with
+    :func:`write_atomic` under an exclusive ``flock`` on ``<path>.lock``, so two
+    clients never lose each other's update. A store that cannot be read is an error,
+    never treated as empty: that would reset rollback protection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def in_home(cls, home: Path) -> PolicyVersionStore:
+        return cls(home / POLICY_VERSIONS_FILE)
+
+    def accepted(self) -> dict[str, int]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise ConfigError(f"cannot read policy version store {self.path}: {e.strerror}") from e
+        try:
+            data = json.loads(raw)
+            if data.get("format") != _VERSIONS_FORMAT or not isinstance(data["accepted"], dict):
+                raise ValueError("not a policy version store")
+            out = dict(data["accepted"])
+            if not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out.values()
+            ):
+                raise ValueError("versions must be non-negative integers")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(
+                f"policy version store {self.path} is unreadable ({e}); refusing to "
+                "reset rollback protection: repair or remove it by hand"
+            ) from e
+        return out
+
+    def check(self, identity: str, version: int) -> None:
+        """P4 without recording: raise if ``version`` is below the one accepted."""
+        seen = self.accepted().get(identity)
+        if seen is not None and version < seen:
+            raise PolicyError(
+                f"P4 policy version: version {version} is older than version {seen} "
+                f"already accepted from {identity}"
+            )
+
+    def check_and_record(self, identity: str, version: int) -> None:
+        """P4, then remember ``version`` for ``identity`` if it is higher."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                accepted = self.accepted()
+                self.check(identity, version)
+                if accepted.get(identity, -1) < version:
+                    accepted[identity] = version
+                    data = {"format": _VERSIONS_FORMAT, "accepted": dict(sorted(accepted.items()))}
+                    write_atomic(self.path, (json.dumps(data, indent=1) + "\n").encode())
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- the client policy
+
+
 @dataclass(frozen=True)
 class ClientPolicy:
     attestation: AttestationPolicy
@@ -110,15 +544,44 @@ class ClientPolicy:
     source: str = "built in"
     #: Version of the policy document (from the file; 0 if built in code).
     version: int = 0
+    _: KW_ONLY
+    #: P2: the lowest policy version an enclave may report in its binding.
+    min_enclave_policy_version: int = 0
+    #: Model-owner keys (kid → raw Ed25519 key) this client accepts, or None.
+    #: Not checked against the enclave (its binding names manifest digests, not owners);
+    #: for tools that verify manifests (``verify_manifest``).
+    owner_keys: Mapping[bytes, bytes] | None = None
+    #: Kid of the policy signer whose signature passed P3; None for an unsigned policy.
+    signer: bytes | None = None
     _warned: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.models is not None:
             object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        if self.owner_keys is not None:
+            object.__setattr__(self, "owner_keys", MappingProxyType(dict(self.owner_keys)))
+        v = self.min_enclave_policy_version
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError("min_enclave_policy_version must be a non-negative integer")
 
     @property
     def is_mock(self) -> bool:
         return self.attestation.root.is_mock
+
+    def check_binding(self, binding: EnclaveBinding) -> None:
+        """Policy checks on a *verified* attestation's binding: P1, then P2.
+
+        Raises :class:`PolicyError`. Does not check the attestation itself (that is
+        §3, done before) nor which model the caller will use (:meth:`check_model`).
+        """
+        self.check_models(binding)
+        # P2 enclave policy version: protocol.md §8.
+        if binding.policy_version < self.min_enclave_policy_version:
+            raise PolicyError(
+                f"P2 enclave policy version: the enclave enforces policy version "
+                f"{binding.policy_version}, the policy ({self.source}) requires at least "
+                f"{self.min_enclave_policy_version}"
+            )
 
     def check_models(self, binding: EnclaveBinding) -> None:
         """Policy check P1: every model the enclave serves that we would use is allowed."""
@@ -137,6 +600,27 @@ class ClientPolicy:
                 f"P1 model: {model_id!r} is not allowed by the policy ({self.source})"
             )
         self.check_models(binding)
+
+    def to_json(self) -> dict[str, Any]:
+        """The effective policy, for ``ephemeral policy show --json``."""
+        root = self.attestation.root
+        m = self.attestation.measurements
+        return {
+            "source": self.source,
+            "version": self.version,
+            "signer": self.signer.hex() if self.signer else None,
+            "root": {"name": root.name, "sha256": root.fingerprint, "mock": root.is_mock},
+            "max_age_s": self.attestation.max_age_s,
+            "measurements": [{f"PCR{i}": v.hex() for i, v in s.items()} for s in m.allowed]
+            if isinstance(m, PcrAllowlist)
+            else type(m).__name__,
+            "allow_debug": m.allow_debug if isinstance(m, PcrAllowlist) else None,
+            "models": None if self.models is None else {k: v.hex() for k, v in self.models.items()},
+            "owner_keys": [k.hex() for k in self.owner_keys.values()]
+            if self.owner_keys is not None
+            else None,
+            "min_enclave_policy_version": self.min_enclave_policy_version,
+        }
 
     # ---------------------------------------------------------------- presets
 
@@ -164,65 +648,83 @@ class ClientPolicy:
 
     @classmethod
     def from_file(
-        cls, path: Path, *, home: Path | None = None, stream: TextIO | None = None
+        cls,
+        path: Path,
+        *,
+        home: Path | None = None,
+        trusted_signers: Mapping[bytes, bytes] | None = None,
+        versions: PolicyVersionStore | None = None,
+        record: bool = True,
+        stream: TextIO | None = None,
     ) -> ClientPolicy:
-        """A JSON policy file; see README "Trust policy" for the format."""
+        """A policy file, unsigned JSON or signed COSE_Sign1 (protocol.md §8).
+
+        In order: P3 over the bytes read (``trusted_signers``: kid → raw Ed25519 key;
+        none given means none configured, and then unsigned policies are accepted and
+        signed ones refused), parsing, the root, then P4 against ``versions``
+        (default: ``policy-versions.json`` in ``home``). The version is recorded only
+        after all of that passed, and not at all with ``record=False``. P1 and P2
+        run later, per session (:meth:`check_binding`).
+        """
+        home = home or default_home()
+        where = str(path)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_POLICY_BYTES + 1)  # open_policy refuses the +1
         except OSError as e:
             raise ConfigError(f"cannot read policy {path}: {e.strerror}") from e
-        if len(raw) > _MAX_POLICY_BYTES:
-            raise ConfigError(f"policy {path} is over {_MAX_POLICY_BYTES} bytes")
-        try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            raise ConfigError(f"policy {path} is not JSON: {e}") from e
-        try:
-            return cls._from_json(doc, path, home, stream)
-        except Error:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"policy {path}: {e}") from e
+        payload, kid = open_policy(
+            raw, where=where, trusted_signers=_checked_signers(trusted_signers or {})
+        )
+        doc = PolicyDocument.from_json(payload, where=where, signed=kid is not None)
+        policy = cls._resolve(doc, path, home, stream, signer=kid)
+        # P4 policy version: identity is the signer for a signed policy (one signer,
+        # one series of versions), the file itself for an unsigned one.
+        identity = kid.hex() if kid is not None else str(path.resolve())
+        store = versions or PolicyVersionStore.in_home(home)
+        if record:
+            store.check_and_record(identity, doc.version)
+        else:
+            store.check(identity, doc.version)
+        return policy
 
     @classmethod
-    def _from_json(
-        cls, doc: Any, path: Path, home: Path | None, stream: TextIO | None
+    def _resolve(
+        cls,
+        doc: PolicyDocument,
+        path: Path,
+        home: Path,
+        stream: TextIO | None,
+        *,
+        signer: bytes | None,
     ) -> ClientPolicy:
-        if not isinstance(doc, dict):
-            raise ConfigError(f"policy {path}: not a JSON object")
-        known = {"version", "root", "max_age_s", "measurements", "allow_debug", "models"}
-        if unknown := set(doc) - known:
-            raise ConfigError(f"policy {path}: unknown fields {sorted(unknown)}")
-        version = doc.get("version", 0)
-        if not isinstance(version, int) or version < 0:
-            raise ConfigError(f"policy {path}: version must be a non-negative integer")
-        root_spec = doc.get("root", "aws-nitro")
-        if root_spec == "aws-nitro":
+        if doc.root == "aws-nitro":
             root = aws_root()
-        elif root_spec == "mock":
+        elif doc.root == "mock":
             root, root_path = mock_root(home)
             warn_mock(root_path, stream)
-        elif isinstance(root_spec, dict) and set(root_spec) == {"pem"}:
-            pem_path = (path.parent / root_spec["pem"]).resolve()
+        else:
+            assert isinstance(doc.root, PemRoot)
+            pem_path = (path.parent / doc.root.path).resolve()
             try:
                 root = TrustedRoot.from_pem_or_der(pem_path.read_bytes(), name=str(pem_path))
             except OSError as e:
                 raise ConfigError(
                     f"policy {path}: cannot read root {pem_path}: {e.strerror}"
                 ) from e
-        else:
-            raise ConfigError(f'policy {path}: root must be "aws-nitro", "mock" or {{"pem": PATH}}')
-        sets = doc.get("measurements")
-        if not isinstance(sets, list) or not sets:
-            raise ConfigError(f"policy {path}: measurements must be a non-empty list")
-        allowlist = PcrAllowlist(
-            [_pcr_set(s, f"policy {path} measurements[{i}]") for i, s in enumerate(sets)],
-            allow_debug=bool(doc.get("allow_debug", False)),
+            pin = doc.root.sha256
+            # P3: the pin carries the signature over to the root file it names.
+            if pin is not None and not hmac.compare_digest(root.fingerprint, pin.hex()):
+                raise PolicyError(
+                    f"P3 policy signature: root {pem_path} has SHA-256 {root.fingerprint[:16]}…, "
+                    f"the policy pins {pin.hex()[:16]}…"
+                )
+        return cls(
+            AttestationPolicy(root, doc.measurements, doc.max_age_s),
+            doc.models,
+            str(path),
+            doc.version,
+            min_enclave_policy_version=doc.min_enclave_policy_version,
+            owner_keys=doc.owner_keys,
+            signer=signer,
         )
-        max_age = doc.get("max_age_s", MAX_ATTESTATION_AGE_S)
-        models = doc.get("models")
-        if models is not None:
-            if not isinstance(models, dict):
-                raise ConfigError(f"policy {path}: models must be an object of id: digest hex")
-            models = {k: _hex(v, f"policy {path}: models.{k}", 32) for k, v in models.items()}
-        return cls(AttestationPolicy(root, allowlist, max_age), models, str(path), version)

@@ -9,7 +9,7 @@ and whether it runs as a real Nitro enclave or in mock mode.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -26,7 +26,7 @@ MAX_USER_DATA_BYTES = 512
 #: Security modes a receipt and binding may name.
 MODES = frozenset({"nitro", "mock"})
 
-_KEYS = {"v", "sid", "rk", "models", "pv", "mode"}
+_KEYS = {"v", "sid", "rk", "models", "kr", "pv", "mode"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class EnclaveBinding:
     models: Mapping[str, bytes]  # model id -> manifest digest (SHA-256)
     policy_version: int
     mode: str
+    #: model id -> digest of the evidence of its key's release (KMS request id,
+    #: CiphertextForRecipient and attestation digests); receipts repeat it.
+    key_releases: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.session_id) != SESSION_ID_BYTES:
@@ -50,7 +53,11 @@ class EnclaveBinding:
         for k, v in self.models.items():
             if not isinstance(k, str) or not isinstance(v, bytes) or len(v) != 32:
                 raise RemoteProtocolError("binding: models must map text ids to 32-byte digests")
+        for k, v in self.key_releases.items():
+            if k not in self.models or not isinstance(v, bytes) or len(v) != 32:
+                raise RemoteProtocolError("binding: key releases must map loaded models to digests")
         object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "key_releases", MappingProxyType(dict(self.key_releases)))
 
     def to_cbor(self) -> bytes:
         data = encode(
@@ -59,6 +66,7 @@ class EnclaveBinding:
                 "sid": self.session_id,
                 "rk": self.receipt_key,
                 "models": dict(self.models),
+                "kr": dict(self.key_releases),
                 "pv": self.policy_version,
                 "mode": self.mode,
             }
@@ -80,9 +88,9 @@ class EnclaveBinding:
             )
             if not isinstance(m, dict) or set(m) != _KEYS:
                 raise AttestationError("A8 binding: user_data is not an ephemeralml binding")
-            models = m["models"]
-            if not isinstance(models, dict):
-                raise AttestationError("A8 binding: models is not a map")
+            models, kr = m["models"], m["kr"]
+            if not isinstance(models, dict) or not isinstance(kr, dict):
+                raise AttestationError("A8 binding: models and kr must be maps")
             for name in ("v", "pv"):
                 if not isinstance(m[name], int) or isinstance(m[name], bool):
                     raise AttestationError(f"A8 binding: {name} is not an integer")
@@ -96,6 +104,7 @@ class EnclaveBinding:
                 session_id=m["sid"],
                 receipt_key=m["rk"],
                 models=models,
+                key_releases=kr,
                 policy_version=m["pv"],
                 mode=m["mode"],
             )

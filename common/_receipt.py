@@ -63,6 +63,7 @@ _KEYS = {
     "seq",
     "model_id",
     "model_digest",
+    "key_release",
     "request_hash",
     "response_hash",
     "attestation_hash",
@@ -99,6 +100,7 @@ class Receipt:
     seq: int
     model_id: str
     model_digest: bytes
+    key_release: bytes
     request_hash: bytes
     response_hash: bytes
     attestation_hash: bytes
@@ -116,6 +118,7 @@ class Receipt:
             ("receipt_id", 16),
             ("session_id", SESSION_ID_BYTES),
             ("model_digest", _HASH),
+            ("key_release", _HASH),
             ("request_hash", _HASH),
             ("response_hash", _HASH),
             ("attestation_hash", _HASH),
@@ -153,6 +156,7 @@ class Receipt:
             "seq": self.seq,
             "model_id": self.model_id,
             "model_digest": self.model_digest,
+            "key_release": self.key_release,
             "request_hash": self.request_hash,
             "response_hash": self.response_hash,
             "attestation_hash": self.attestation_hash,
@@ -202,6 +206,7 @@ class Receipt:
             seq=_uint(m, "seq"),
             model_id=m["model_id"],
             model_digest=_bytes(m, "model_digest", _HASH),
+            key_release=_bytes(m, "key_release", _HASH),
             request_hash=_bytes(m, "request_hash", _HASH),
             response_hash=_bytes(m, "response_hash", _HASH),
             attestation_hash=_bytes(m, "attestation_hash", _HASH),
@@ -319,6 +324,8 @@ def verify_receipt(
     # R9: the model and policy version are the ones the enclave attested.
     if binding.models.get(r.model_id) != r.model_digest:
         raise ReceiptError(f"R9 model: {r.model_id!r} with this digest is not attested")
+    if binding.key_releases.get(r.model_id) != r.key_release:
+        raise ReceiptError(f"R9 model: key_release for {r.model_id!r} is not the attested one")
     if r.policy_version != binding.policy_version:
         raise ReceiptError("R9 policy: policy_version differs from the attestation")
     # R10: time within the session's lifetime.

@@ -197,10 +197,8 @@ class ClientSession:
         """Seal ``request``; returns its sequence number and the frame to send."""
         self._expect_state(ClientState.READY)
         assert self._channel is not None and self.binding is not None
-        if request.model not in self.binding.models:
-            raise InferenceError(
-                f"unknown model {request.model!r}; the enclave serves {sorted(self.binding.models)}"
-            )
+        # A model the enclave did not attest is still asked for: the enclave answers
+        # (sealed) why it does not serve it, e.g. that its key release was refused.
         if len(self._pending) >= MAX_OUTSTANDING_REQUESTS:
             raise LocalProtocolError("too many requests in flight")
         seq = self._next_seq
@@ -337,6 +335,7 @@ class EnclaveIdentity:
     receipt_key: Ed25519PrivateKey
     models: Mapping[str, bytes]
     policy_version: int
+    key_releases: Mapping[str, bytes]
     mode: str
     pcrs: Mapping[int, bytes]
 
@@ -370,6 +369,7 @@ class EnclaveSession:
             session_id=self.session_id,
             receipt_key=self.identity.receipt_key.public_key().public_bytes_raw(),
             models=self.identity.models,
+            key_releases=self.identity.key_releases,
             policy_version=self.identity.policy_version,
             mode=self.identity.mode,
         )
@@ -464,6 +464,7 @@ class EnclaveSession:
             seq=seq,
             model_id=result.model,
             model_digest=model_digest,
+            key_release=self.identity.key_releases[result.model],
             request_hash=event.request_hash,
             response_hash=hashlib.sha256(result.to_cbor()).digest(),
             attestation_hash=self.attestation_hash,

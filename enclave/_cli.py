@@ -1,51 +1,63 @@
 """``ephemeral-enclave``: the enclave program.
 
     ephemeral-enclave --mock                       # loopback TCP, mock NSM
-    ephemeral-enclave --listen vsock:any:5005      # inside a Nitro enclave
+    ephemeral-enclave                              # inside a Nitro enclave (vsock, libnsm)
 
-Builds its configuration from flags (defaults from the environment), loads the
-model, sets up the NSM seam, and serves sessions until SIGINT/SIGTERM.
+At start it sets up the NSM seam, then loads each model through the host (ARCHITECTURE
+flow 1: verified manifest, attested KMS key release, in-memory decryption), and serves
+sessions until SIGINT/SIGTERM. Configuration is built from flags (defaults from the
+environment) at the edge; the library code takes it as arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import platform
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import ephemeralml as _top_pkg
-import ephemeralml.common as _common_pkg
-import ephemeralml.enclave as _enclave_pkg
-import ephemeralml.host as _host_pkg
 from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
-from ephemeralml.common._errors import ConfigError, Error
+from ephemeralml.common._errors import ConfigError, Error, TransportError
 from ephemeralml.common._session import EnclaveIdentity
+from ephemeralml.host._relay import Relay, RelayConfig
+from ephemeralml.host._store import AwsCredentials, fetch_credentials
 from ephemeralml.host._transport import Endpoint
 
+from ._keyrelease import KmsKeyRelease
 from ._libnsm import DEFAULT_LIBNSM, NitroNsm
-from ._model import Embedder, ModelFiles
-from ._nsm import MockNsm, Nsm, code_digest, mock_measurements
+from ._loader import LoadedModel, load_model
+from ._measure import enclave_code_digest, load_owner_keys, mock_enclave_measurements
+from ._nsm import MockNsm, Nsm
 from ._server import IDLE_TIMEOUT_S, MAX_SESSIONS, EnclaveServer, ServerConfig
 
-__all__ = ["EnclaveConfig", "main"]
+__all__ = ["EnclaveConfig", "enclave_code_digest", "main"]
 
 log = logging.getLogger("ephemeralml.enclave")
 
 MOCK_LISTEN = "tcp:127.0.0.1:5005"
 NITRO_LISTEN = "vsock:any:5005"
-#: PCR indices the enclave reads at start and copies into receipts and the
-#: published measurements.
+#: The host's services (store, credentials) and KMS forwarder; the parent is CID 3.
+MOCK_SERVICES, NITRO_SERVICES = "tcp:127.0.0.1:5006", "vsock:3:5006"
+MOCK_KMS, NITRO_KMS = "tcp:127.0.0.1:5007", "vsock:3:5007"
+#: Model-owner keys built into the image (measured into its PCRs).
+NITRO_OWNER_KEYS = "/etc/ephemeralml/model-owners.txt"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: How long to wait for the host (and, in mock mode, its provisioning) at start:
+#: an enclave may boot before its parent's services are up.
+HOST_WAIT_S = 120.0
+#: PCR indices read at start and copied into receipts and the published measurements.
 _PCRS = tuple(range(16))
 
 
@@ -54,11 +66,16 @@ class EnclaveConfig:
     mock: bool
     listen: Endpoint
     home: Path
-    model_dir: Path | None
+    services: Endpoint
+    kms: Endpoint
+    owner_keys: Path
+    models: tuple[str, ...]
     policy_version: int
     max_sessions: int
     idle_timeout_s: float
+    host_wait_s: float
     nsm_lib: str = DEFAULT_LIBNSM
+    kms_endpoint_url: str | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,15 +95,35 @@ def _parser() -> argparse.ArgumentParser:
         "--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)"
     )
     p.add_argument(
-        "--model-dir",
+        "--host-services",
+        help=f"the host's model store and credentials (default {MOCK_SERVICES} with --mock, else {NITRO_SERVICES})",
+    )
+    p.add_argument(
+        "--host-kms",
+        help=f"the host's KMS forwarder (default {MOCK_KMS} with --mock, else {NITRO_KMS})",
+    )
+    p.add_argument(
+        "--owner-keys",
         type=Path,
-        help="model directory (model.onnx, tokenizer.json, model.json); default: the packaged all-MiniLM-L6-v2",
+        help=f"model-owner keys, one hex key a line (default $EPHEMERALML_HOME/published/model-owners.txt with --mock, else {NITRO_OWNER_KEYS})",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        help=f"model id to load from the store; repeatable (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--kms-endpoint",
+        help="KMS URL for boto3 (default: the local forwarder; production: https://kms.REGION.amazonaws.com, which the image maps to loopback)",
     )
     p.add_argument(
         "--policy-version", type=int, default=1, help="policy version to report in receipts"
     )
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds")
+    p.add_argument(
+        "--host-wait", type=float, default=HOST_WAIT_S, help="seconds to wait for the host at start"
+    )
     p.add_argument(
         "--nsm-lib",
         default=os.environ.get("EPHEMERAL_LIBNSM", DEFAULT_LIBNSM),
@@ -97,61 +134,56 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> EnclaveConfig:
-    listen = Endpoint.parse(args.listen or (MOCK_LISTEN if args.mock else NITRO_LISTEN))
-    if args.policy_version < 0 or args.max_sessions < 1 or args.idle_timeout <= 0:
-        raise ConfigError("--policy-version must be ≥ 0, --max-sessions ≥ 1, --idle-timeout > 0")
-    if args.mock and listen.kind != "tcp":
+    mock = args.mock
+    listen = Endpoint.parse(args.listen or (MOCK_LISTEN if mock else NITRO_LISTEN))
+    services = Endpoint.parse(args.host_services or (MOCK_SERVICES if mock else NITRO_SERVICES))
+    kms = Endpoint.parse(args.host_kms or (MOCK_KMS if mock else NITRO_KMS))
+    if (
+        args.policy_version < 0
+        or args.max_sessions < 1
+        or args.idle_timeout <= 0
+        or args.host_wait < 0
+    ):
+        raise ConfigError(
+            "--policy-version must be ≥ 0, --max-sessions ≥ 1, --idle-timeout > 0, --host-wait ≥ 0"
+        )
+    if mock and listen.kind != "tcp":
         raise ConfigError("--mock listens on TCP; give --listen HOST:PORT")
+    home = args.home or default_home()
+    owner_keys = args.owner_keys or (
+        home / "published" / "model-owners.txt" if mock else Path(NITRO_OWNER_KEYS)
+    )
     return EnclaveConfig(
-        mock=args.mock,
+        mock=mock,
         listen=listen,
-        home=args.home or default_home(),
-        model_dir=args.model_dir,
+        home=home,
+        services=services,
+        kms=kms,
+        owner_keys=owner_keys,
+        models=tuple(dict.fromkeys(args.model or [DEFAULT_MODEL])),
         policy_version=args.policy_version,
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
+        host_wait_s=args.host_wait,
         nsm_lib=args.nsm_lib,
+        kms_endpoint_url=args.kms_endpoint,
     )
 
 
-def enclave_code_digest() -> bytes:
-    """SHA-384 of every project file the enclave program runs.
-
-    That is the enclave and common packages, the transport seam it shares with
-    the host (host/), and the top-level package (ephemeralml/): a change to any of
-    them changes PCR0 and PCR2, as a rebuilt EIF would.
-    """
-    dirs = [
-        Path(pkg.__file__).resolve().parent
-        for pkg in (_top_pkg, _common_pkg, _host_pkg, _enclave_pkg)
-        if pkg.__file__ is not None
-    ]
-    return code_digest(dirs)
-
-
-def _runtime_id() -> str:
-    import onnxruntime
-
-    return f"{platform.python_implementation()}-{platform.python_version()}-onnxruntime-{onnxruntime.__version__}"
-
-
-def _make_nsm(config: EnclaveConfig, files: ModelFiles) -> Nsm:
+def _make_nsm(config: EnclaveConfig, owner_keys: dict[bytes, bytes]) -> Nsm:
     if not config.mock:
         # Production: the real NSM through libnsm.so. Outside a Nitro Enclave this
         # fails with a one-line ConfigError (no /dev/nsm) rather than pretending.
         return NitroNsm.open(config.nsm_lib)
-    pcrs = mock_measurements(
-        code_digest=enclave_code_digest(), model_digest=files.digest, runtime_id=_runtime_id()
-    )
+    pcrs = mock_enclave_measurements(owner_keys.values())
     nsm = MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
-    # Publish what a client on this machine needs to trust the mock (ARCHITECTURE:
-    # like an EIF build publishes its PCRs): the mock root and the measurements.
+    # Publish what a client on this machine needs to trust the mock (like an EIF
+    # build publishes its PCRs): the mock root and the measurements.
     nsm.publish_root(config.home / MOCK_ROOT)
     measurements = {
         "mode": "mock",
         "note": "mock enclave measurements: NOT a real Nitro enclave",
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {"id": files.model_id, "digest": files.digest.hex()},
         "pcrs": {str(i): nsm.describe_pcr(i).hex() for i in (0, 1, 2, 8)},
     }
     write_atomic(
@@ -160,39 +192,127 @@ def _make_nsm(config: EnclaveConfig, files: ModelFiles) -> Nsm:
     return nsm
 
 
+async def _wait_for(what: str, attempt: Any, deadline: float) -> Any:
+    """Retry ``attempt`` (a coroutine factory) until it succeeds or the deadline passes."""
+    delay, said = 0.2, False
+    while True:
+        try:
+            return await attempt()
+        except (TransportError, ConfigError) as e:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not said:
+                print(f"ephemeral-enclave: waiting for {what} ({e})", file=sys.stderr, flush=True)
+                said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _kms_client(creds: AwsCredentials, url: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "kms",
+        region_name=creds.region,
+        endpoint_url=url,
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.session_token,
+        # Our own retry loop (with the evidence it keeps) decides; botocore tries once.
+        config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
+    )
+
+
 async def _run(config: EnclaveConfig) -> int:
-    files = ModelFiles.from_dir(config.model_dir) if config.model_dir else ModelFiles.default()
-    embedder = Embedder(files)
-    nsm = _make_nsm(config, files)
-    identity = EnclaveIdentity(
-        receipt_key=Ed25519PrivateKey.generate(),
-        models={files.model_id: files.digest},
-        policy_version=config.policy_version,
-        mode=nsm.mode,
-        pcrs={i: nsm.describe_pcr(i) for i in _PCRS},
-    )
-    server = EnclaveServer(
-        ServerConfig(config.listen, config.max_sessions, config.idle_timeout_s),
-        nsm=nsm,
-        identity=identity,
-        embedders={files.model_id: embedder},
-    )
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    where = "MOCK mode: loopback TCP, mock NSM, NOT a real enclave" if config.mock else "Nitro mode"
-    print(
-        f"ephemeral-enclave: serving {files.model_id} (manifest {files.digest.hex()[:16]}) "
-        f"on {server.bound} ({where})",
-        file=sys.stderr,
-        flush=True,
-    )
-    serve = asyncio.create_task(server.serve_forever())
-    await stop.wait()
-    serve.cancel()
-    await server.close()
+    deadline = time.monotonic() + config.host_wait_s
+
+    async def owner_keys() -> dict[bytes, bytes]:
+        return load_owner_keys(config.owner_keys)
+
+    keys = await _wait_for(f"model-owner keys at {config.owner_keys}", owner_keys, deadline)
+    nsm = _make_nsm(config, keys)
+    async with contextlib.AsyncExitStack() as stack:
+        # boto3 in the enclave speaks to a loopback forwarder that tunnels to the host's
+        # KMS forwarder (vsock in production): TLS and SigV4 stay end to end.
+        forwarder = Relay(
+            RelayConfig(listen=Endpoint.parse("tcp:127.0.0.1:0"), upstreams=(config.kms,))
+        )
+        await forwarder.start()
+        stack.push_async_callback(forwarder.close)
+        creds = await _wait_for(
+            f"the host's services at {config.services}",
+            lambda: fetch_credentials(config.services, timeout=10),
+            deadline,
+        )
+        url = config.kms_endpoint_url or (
+            f"http://127.0.0.1:{forwarder.bound.port}"
+            if config.mock
+            else f"https://kms.{creds.region}.amazonaws.com:{forwarder.bound.port}"
+        )
+        key_release = KmsKeyRelease(nsm, _kms_client(creds, url))
+        loaded: dict[str, LoadedModel] = {}
+        failed: dict[str, str] = {}
+        for model_id in config.models:
+            try:
+                loaded[model_id] = await load_model(
+                    model_id, services=config.services, owner_keys=keys, key_release=key_release
+                )
+            except Error as e:
+                # The other models still load and serve (issue: "keeps serving models
+                # that did load"); the failure is logged and told to clients.
+                failed[model_id] = e.message
+                print(
+                    f"ephemeral-enclave: error: could not load {model_id}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if not loaded:
+            raise ConfigError(
+                f"no model loaded ({'; '.join(f'{k}: {v}' for k, v in failed.items())})"
+            )
+        identity = EnclaveIdentity(
+            receipt_key=Ed25519PrivateKey.generate(),
+            models={m.model_id: m.manifest_digest for m in loaded.values()},
+            key_releases={m.model_id: m.key_release_digest for m in loaded.values()},
+            policy_version=config.policy_version,
+            mode=nsm.mode,
+            pcrs={i: nsm.describe_pcr(i) for i in _PCRS},
+        )
+        server = EnclaveServer(
+            ServerConfig(config.listen, config.max_sessions, config.idle_timeout_s),
+            nsm=nsm,
+            identity=identity,
+            models=loaded,
+            failed=failed,
+        )
+        await server.start()
+        stack.push_async_callback(server.close)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        where = (
+            "MOCK mode: loopback TCP, mock NSM, NOT a real enclave" if config.mock else "Nitro mode"
+        )
+        for m in loaded.values():
+            t = m.timings
+            print(
+                f"ephemeral-enclave: loaded {m.model_id} (manifest {m.manifest_digest.hex()[:16]}): "
+                f"key release {1000 * t.key_release_s:.0f} ms, "
+                f"{t.bytes / 1e6:.1f} MB fetched and decrypted in {1000 * t.transfer_s:.0f} ms, "
+                f"ONNX Runtime load {1000 * t.load_s:.0f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"ephemeral-enclave: serving {', '.join(loaded)} on {server.bound} ({where})",
+            file=sys.stderr,
+            flush=True,
+        )
+        serve = asyncio.create_task(server.serve_forever())
+        await stop.wait()
+        serve.cancel()
     print("ephemeral-enclave: stopped", file=sys.stderr, flush=True)
     return 0
 

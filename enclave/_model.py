@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -171,8 +171,27 @@ class ModelFiles:
             raise ConfigError(f"model directory {path} does not exist")
         onnx = _read_file(path, _ONNX_FILE)
         tokenizer_json = _read_file(path, _TOKENIZER_FILE)
-        meta_path = path / _MODEL_JSON_FILE
         raw = _read_file(path, _MODEL_JSON_FILE)
+        return cls._from_parts(raw, onnx, tokenizer_json, where=str(path / _MODEL_JSON_FILE))
+
+    @classmethod
+    def from_bundle(cls, files: Mapping[str, bytes | memoryview], *, where: str) -> ModelFiles:
+        """The same three files, decrypted in memory from a verified bundle."""
+        missing = sorted({_ONNX_FILE, _TOKENIZER_FILE, _MODEL_JSON_FILE} - set(files))
+        if missing:
+            raise ConfigError(f"{where}: the bundle lacks {', '.join(missing)}")
+        return cls._from_parts(
+            bytes(files[_MODEL_JSON_FILE]),
+            bytes(files[_ONNX_FILE]),
+            bytes(files[_TOKENIZER_FILE]),
+            where=f"{where}: {_MODEL_JSON_FILE}",
+        )
+
+    @classmethod
+    def _from_parts(
+        cls, raw: bytes, onnx: bytes, tokenizer_json: bytes, *, where: str
+    ) -> ModelFiles:
+        meta_path = where
         try:
             meta = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:

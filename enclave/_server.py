@@ -32,7 +32,7 @@ from ephemeralml.common._session import (
 )
 from ephemeralml.host._transport import Endpoint, server_endpoint, set_nodelay, start_server
 
-from ._model import Embedder
+from ._loader import LoadedModel
 from ._nsm import Nsm
 
 __all__ = ["IDLE_TIMEOUT_S", "MAX_SESSIONS", "EnclaveServer", "ServerConfig"]
@@ -66,12 +66,15 @@ class EnclaveServer:
         *,
         nsm: Nsm,
         identity: EnclaveIdentity,
-        embedders: Mapping[str, Embedder],
+        models: Mapping[str, LoadedModel],
+        failed: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.nsm = nsm
         self.identity = identity
-        self.embedders = dict(embedders)
+        self.models = dict(models)
+        #: Models that did not load, and why: told to a client that asks for one.
+        self.failed = dict(failed or {})
         # ONNX Runtime uses every core for one batch already; one inference thread
         # keeps batches from fighting over cores. Hashing, sealing and signing stay
         # on the event loop (microseconds each).
@@ -179,15 +182,18 @@ class EnclaveServer:
                 frame = session.respond_error(event, event.error)
             else:
                 assert event.request is not None
-                embedder = self.embedders.get(event.request.model)
-                if embedder is None:
+                model = self.models.get(event.request.model)
+                if model is None:
+                    why = self.failed.get(event.request.model)
                     err = InferenceError(
-                        f"unknown model {event.request.model!r}; this enclave serves "
-                        f"{sorted(self.embedders)}"
+                        f"model {event.request.model!r} failed to load: {why}"
+                        if why is not None
+                        else f"unknown model {event.request.model!r}; this enclave serves "
+                        f"{sorted(self.models)}"
                     )
                     frame = session.respond_error(event, err)
                 else:
-                    frame = await self._embed(session, event, embedder)
+                    frame = await self._embed(session, event, model)
             if not writer.is_closing():
                 writer.write(frame)
                 await writer.drain()
@@ -205,9 +211,10 @@ class EnclaveServer:
             pass
 
     async def _embed(
-        self, session: EnclaveSession, event: RequestReceived, embedder: Embedder
+        self, session: EnclaveSession, event: RequestReceived, model: LoadedModel
     ) -> bytes:
         assert event.request is not None
+        embedder = model.embedder
         texts = event.request.inputs
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -227,7 +234,7 @@ class EnclaveServer:
         return session.respond(
             event,
             result,
-            model_digest=embedder.digest,
+            model_digest=model.manifest_digest,
             time_ms=int(time.time() * 1000),
             duration_us=duration_us,
         )

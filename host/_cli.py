@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
+from ephemeralml._home import default_home
 from ephemeralml.common._errors import ConfigError, Error
 
 from ._relay import IDLE_TIMEOUT_S, MAX_CONNECTIONS, Relay, RelayConfig
+from ._store import AwsCredentials, StoreService, instance_credentials, store_from_url
 from ._transport import Endpoint
 
 __all__ = ["HostConfig", "build_config", "main"]
@@ -40,6 +45,17 @@ PRODUCTION_ENCLAVE = "vsock:16:5005"
 MOCK_LISTEN = "tcp:127.0.0.1:5000"
 MOCK_ENCLAVE = "tcp:127.0.0.1:5005"
 
+#: Where the enclave reaches the host's services (model store and credentials) and
+#: its KMS forwarder. Production: vsock ports on the parent (the enclave dials CID 3).
+PRODUCTION_SERVICES = "vsock:any:5006"
+PRODUCTION_KMS = "vsock:any:5007"
+MOCK_SERVICES = "tcp:127.0.0.1:5006"
+MOCK_KMS = "tcp:127.0.0.1:5007"
+#: The local KMS-compatible server that --mock starts (model owners package against it).
+MOCK_KMS_SERVER = "127.0.0.1:5009"
+#: Production store of encrypted bundles when --store is not given.
+PRODUCTION_STORE = "/var/lib/ephemeralml/store"
+
 
 @dataclass(frozen=True)
 class HostConfig:
@@ -52,6 +68,14 @@ class HostConfig:
     relay: RelayConfig
     mock: bool = False
     verbosity: int = 0
+    home: Path = Path(".")
+    services_listen: Endpoint | None = None
+    kms_listen: Endpoint | None = None
+    #: Production: the one KMS endpoint the forwarder may reach (allowlist of one).
+    kms_upstream: Endpoint | None = None
+    mock_kms_listen: Endpoint | None = None
+    store: str = PRODUCTION_STORE
+    region: str = "us-east-1"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +122,33 @@ def _parser() -> _Parser:
         help=f"close a connection silent both ways this long (default {IDLE_TIMEOUT_S:g})",
     )
     p.add_argument(
+        "--services-listen",
+        metavar="EP",
+        help=f"model store and credentials for the enclave (default {PRODUCTION_SERVICES}, or {MOCK_SERVICES} with --mock)",
+    )
+    p.add_argument(
+        "--kms-listen",
+        metavar="EP",
+        help=f"the enclave's KMS forwarder (default {PRODUCTION_KMS}, or {MOCK_KMS} with --mock)",
+    )
+    p.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION", "us-east-1"),
+        help="AWS region: the forwarder reaches only kms.REGION.amazonaws.com:443",
+    )
+    p.add_argument(
+        "--store",
+        help=f"encrypted model store: a folder or s3://bucket/prefix (default {PRODUCTION_STORE}, or $EPHEMERALML_HOME/store with --mock)",
+    )
+    p.add_argument(
+        "--home", type=Path, help="state folder (default $EPHEMERALML_HOME or ~/.ephemeralml)"
+    )
+    p.add_argument(
+        "--mock-kms-listen",
+        metavar="HOST:PORT",
+        help=f"with --mock: the local KMS server (default {MOCK_KMS_SERVER})",
+    )
+    p.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -125,6 +176,19 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> HostConfig
         for ep in (listen, *upstreams):
             if ep.kind != "tcp":
                 raise ConfigError(f"--mock relays over loopback TCP, but {ep} is a vsock endpoint")
+    services = Endpoint.parse(
+        args.services_listen or (MOCK_SERVICES if args.mock else PRODUCTION_SERVICES)
+    )
+    kms = Endpoint.parse(args.kms_listen or (MOCK_KMS if args.mock else PRODUCTION_KMS))
+    home = args.home or default_home()
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", args.region):
+        raise ConfigError(f"--region {args.region!r} is not an AWS region name")
+    mock_kms = None
+    if args.mock:
+        mock_kms = Endpoint.parse(args.mock_kms_listen or MOCK_KMS_SERVER)
+        for ep in (services, kms, mock_kms):
+            if ep.kind != "tcp":
+                raise ConfigError(f"--mock serves over loopback TCP, but {ep} is a vsock endpoint")
     return HostConfig(
         relay=RelayConfig(
             listen=listen,
@@ -134,6 +198,16 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> HostConfig
         ),
         mock=args.mock,
         verbosity=args.verbose,
+        home=home,
+        services_listen=services,
+        kms_listen=kms,
+        # Never chosen by the enclave: one endpoint, fixed by the region.
+        kms_upstream=None
+        if args.mock
+        else Endpoint.parse(f"tcp:kms.{args.region}.amazonaws.com:443"),
+        mock_kms_listen=mock_kms,
+        store=args.store or (str(home / "store") if args.mock else PRODUCTION_STORE),
+        region=args.region,
     )
 
 
@@ -170,25 +244,78 @@ async def _run(config: HostConfig) -> int:
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        relay = Relay(config.relay)
-        await relay.start()
+    async with contextlib.AsyncExitStack() as stack:
         try:
+            services = await _start_services(config, stack)
+            relay = Relay(config.relay)
+            await relay.start()
+            stack.push_async_callback(relay.close)
+            for line in services:
+                print(f"{PROG}: {line}", file=sys.stderr, flush=True)
             print(f"{PROG}: {_describe(config, relay.bound)}", file=sys.stderr, flush=True)
             await stop.wait()
+            stats = relay.stats
         finally:
-            await relay.close()
-        stats = relay.stats
-        print(
-            f"{PROG}: stopped ({', '.join(received) or 'closed'}) after {stats.total} "
-            f"connections, {stats.refused} refused, {stats.upstream_failures} upstream failures",
-            file=sys.stderr,
-            flush=True,
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+    print(
+        f"{PROG}: stopped ({', '.join(received) or 'closed'}) after {stats.total} "
+        f"connections, {stats.refused} refused, {stats.upstream_failures} upstream failures",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
+
+
+async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) -> list[str]:
+    """The enclave's model store, credentials and KMS forwarder (and, in mock mode,
+    the local KMS server with the provisioning a model owner would do)."""
+    assert config.services_listen is not None and config.kms_listen is not None
+    lines = []
+    kms_upstream = config.kms_upstream
+    if config.mock:
+        import boto3
+
+        from ephemeralml.common._attestation import TrustedRoot
+
+        from ._mock_kms import MockKmsServer
+        from ._provision import ensure_mock_root, provision_mock
+
+        assert config.mock_kms_listen is not None and config.mock_kms_listen.host is not None
+        root = await asyncio.to_thread(ensure_mock_root, config.home)
+        server = MockKmsServer(
+            config.home / "mock-kms",
+            trusted_root=TrustedRoot.unsafe_mock(root),
+            listen=(config.mock_kms_listen.host, config.mock_kms_listen.port),
         )
-        return 0
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
+        await asyncio.to_thread(server.start)
+        stack.callback(server.close)
+        kms = boto3.client(
+            "kms", region_name=config.region, endpoint_url=server.url,
+            aws_access_key_id="mock", aws_secret_access_key="mock",  # noqa: S106 - the mock accepts any
+        )  # fmt: skip
+        p = await asyncio.to_thread(provision_mock, config.home, kms, store=Path(config.store))
+        kms_upstream = Endpoint.parse(server.url.removeprefix("http://"))
+        lines.append(
+            f"mock KMS at {server.url} (key {p.kms_key_id}; policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…)"
+        )
+        credentials = lambda: AwsCredentials("mock", "mock", None, config.region)  # noqa: E731
+    else:
+        credentials = instance_credentials(config.region)
+    assert kms_upstream is not None
+    service = StoreService(
+        store_from_url(config.store), config.services_listen, credentials=credentials
+    )
+    await service.start()
+    stack.push_async_callback(service.close)
+    forwarder = Relay(RelayConfig(listen=config.kms_listen, upstreams=(kms_upstream,)))
+    await forwarder.start()
+    stack.push_async_callback(forwarder.close)
+    lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")
+    lines.append(
+        f"KMS forwarder {forwarder.bound} -> {kms_upstream} (the only endpoint it reaches)"
+    )
+    return lines
 
 
 def _describe(config: HostConfig, bound: Endpoint) -> str:

@@ -32,17 +32,18 @@ wait_for() {  # wait_for LOGFILE PATTERN WHAT PID
     echo "demo: $3 did not start within 60 s:" >&2; cat "$1" >&2; exit 1
 }
 
-echo "==> starting the enclave (mock mode) on $ENCLAVE_ADDR"
-"$BIN/ephemeral-enclave" --mock --listen "$ENCLAVE_ADDR" >"$OUT/enclave.log" 2>&1 &
-pids+=($!)
-wait_for "$OUT/enclave.log" "serving" "ephemeral-enclave" "${pids[-1]}"
-sed 's/^/    /' "$OUT/enclave.log"
-
-echo "==> starting the blind host relay on $HOST_ADDR"
+echo "==> starting the host in mock mode: blind relay on $HOST_ADDR, model store, KMS forwarder,"
+echo "    and a local KMS server; it packages the model under a KMS key whose policy names the enclave's PCRs"
 "$BIN/ephemeral-host" --mock --listen "$HOST_ADDR" --enclave "tcp:$ENCLAVE_ADDR" >"$OUT/host.log" 2>&1 &
 pids+=($!)
 wait_for "$OUT/host.log" "relaying" "ephemeral-host" "${pids[-1]}"
 sed 's/^/    /' "$OUT/host.log"
+
+echo "==> starting the enclave (mock mode) on $ENCLAVE_ADDR: attested key release, model decrypted in memory"
+"$BIN/ephemeral-enclave" --mock --listen "$ENCLAVE_ADDR" >"$OUT/enclave.log" 2>&1 &
+pids+=($!)
+wait_for "$OUT/enclave.log" "serving" "ephemeral-enclave" "${pids[-1]}"
+sed 's/^/    /' "$OUT/enclave.log"
 
 echo
 echo "==> ephemeral attest --mock   (verify the enclave before sending anything)"
@@ -61,6 +62,9 @@ echo "==> ephemeral verify --mock   (offline: receipt + attestation document + p
 "$BIN/ephemeral" verify "$receipt" --mock \
     --request "$OUT/receipts/$rid.request.cbor" --response "$OUT/receipts/$rid.response.cbor"
 
+echo
+echo "==> no plaintext model outside the packages it came from:"
+echo "    $(find "$OUT/home/store" -type f | sed "s|$OUT/||" | tr '\n' ' ')"
 echo
 echo "==> done. Receipts and attestation documents: $OUT/receipts"
 echo "    Logs: $OUT/enclave.log, $OUT/host.log (the host logs connections and byte counts, never payloads)"

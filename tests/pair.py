@@ -39,6 +39,7 @@ from ephemeralml.enclave._nsm import MockNsm, mock_measurements
 
 MODEL = "test-model"
 MODEL_DIGEST = hashlib.sha256(b"test-model manifest").digest()
+KEY_RELEASE = hashlib.sha256(b"test-model key release evidence").digest()
 
 T = TypeVar("T")
 Tamper = Callable[[str, bytes], bytes]
@@ -88,6 +89,7 @@ class MockWorld:
         identity = EnclaveIdentity(
             receipt_key=Ed25519PrivateKey.generate(),
             models={MODEL: MODEL_DIGEST},
+            key_releases={MODEL: KEY_RELEASE},
             policy_version=7,
             mode=mode,
             pcrs={i: nsm.describe_pcr(i) for i in range(16)},

@@ -100,28 +100,41 @@ def program_env(home: Path) -> dict[str, str]:
 
 
 def start_host(env: dict[str, str], enclave_port: int) -> tuple[Program, int]:
+    """The host in mock mode on kernel-chosen ports (its local KMS included)."""
     host, m = start(
         [str(BIN / "ephemeral-host"), "--mock", "--listen", "127.0.0.1:0",
-         "--enclave", f"tcp:127.0.0.1:{enclave_port}"],
+         "--enclave", f"tcp:127.0.0.1:{enclave_port}", "--services-listen", "127.0.0.1:0",
+         "--kms-listen", "127.0.0.1:0", "--mock-kms-listen", "127.0.0.1:0"],
         env, r"relaying tcp:127\.0\.0\.1:(\d+)",
     )  # fmt: skip
     return host, int(m.group(1))
+
+
+def host_port_of(host: Program, pattern: str) -> int:
+    for line in host.lines:
+        if m := re.search(pattern, line):
+            return int(m.group(1))
+    raise AssertionError(f"no line matches {pattern!r}: {''.join(host.lines)}")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("home")
     env = program_env(home)
-    enclave, m = start(
-        [str(BIN / "ephemeral-enclave"), "--mock", "--listen", "127.0.0.1:0"],
-        env,
-        r"on tcp:127\.0\.0\.1:(\d+) \(MOCK mode",
-    )
-    enclave_port = int(m.group(1))
+    enclave_port = free_port()
+    host, host_port = start_host(env, enclave_port)
     try:
-        host, host_port = start_host(env, enclave_port)
+        services = host_port_of(host, r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)")
+        kms = host_port_of(host, r"KMS forwarder tcp:127\.0\.0\.1:(\d+)")
+        enclave, _ = start(
+            [str(BIN / "ephemeral-enclave"), "--mock", "--listen", f"127.0.0.1:{enclave_port}",
+             "--host-services", f"tcp:127.0.0.1:{services}", "--host-kms", f"tcp:127.0.0.1:{kms}",
+             "--host-wait", "60"],
+            env,
+            r"serving .* on tcp:127\.0\.0\.1:\d+ \(MOCK mode",
+        )  # fmt: skip
     except BaseException:
-        enclave.stop()
+        host.stop()
         raise
     s = Stack(home, env, enclave, host, enclave_port, host_port)
     yield s

@@ -169,7 +169,7 @@ def test_bad_inputs_are_refused_and_the_session_goes_on(stack: Stack) -> None:
             s.embed(["word " * 400])
         with pytest.raises(
             InferenceError,
-            match=r"unknown model 'gpt-9'; the enclave serves \['all-MiniLM-L6-v2'\]",
+            match=r"enclave refused the request: unknown model 'gpt-9'; this enclave serves \['all-MiniLM-L6-v2'\]",
         ):
             s.embed(["x"], model="gpt-9")
         with pytest.raises(InferenceError, match="no input texts"):

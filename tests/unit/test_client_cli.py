@@ -150,7 +150,11 @@ def test_bad_time(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_enclave_outside_nitro_fails_on_the_nsm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "libnsm.so"
-    assert enclave_main(["--home", str(tmp_path), "--listen", "vsock:any:5005", "--nsm-lib", str(missing)]) == 2
+    owners = tmp_path / "owners.txt"
+    owners.write_text("ab" * 32 + "\n")
+    argv = ["--home", str(tmp_path), "--listen", "vsock:any:5005", "--nsm-lib", str(missing),
+            "--owner-keys", str(owners), "--host-wait", "0"]  # fmt: skip
+    assert enclave_main(argv) == 2
     assert capsys.readouterr().err.startswith(f"ephemeral-enclave: error: NSM: cannot load {missing}: ")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import ephemeralml.enclave._cli as enclave_cli
+import ephemeralml.enclave._measure as enclave_cli
 from tests.vectors_path import REPO_ROOT
 
 

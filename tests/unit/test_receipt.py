@@ -68,7 +68,7 @@ def test_receipt_payload_is_deterministic_cbor_with_exact_fields(session) -> Non
     assert payload == r.to_cbor()
     assert sorted(cbor2.loads(payload)) == sorted(
         [
-            "v", "receipt_id", "session_id", "seq", "model_id", "model_digest",
+            "v", "receipt_id", "session_id", "seq", "model_id", "model_digest", "key_release",
             "request_hash", "response_hash", "attestation_hash", "pcrs", "policy_version",
             "mode", "time_ms", "duration_us", "client_nonce", "transcript_hash",
         ]
@@ -85,6 +85,7 @@ def test_receipt_payload_is_deterministic_cbor_with_exact_fields(session) -> Non
         ("model_id", "other-model", "R9 model: 'other-model' with this digest is not attested"),
         ("model_digest", b"\x03" * 32, "R9 model: 'test-model' with this digest is not attested"),
         ("policy_version", 8, "R9 policy: policy_version differs"),
+        ("key_release", b"\x04" * 32, "R9 model: key_release for 'test-model' is not the attested one"),
         ("time_ms", 0, "R10 time: receipt time is outside"),
     ],
 )

@@ -19,6 +19,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -591,8 +592,10 @@ def test_cli_defaults_come_from_mode_then_environment() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(sig: signal.Signals) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHEMERAL_")}
+def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(
+    sig: signal.Signals, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHEMERAL")}
 
     async def scenario() -> None:
         async with Upstream(echo) as up:
@@ -605,6 +608,16 @@ def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(sig: signal.Signal
                 "127.0.0.1:0",
                 "--enclave",
                 str(up.endpoint),
+                # Mock mode also starts the enclave's services and a local KMS:
+                # kernel-chosen ports and a private state folder.
+                "--home",
+                str(tmp_path),
+                "--services-listen",
+                "127.0.0.1:0",
+                "--kms-listen",
+                "127.0.0.1:0",
+                "--mock-kms-listen",
+                "127.0.0.1:0",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -612,7 +625,11 @@ def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(sig: signal.Signal
             )
             try:
                 assert proc.stderr is not None
-                line = (await asyncio.wait_for(proc.stderr.readline(), 10)).decode()
+                # The service lines come first; the relay's line is last.
+                line = ""
+                while "relaying" not in line:
+                    line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+                    assert line, "host exited early"
                 m = re.fullmatch(
                     r"ephemeral-host: relaying tcp:127\.0\.0\.1:(\d+) -> "
                     + re.escape(str(up.endpoint))

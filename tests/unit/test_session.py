@@ -12,7 +12,6 @@ from ephemeralml.common._errors import (
     CiphertextError,
     DecodeError,
     Error,
-    InferenceError,
     LimitError,
     LocalProtocolError,
     ReceiptError,
@@ -273,13 +272,14 @@ def test_non_deterministic_frame_is_rejected(world: MockWorld) -> None:
         e.next_event()
 
 
-def test_client_refuses_unknown_model_locally(world: MockWorld) -> None:
+def test_request_for_an_unattested_model_still_goes_to_the_enclave(world: MockWorld) -> None:
     p = SessionPair(world)
     p.handshake()
-    with pytest.raises(
-        InferenceError, match=r"unknown model 'nope'; the enclave serves \['test-model'\]"
-    ):
-        p.client.send_request(EmbedRequest("nope", ("x",)))
+    _, frame = p.client.send_request(EmbedRequest("nope", ("x",)))
+    p.to_enclave(frame)
+    ev = p.enclave.next_event()
+    assert isinstance(ev, RequestReceived) and ev.request is not None
+    assert ev.request.model == "nope"
 
 
 def test_bad_request_body_gets_sealed_error_and_session_goes_on(world: MockWorld) -> None:
