@@ -1,0 +1,139 @@
+"""The enclave's model load path against a hostile host: real store service, real KMS server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ephemeralml.common._attestation import TrustedRoot
+from ephemeralml.common._bundle import owner_key_id
+from ephemeralml.common._errors import ConfigError, KeyReleaseError, ManifestError
+from ephemeralml.enclave._keyrelease import KmsKeyRelease
+from ephemeralml.enclave._loader import LoadedModel, load_model
+from ephemeralml.enclave._measure import load_owner_keys
+from ephemeralml.enclave._nsm import MockNsm
+from ephemeralml.host._mock_kms import MockKmsServer
+from ephemeralml.host._provision import MOCK_OWNERS, ensure_mock_root, provision_mock
+from ephemeralml.host._store import LocalStore, StoreService
+from ephemeralml.host._transport import Endpoint
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+class World:
+    def __init__(self, home: Path, kms: Any, pcrs: dict[int, bytes]) -> None:
+        self.home, self.kms, self.pcrs = home, kms, pcrs
+        self.owner_keys = load_owner_keys(home / MOCK_OWNERS)
+
+    def nsm(self, pcrs: dict[int, bytes] | None = None) -> MockNsm:
+        return MockNsm.load_or_create(self.home / "mock-nsm", pcrs or self.pcrs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("loader-home")
+    root = ensure_mock_root(home)
+    with MockKmsServer(home / "mock-kms", trusted_root=TrustedRoot.unsafe_mock(root)) as server:
+        kms = boto3.client("kms", region_name="us-east-1", endpoint_url=server.url,
+                           aws_access_key_id="t", aws_secret_access_key="t")  # fmt: skip
+        p = provision_mock(home, kms)
+        yield World(home, kms, p.pcrs)
+
+
+@pytest.fixture
+def store(world: World, tmp_path: Path) -> Path:
+    """A private copy of the provisioned store that a test may tamper with."""
+    dest = tmp_path / "store"
+    shutil.copytree(world.home / "store", dest)
+    return dest
+
+
+def load(world: World, store: Path, model: str = MODEL, *, nsm: MockNsm | None = None,
+         owner_keys: dict[bytes, bytes] | None = None) -> LoadedModel:  # fmt: skip
+    async def go() -> LoadedModel:
+        svc = StoreService(LocalStore(store), Endpoint.parse("127.0.0.1:0"))
+        await svc.start()
+        try:
+            assert svc.bound is not None
+            return await load_model(
+                model, services=svc.bound, owner_keys=owner_keys or world.owner_keys,
+                key_release=KmsKeyRelease(nsm or world.nsm(), world.kms, attempts=1),
+            )  # fmt: skip
+        finally:
+            await svc.close()
+
+    return asyncio.run(asyncio.wait_for(go(), 120))
+
+
+def test_loads_verifies_and_embeds(world: World, store: Path) -> None:
+    m = load(world, store)
+    manifest = (store / MODEL / "manifest.cose").read_bytes()
+    assert m.model_id == MODEL and len(m.key_release_digest) == 32
+    assert m.timings.bytes == (store / MODEL / "model.enc").stat().st_size
+    v = m.embedder.embed(["hello world"])
+    assert v.shape == (1, 384) and abs(float(np.linalg.norm(v[0])) - 1) < 1e-5
+    assert hashlib.sha256(manifest).digest() != m.manifest_digest  # digest of the payload, not the envelope
+
+
+def test_flipped_wrapped_key(world: World, store: Path) -> None:
+    key = bytearray((store / MODEL / "model.key").read_bytes())
+    key[10] ^= 1
+    (store / MODEL / "model.key").write_bytes(bytes(key))
+    with pytest.raises(ManifestError, match=f"^M10 key: model.key for {MODEL} is not the one its manifest names$"):
+        load(world, store)
+
+
+def test_truncated_model(world: World, store: Path) -> None:
+    enc = store / MODEL / "model.enc"
+    enc.write_bytes(enc.read_bytes()[:-100])
+    with pytest.raises(ManifestError, match=r"^M6 size: model.enc is \d+ bytes; the manifest says \d+$"):
+        load(world, store)
+
+
+def test_flipped_model_byte(world: World, store: Path) -> None:
+    enc = store / MODEL / "model.enc"
+    data = bytearray(enc.read_bytes())
+    data[5_000_000] ^= 0x80
+    enc.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"^M9 content: chunk 4 of model.enc fails authentication$"):
+        load(world, store)
+
+
+def test_host_serves_another_model_under_the_asked_name(world: World, store: Path) -> None:
+    shutil.copytree(store / MODEL, store / "other-model")
+    with pytest.raises(ManifestError, match=f"^M5 model: manifest is for '{MODEL}', not 'other-model'$"):
+        load(world, store, "other-model")
+
+
+def test_manifest_signed_by_a_key_the_image_does_not_carry(world: World, store: Path) -> None:
+    stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    with pytest.raises(ManifestError, match=r"^M2 owner: signed by an unknown key"):
+        load(world, store, owner_keys={owner_key_id(stranger): stranger})
+
+
+def test_enclave_with_other_measurements_gets_no_key(world: World, store: Path) -> None:
+    other = {i: bytes([i + 1]) * 48 for i in (0, 1, 2)}
+    with pytest.raises(KeyReleaseError, match=f"^KMS refused to release the key for model {MODEL}: AccessDeniedException: "):
+        load(world, store, nsm=world.nsm(other))
+
+
+def test_missing_store_object(world: World, store: Path) -> None:
+    (store / MODEL / "model.enc").unlink()
+    with pytest.raises(ConfigError, match=f"^host model store: model store has no {MODEL}/model.enc$"):
+        load(world, store)
+
+
+def test_nothing_plaintext_is_written(world: World, store: Path, tmp_path: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    load(world, store)
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert after == before
