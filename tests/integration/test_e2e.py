@@ -264,3 +264,33 @@ def test_client_without_trust_refuses_to_connect(stack: Stack) -> None:
     r = stack.cli("embed", "--host", stack.address, "hello")
     assert r.returncode == 2
     assert "no trust policy" in r.stderr
+
+
+def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(stack: Stack) -> None:
+    from tests.integration.conftest import BIN, host_port_of, start
+
+    services = host_port_of(stack.host, r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)")
+    kms = host_port_of(stack.host, r"KMS forwarder tcp:127\.0\.0\.1:(\d+)")
+    port = free_port()
+    enclave, _ = start(
+        [str(BIN / "ephemeral-enclave"), "--mock", "--listen", f"127.0.0.1:{port}",
+         "--host-services", f"tcp:127.0.0.1:{services}", "--host-kms", f"tcp:127.0.0.1:{kms}",
+         "--model", "all-MiniLM-L6-v2", "--model", "no-such-model", "--host-wait", "30"],
+        stack.env, r"serving all-MiniLM-L6-v2 on",
+    )  # fmt: skip
+    try:
+        log = "".join(enclave.lines)
+        assert (
+            "ephemeral-enclave: error: could not load no-such-model: "
+            "host model store: model store has no no-such-model/manifest.cose"
+        ) in log
+        with connect(f"127.0.0.1:{port}", policy=_policy(stack)) as s:
+            assert list(s.binding.models) == ["all-MiniLM-L6-v2"]
+            assert s.embed(["still serving"])[0].vectors.shape == (1, 384)
+            with pytest.raises(InferenceError, match=(
+                r"^enclave refused the request: model 'no-such-model' failed to load: "
+                r"host model store: model store has no no-such-model/manifest.cose$"
+            )):  # fmt: skip
+                s.embed(["x"], model="no-such-model")
+    finally:
+        assert enclave.stop() == 0
