@@ -73,10 +73,8 @@ def _signers(args: argparse.Namespace, home: Path) -> dict[bytes, bytes]:
     return signers
 
 
-def _policy_file(args: argparse.Namespace, home: Path, *, record: bool = True) -> ClientPolicy:
-    return ClientPolicy.from_file(
-        args.policy, home=home, trusted_signers=_signers(args, home), record=record
-    )
+def _policy_file(args: argparse.Namespace, home: Path) -> ClientPolicy:
+    return ClientPolicy.from_file(args.policy, home=home, trusted_signers=_signers(args, home))
 
 
 def _policy(args: argparse.Namespace) -> ClientPolicy:
@@ -500,8 +498,8 @@ def cmd_policy_keygen(args: argparse.Namespace) -> int:
     _out(args, f"policy signing key written to {args.out} (keep it secret)")
     _out(args, f"  public key  {pub.hex()}")
     _out(args, f"  key id      {policy_signer_kid(pub).hex()}")
-    _out(args, f"clients trust it with --policy-signer {pub.hex()[:16]}… (the whole key)")
-    _out(args, f"or a line in $EPHEMERALML_HOME/{POLICY_SIGNERS_FILE}")
+    _out(args, f"clients trust it with --policy-signer {pub.hex()}")
+    _out(args, f"or that key as a line of $EPHEMERALML_HOME/{POLICY_SIGNERS_FILE}")
     return 0
 
 

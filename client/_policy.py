@@ -668,14 +668,13 @@ class ClientPolicy:
         """
         home = home or default_home()
         where = str(path)
+        signers = _checked_signers(trusted_signers or {})
         try:
             with open(path, "rb") as f:
                 raw = f.read(_MAX_POLICY_BYTES + 1)  # open_policy refuses the +1
         except OSError as e:
             raise ConfigError(f"cannot read policy {path}: {e.strerror}") from e
-        payload, kid = open_policy(
-            raw, where=where, trusted_signers=_checked_signers(trusted_signers or {})
-        )
+        payload, kid = open_policy(raw, where=where, trusted_signers=signers)
         doc = PolicyDocument.from_json(payload, where=where, signed=kid is not None)
         policy = cls._resolve(doc, path, home, stream, signer=kid)
         # P4 policy version: identity is the signer for a signed policy (one signer,

@@ -60,3 +60,9 @@ def att_other_root_pem() -> bytes:
         .sign(key, hashes.SHA384())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's ~/.ephemeralml (policy versions, mock state)."""
+    monkeypatch.setenv("EPHEMERALML_HOME", str(tmp_path_factory.mktemp("home")))
