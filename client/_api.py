@@ -17,7 +17,7 @@ from types import TracebackType
 
 import numpy as np
 
-from ephemeralml.common._attestation import VerifiedAttestation
+from ephemeralml.common._attestation import ChainCache, VerifiedAttestation
 from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._errors import (
     ConfigError,
@@ -58,6 +58,10 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_TEXTS_PER_REQUEST = 64
 
 _READ_BYTES = 64 * 1024
+
+#: Chains this process has verified: a known chain costs one signature check
+#: (protocol.md §3, "chain cache"). Keyed by the exact bytes and the pinned root.
+_CHAIN_CACHE = ChainCache()
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def connect(
             f"cannot reach {address}: {_why(e)} (is ephemeral-host running?)"
         ) from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    proto = ClientSession(policy.attestation, nonce=nonce)
+    proto = ClientSession(policy.attestation, nonce=nonce, chain_cache=_CHAIN_CACHE)
     session = Session(sock, proto, policy, address)
     try:
         session._send(proto.hello())

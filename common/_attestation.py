@@ -17,10 +17,12 @@ certificate bytes and ``now``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +49,7 @@ __all__ = [
     "PCR_BYTES",
     "AttestationDocument",
     "AttestationPolicy",
+    "ChainCache",
     "Measurements",
     "PcrAllowlist",
     "TrustedRoot",
@@ -572,18 +575,26 @@ def _fmt(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _verify_signature(env: _Envelope, leaf: x509.Certificate) -> None:
-    # protocol.md §3 A3: ES384 over Sig_structure (RFC 9052 §4.4), built from the
-    # protected header and payload bytes exactly as received. The ECDSA check is
-    # cryptography's (OpenSSL), not pycose's: pycose 1.1 runs ES384 on the pure-Python
-    # `ecdsa` package, about 4 ms a verify, over the whole budget of a cold verify.
-    # The tests check that pycose agrees on every real vector and on mutations.
+def _leaf_key(leaf: x509.Certificate) -> ec.EllipticCurvePublicKey:
     try:
         key = leaf.public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
         raise AttestationError(f"A3 signature: leaf public key cannot be read ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise AttestationError("A3 signature: leaf key is not EC P-384 (ES384)")
+    return key
+
+
+def _verify_signature(env: _Envelope, leaf: x509.Certificate) -> None:
+    _verify_signature_with(env, _leaf_key(leaf))
+
+
+def _verify_signature_with(env: _Envelope, key: ec.EllipticCurvePublicKey) -> None:
+    # protocol.md §3 A3: ES384 over Sig_structure (RFC 9052 §4.4), built from the
+    # protected header and payload bytes exactly as received. The ECDSA check is
+    # cryptography's (OpenSSL), not pycose's: pycose 1.1 runs ES384 on the pure-Python
+    # `ecdsa` package, about 4 ms a verify, over the whole budget of a cold verify.
+    # The tests check that pycose agrees on every real vector and on mutations.
     to_be_signed = encode(["Signature1", env.protected, b"", env.payload])
     half = _ES384_SIGNATURE_BYTES // 2
     r = int.from_bytes(env.signature[:half], "big")
@@ -674,6 +685,74 @@ def _verify_freshness(doc_time: datetime, *, now: datetime, max_age_s: float) ->
         raise AttestationError(f"A6 freshness: document is {age:.3f} s old (limit {max_age_s:g} s)")
 
 
+@dataclass(frozen=True)
+class _CachedChain:
+    leaf_key: ec.EllipticCurvePublicKey
+    not_before: datetime  # the latest notBefore of the chain
+    not_after: datetime  # the earliest notAfter of the chain
+
+
+class ChainCache:
+    """Certificate chains that passed A3-A5, so a known chain costs one signature check.
+
+    Keyed by the SHA-256 of the pinned root, every ``cabundle`` entry and the leaf,
+    length-prefixed, so a cached result applies only to exactly those bytes under
+    that root. An entry is used only while both ``now`` and the document's time lie
+    inside the window where every certificate of the chain is valid, and dropped once
+    ``now`` passes the earliest notAfter. Bounded (least recently used goes first).
+    Safe to share between threads: a race costs at most a repeated full verify.
+    """
+
+    #: Chains to keep; a client talks to a handful of enclaves, each with one chain
+    #: per leaf (AWS mints a leaf every few hours).
+    MAX_ENTRIES = 64
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self._entries: OrderedDict[bytes, _CachedChain] = OrderedDict()
+        self._max = max_entries
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(root: TrustedRoot, doc: AttestationDocument) -> bytes:
+        h = hashlib.sha256(b"ephemeralml/1 chain\x00")
+        for der in (root.certificate_der, *doc.cabundle, doc.certificate):
+            h.update(len(der).to_bytes(4, "big"))
+            h.update(der)
+        return h.digest()
+
+    def get(self, key: bytes, doc_time: datetime, now: datetime) -> _CachedChain | None:
+        entry = self._entries.get(key)
+        if entry is not None and now > entry.not_after:
+            self._entries.pop(key, None)
+            entry = None
+        if entry is None or not (
+            entry.not_before <= doc_time <= entry.not_after
+            and entry.not_before <= now <= entry.not_after
+        ):
+            self.misses += 1
+            return None
+        with contextlib.suppress(KeyError):  # another thread may have evicted it
+            self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: bytes, chain: list[tuple[str, x509.Certificate]]) -> None:
+        certs = [c for _, c in chain]
+        self._entries[key] = _CachedChain(
+            leaf_key=_leaf_key(certs[-1]),
+            not_before=max(c.not_valid_before_utc for c in certs),
+            not_after=min(c.not_valid_after_utc for c in certs),
+        )
+        with contextlib.suppress(KeyError):
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def _check_now(now: object) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
         raise ConfigError("verify_attestation: now must be a timezone-aware datetime")
@@ -686,8 +765,14 @@ def verify_attestation(
     *,
     now: datetime,
     nonce: bytes | None = None,
+    chain_cache: ChainCache | None = None,
 ) -> VerifiedAttestation:
     """Verify a Nitro attestation document; return it verified or raise.
+
+    With ``chain_cache``, a chain (root, cabundle and leaf, byte for byte) verified
+    before is not verified again while ``now`` and the document's time fall inside
+    every certificate's validity: A3 is then one signature check with the cached
+    leaf key, and A4/A5 are the cached result. Anything else takes the full path.
 
     Runs protocol.md §3 A1 to A10 in order (see the module docstring); raises
     :class:`AttestationError` (A1 to A7) or :class:`PolicyError` (A9), each message
@@ -708,16 +793,25 @@ def verify_attestation(
     data, env = _parse_envelope(raw)
     doc = _parse_payload(env.payload, data)
 
-    # protocol.md §3 A3 signature: the leaf's key signs the COSE_Sign1.
-    leaf = _load_der(doc.certificate, check="A3 signature", what="leaf certificate")
-    _verify_signature(env, leaf)
-
-    # protocol.md §3 A4 chain: pinned root -> intermediates -> leaf.
-    chain = _verify_chain(doc, leaf, policy.root)
-
-    # protocol.md §3 A5 validity, at the document's time and at now.
     doc_time = doc.timestamp
-    _verify_validity(chain, doc_time=doc_time, now=now)
+    key = chain_cache.key(policy.root, doc) if chain_cache is not None else b""
+    cached = chain_cache.get(key, doc_time, now) if chain_cache is not None else None
+    if cached is not None:
+        # protocol.md §3 A3 with the cached leaf key; A4 and A5 hold for this exact
+        # chain at both times (checked inside get()).
+        _verify_signature_with(env, cached.leaf_key)
+    else:
+        # protocol.md §3 A3 signature: the leaf's key signs the COSE_Sign1.
+        leaf = _load_der(doc.certificate, check="A3 signature", what="leaf certificate")
+        _verify_signature(env, leaf)
+
+        # protocol.md §3 A4 chain: pinned root -> intermediates -> leaf.
+        chain = _verify_chain(doc, leaf, policy.root)
+
+        # protocol.md §3 A5 validity, at the document's time and at now.
+        _verify_validity(chain, doc_time=doc_time, now=now)
+        if chain_cache is not None:
+            chain_cache.put(key, chain)
 
     # protocol.md §3 A6 freshness.
     _verify_freshness(doc_time, now=now, max_age_s=float(policy.max_age_s))

@@ -69,7 +69,7 @@ from ._receipt import (
 )
 
 if TYPE_CHECKING:
-    from ._attestation import AttestationPolicy, VerifiedAttestation
+    from ._attestation import AttestationPolicy, ChainCache, VerifiedAttestation
 
 __all__ = [
     "MAX_OUTSTANDING_REQUESTS",
@@ -166,8 +166,15 @@ _CLIENT_ACCEPTS: dict[ClientState, tuple[type[Message], ...]] = {
 class ClientSession:
     """The client's half of one session."""
 
-    def __init__(self, policy: AttestationPolicy, *, nonce: bytes | None = None) -> None:
+    def __init__(
+        self,
+        policy: AttestationPolicy,
+        *,
+        nonce: bytes | None = None,
+        chain_cache: ChainCache | None = None,
+    ) -> None:
         self.policy = policy
+        self.chain_cache = chain_cache
         self.nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
         self.state = ClientState.START
         self._decoder = FrameDecoder()
@@ -243,7 +250,9 @@ class ClientSession:
                 f"enclave speaks protocol {msg.version}, not {PROTOCOL_VERSION}"
             )
         # §3 A1-A9: signature, chain to the pinned root, time, age, nonce, PCRs.
-        verified = verify_attestation(msg.attestation, self.policy, now=now, nonce=self.nonce)
+        verified = verify_attestation(
+            msg.attestation, self.policy, now=now, nonce=self.nonce, chain_cache=self.chain_cache
+        )
         doc = verified.document
         # §3 A8: the document binds an X25519 key and an ephemeralml binding.
         binding = EnclaveBinding.from_user_data(doc.user_data)
