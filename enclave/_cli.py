@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,12 @@ from ephemeralml.host._relay import Relay, RelayConfig
 from ephemeralml.host._store import AwsCredentials, fetch_credentials
 from ephemeralml.host._transport import Endpoint
 
+from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
 from ._keyrelease import KmsKeyRelease
 from ._libnsm import DEFAULT_LIBNSM, NitroNsm
 from ._loader import LoadedModel, load_model
 from ._measure import enclave_code_digest, load_owner_keys, mock_enclave_measurements
+from ._model import DEVICES
 from ._nsm import MockNsm, Nsm
 from ._server import IDLE_TIMEOUT_S, MAX_SESSIONS, EnclaveServer, ServerConfig
 
@@ -76,6 +78,9 @@ class EnclaveConfig:
     host_wait_s: float
     nsm_lib: str = DEFAULT_LIBNSM
     kms_endpoint_url: str | None = None
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    device: str = "cpu"
+    threads: int | None = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +124,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy-version", type=int, default=1, help="policy version to report in receipts"
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"most texts per inference batch across sessions (default {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="how long a batch waits for more requests (default 0: take what is queued)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=sorted(DEVICES),
+        help="ONNX Runtime execution provider (cuda needs onnxruntime-gpu)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime threads (default: the cores given to the enclave)"
+    )
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds")
     p.add_argument(
@@ -147,6 +173,8 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         raise ConfigError(
             "--policy-version must be ≥ 0, --max-sessions ≥ 1, --idle-timeout > 0, --host-wait ≥ 0"
         )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be ≥ 1")
     if mock and listen.kind != "tcp":
         raise ConfigError("--mock listens on TCP; give --listen HOST:PORT")
     home = args.home or default_home()
@@ -167,6 +195,9 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         host_wait_s=args.host_wait,
         nsm_lib=args.nsm_lib,
         kms_endpoint_url=args.kms_endpoint,
+        batch=BatchConfig(args.batch_size, args.batch_wait_ms),
+        device=args.device,
+        threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
     )
 
 
@@ -256,7 +287,12 @@ async def _run(config: EnclaveConfig) -> int:
         for model_id in config.models:
             try:
                 loaded[model_id] = await load_model(
-                    model_id, services=config.services, owner_keys=keys, key_release=key_release
+                    model_id,
+                    services=config.services,
+                    owner_keys=keys,
+                    key_release=key_release,
+                    intra_op_threads=config.threads,
+                    device=config.device,
                 )
             except Error as e:
                 # The other models still load and serve (issue: "keeps serving models
@@ -280,7 +316,7 @@ async def _run(config: EnclaveConfig) -> int:
             pcrs={i: nsm.describe_pcr(i) for i in _PCRS},
         )
         server = EnclaveServer(
-            ServerConfig(config.listen, config.max_sessions, config.idle_timeout_s),
+            ServerConfig(config.listen, config.max_sessions, config.idle_timeout_s, config.batch),
             nsm=nsm,
             identity=identity,
             models=loaded,

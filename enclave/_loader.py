@@ -80,6 +80,7 @@ async def load_model(
     owner_keys: Mapping[bytes, bytes],
     key_release: KmsKeyRelease,
     intra_op_threads: int | None = None,
+    device: str = "cpu",
 ) -> LoadedModel:
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
@@ -112,7 +113,7 @@ async def load_model(
             raise ManifestError(
                 f"M5 model: bundle for {model_id} holds model {model_files.model_id!r}"
             )
-        return Embedder(model_files, intra_op_threads=intra_op_threads)
+        return Embedder(model_files, intra_op_threads=intra_op_threads, device=device)
 
     embedder: Any = await loop.run_in_executor(None, build)
     t4 = time.perf_counter()

@@ -336,7 +336,9 @@ class Embedder:
     digest: bytes
     max_seq_tokens: int
 
-    def __init__(self, files: ModelFiles, *, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self, files: ModelFiles, *, intra_op_threads: int | None = None, device: str = "cpu"
+    ) -> None:
         if intra_op_threads is not None and (not _is_int(intra_op_threads) or intra_op_threads < 1):
             raise ConfigError(
                 f"intra_op_threads must be a positive integer, not {intra_op_threads!r}"
@@ -349,7 +351,8 @@ class Embedder:
         # [CLS] and [SEP]: an input with no more tokens than this has no content.
         self._n_special = len(self._tokenizer.encode("").ids)
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
-        self._session = _load_session(files.onnx, intra_op_threads)
+        self._session = _load_session(files.onnx, intra_op_threads, device)
+        self.device = device
         names = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= names:
             raise ConfigError(
@@ -495,15 +498,40 @@ def _load_tokenizer(tokenizer_json: bytes) -> Tokenizer:
     return tokenizer
 
 
-def _load_session(onnx: bytes, intra_op_threads: int | None) -> ort.InferenceSession:
+#: Execution providers by ``--device``: CPU always; CUDA needs onnxruntime-gpu.
+DEVICES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime providers for ``device``; a clear error if it is not available."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose one of {sorted(DEVICES)}")
+    wanted = DEVICES[device]
+    if wanted not in ort.get_available_providers():
+        raise ConfigError(
+            f"--device {device} needs {wanted}, which this onnxruntime does not have"
+            + (" (install onnxruntime-gpu instead of onnxruntime)" if device == "cuda" else "")
+        )
+    # CPU stays as the fallback for operators the GPU provider does not implement.
+    return [wanted] if device == "cpu" else [wanted, DEVICES["cpu"]]
+
+
+def _load_session(
+    onnx: bytes, intra_op_threads: int | None, device: str = "cpu"
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only; warnings would go to stderr
+    # One batch at a time (the batcher serialises them); all the enclave's cores
+    # work on it. The memory arena stays on: batches of similar shapes reuse it.
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
+    providers = providers_for(device)
     try:
         # From bytes, never a path: the weights may exist only in memory.
-        return ort.InferenceSession(onnx, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(onnx, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime's errors share no public base class
         raise ConfigError(f"{_ONNX_FILE} cannot be loaded: {e}") from e

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from ephemeralml.common._session import (
 )
 from ephemeralml.host._transport import Endpoint, server_endpoint, set_nodelay, start_server
 
+from ._batcher import BatchConfig, Batcher
 from ._loader import LoadedModel
 from ._nsm import Nsm
 
@@ -55,6 +56,7 @@ class ServerConfig:
     listen: Endpoint
     max_sessions: int = MAX_SESSIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
 
 class EnclaveServer:
@@ -83,8 +85,13 @@ class EnclaveServer:
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.bound: Endpoint | None = None
+        self._batchers: dict[str, Batcher] = {}
 
     async def start(self) -> None:
+        for model_id, model in self.models.items():
+            batcher = Batcher(model.embedder, self._infer, self.config.batch)
+            batcher.start()
+            self._batchers[model_id] = batcher
         self._server = await start_server(self.config.listen, self._on_connection)
         self.bound = server_endpoint(self._server, self.config.listen)
 
@@ -100,6 +107,8 @@ class EnclaveServer:
             t.cancel()
         if self._sessions:
             await asyncio.gather(*self._sessions, return_exceptions=True)
+        for b in self._batchers.values():
+            await b.close()
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._nsm_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -216,12 +225,12 @@ class EnclaveServer:
         assert event.request is not None
         embedder = model.embedder
         texts = event.request.inputs
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            # embed() checks every input (count, size, emptiness, token count) before
-            # any compute and raises our typed errors: refused, not crashed.
-            vectors: np.ndarray = await loop.run_in_executor(self._infer, embedder.embed, texts)
+            # Batched with other sessions' requests. embed() checks every input
+            # (count, size, emptiness, token count) before any compute and raises our
+            # typed errors: refused, not crashed, and only this request.
+            vectors: np.ndarray = await self._batchers[model.model_id].embed(texts)
         except Error as e:
             return session.respond_error(event, e)
         duration_us = int((time.perf_counter() - t0) * 1e6)

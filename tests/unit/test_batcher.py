@@ -1,0 +1,121 @@
+"""Dynamic batching across sessions, with a stand-in model (the real one is tested alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from ephemeralml.common._errors import ConfigError, InferenceError
+from ephemeralml.enclave._batcher import BatchConfig, Batcher
+
+
+class FakeEmbedder:
+    """Row i of a call is [len(text), position in call]; '' is refused like the model does."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.entered.set()
+        self.gate.wait(10)
+        self.calls.append(list(texts))
+        if any(t == "" for t in texts):
+            raise InferenceError(f"input {list(texts).index('')} is empty or only whitespace")
+        return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def _with_batcher(fake: FakeEmbedder, config: BatchConfig, body):  # type: ignore[no-untyped-def]
+    with ThreadPoolExecutor(1) as pool:
+        b = Batcher(fake, pool, config)  # type: ignore[arg-type]
+        b.start()
+        try:
+            return await body(b)
+        finally:
+            await b.close()
+
+
+def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
+    fake = FakeEmbedder()
+
+    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+        fake.gate.clear()  # the first batch blocks in the model...
+        first = asyncio.create_task(b.embed(["a"]))
+        await asyncio.to_thread(fake.entered.wait, 10)  # the model is busy with it
+        rest = [asyncio.create_task(b.embed(["bb" * (i + 1)])) for i in range(5)]  # ...these queue
+        await asyncio.sleep(0.05)
+        fake.gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = run(_with_batcher(fake, BatchConfig(), body))
+    assert fake.calls == [["a"], ["bb", "bbbb", "bbbbbb", "bbbbbbbb", "bbbbbbbbbb"]]
+    assert first.tolist() == [[1, 0]]
+    # Each request gets exactly its own rows back.
+    assert [r.tolist() for r in rest] == [[[2 * (i + 1), i]] for i in range(5)]
+
+
+def test_max_batch_is_respected() -> None:
+    fake = FakeEmbedder()
+
+    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+        fake.gate.clear()
+        first = asyncio.create_task(b.embed(["x"]))
+        await asyncio.to_thread(fake.entered.wait, 10)
+        rest = [asyncio.create_task(b.embed(["y", "z"])) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        fake.gate.set()
+        await first
+        return await asyncio.gather(*rest)
+
+    run(_with_batcher(fake, BatchConfig(max_batch=4), body))
+    assert [len(c) for c in fake.calls] == [1, 4, 2]
+
+
+def test_a_bad_request_fails_alone() -> None:
+    fake = FakeEmbedder()
+
+    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+        fake.gate.clear()
+        blocker = asyncio.create_task(b.embed(["x"]))
+        await asyncio.to_thread(fake.entered.wait, 10)
+        good = asyncio.create_task(b.embed(["good"]))
+        bad = asyncio.create_task(b.embed(["ok", ""]))
+        await asyncio.sleep(0.05)
+        fake.gate.set()
+        await blocker
+        return await asyncio.gather(good, bad, return_exceptions=True)
+
+    good, bad = run(_with_batcher(fake, BatchConfig(), body))
+    assert good.tolist() == [[4, 0]]
+    assert isinstance(bad, InferenceError) and str(bad) == "input 1 is empty or only whitespace"
+
+
+def test_wait_collects_requests_that_arrive_soon_after() -> None:
+    fake = FakeEmbedder()
+
+    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+        a = asyncio.create_task(b.embed(["a"]))
+        await asyncio.sleep(0.02)
+        c = asyncio.create_task(b.embed(["c"]))
+        return await asyncio.gather(a, c)
+
+    run(_with_batcher(fake, BatchConfig(max_wait_ms=300), body))
+    assert fake.calls == [["a", "c"]]
+
+
+def test_config_limits() -> None:
+    with pytest.raises(ConfigError, match="batch size must be 1..1024, not 0"):
+        BatchConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="batch wait must be 0..1000 ms, not -1"):
+        BatchConfig(max_wait_ms=-1)
