@@ -11,18 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pycose.algorithms import EdDSA
-from pycose.headers import KID, Algorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pycose.keys import OKPKey
 from pycose.keys.curves import Ed25519
 from pycose.messages import Sign1Message
 
-from ._cbor import decode_strict
+from ._cbor import decode_strict, encode
 from ._errors import DecodeError, Error
 
-__all__ = ["Sign1", "decode_sign1", "sign_eddsa", "verify_eddsa"]
+__all__ = ["Sign1", "decode_sign1", "sign_eddsa", "verify_eddsa", "verify_eddsa_pycose"]
 
 _COSE_SIGN1_TAG = 18
 _ALG_EDDSA = -8
@@ -79,18 +78,43 @@ def _okp(private: Ed25519PrivateKey | None = None, public: bytes | None = None) 
     return OKPKey(crv=Ed25519, x=public)
 
 
+def _sig_structure(protected: bytes, payload: bytes) -> bytes:
+    # RFC 9052 §4.4: Sig_structure = ["Signature1", body_protected, external_aad, payload].
+    return encode(["Signature1", protected, b"", payload])
+
+
 def sign_eddsa(payload: bytes, key: Ed25519PrivateKey, *, kid: bytes) -> bytes:
-    """A tagged COSE_Sign1 with protected header exactly ``{1: -8, 4: kid}``."""
-    msg = Sign1Message(phdr={Algorithm: EdDSA, KID: kid}, uhdr={}, payload=payload)
-    msg.key = _okp(private=key)
-    return msg.encode(tag=True)  # type: ignore[no-any-return]
+    """A tagged COSE_Sign1 with protected header exactly ``{1: -8, 4: kid}``.
+
+    Built directly (deterministic CBOR for the headers and the RFC 9052 §4.4
+    Sig_structure, Ed25519 from cryptography): pycose's Sign1Message costs about
+    140 µs a message where the signature itself is 21 µs, and receipts are signed on
+    every request. The tests check that pycose verifies what this produces.
+    """
+    protected = encode({1: _ALG_EDDSA, 4: kid})
+    signature = key.sign(_sig_structure(protected, payload))
+    return cbor2.dumps(cbor2.CBORTag(_COSE_SIGN1_TAG, [protected, {}, payload, signature]))
 
 
 def verify_eddsa(env: Sign1, public_key: bytes) -> bool:
-    """Check ``env``'s EdDSA signature with a raw Ed25519 public key.
+    """Check ``env``'s EdDSA signature with a raw Ed25519 public key, over the bytes received.
 
-    Returns the pycose verdict; raises only our errors for malformed input.
+    Raises only our errors for malformed input. (The same check as pycose's, without
+    its per-message overhead; the tests compare the two.)
     """
+    try:
+        key = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError as e:
+        raise DecodeError(f"signature could not be checked: {e}") from e
+    try:
+        key.verify(env.signature, _sig_structure(env.protected, env.payload))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify_eddsa_pycose(env: Sign1, public_key: bytes) -> bool:
+    """The same check through pycose: the tests' second opinion."""
     try:
         msg = Sign1Message.from_cose_obj(
             [env.protected, env.unprotected, env.payload, env.signature], True

@@ -219,3 +219,14 @@ def test_receipt_json_view(session) -> None:  # type: ignore[no-untyped-def]
     assert hashlib.sha256(bytes.fromhex(j["transcript_hash"])).digest()
     assert isinstance(datetime.fromtimestamp(j["time_ms"] / 1000, UTC), datetime)
     assert Path  # keep import for type-checkers
+
+
+def test_pycose_agrees_with_our_cose(session, world) -> None:  # type: ignore[no-untyped-def]
+    from ephemeralml.common._cose import decode_sign1, verify_eddsa, verify_eddsa_pycose
+
+    _, raw, _, _ = session
+    key = world.identity.receipt_key.public_key().public_bytes_raw()
+    env = decode_sign1(raw, what="receipt", max_bytes=8192)
+    assert verify_eddsa(env, key) is True and verify_eddsa_pycose(env, key) is True
+    flipped = decode_sign1(raw[:-1] + bytes([raw[-1] ^ 1]), what="receipt", max_bytes=8192)
+    assert verify_eddsa(flipped, key) is False and verify_eddsa_pycose(flipped, key) is False
