@@ -206,6 +206,7 @@ def connect(
     policy: ClientPolicy,
     timeout: float = DEFAULT_TIMEOUT_S,
     nonce: bytes | None = None,
+    session_mode: str | None = None,
 ) -> Session:
     """Open a session: send a nonce, verify the attestation, set up HPKE.
 
@@ -223,7 +224,8 @@ def connect(
             f"cannot reach {address}: {_why(e)} (is ephemeral-host running?)"
         ) from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    proto = ClientSession(policy.attestation, nonce=nonce, chain_cache=_CHAIN_CACHE)
+    mode = session_mode or policy.session_mode
+    proto = ClientSession(policy.attestation, nonce=nonce, chain_cache=_CHAIN_CACHE, mode=mode)
     session = Session(sock, proto, policy, address)
     try:
         session._send(proto.hello())

@@ -174,7 +174,9 @@ def _print_doc(
 
 def cmd_attest(args: argparse.Namespace) -> int:
     policy = _policy(args)
-    with connect(args.host, policy=policy, timeout=args.timeout) as s:
+    with connect(
+        args.host, policy=policy, timeout=args.timeout, session_mode=args.session_mode
+    ) as s:
         v, b = s.attestation, s.binding
         d = _doc_json(v, root=v.root)
         d["binding"] = {
@@ -244,7 +246,9 @@ def _audit(home: Path, e: Embeddings) -> None:
 def cmd_embed(args: argparse.Namespace) -> int:
     policy = _policy(args)
     home = args.home or default_home()
-    with connect(args.host, policy=policy, timeout=args.timeout) as s:
+    with connect(
+        args.host, policy=policy, timeout=args.timeout, session_mode=args.session_mode
+    ) as s:
         results = s.embed(args.texts, model=args.model)
     receipts: list[dict[str, Any]] = []
     for e in results:
@@ -592,6 +596,12 @@ def _parser() -> argparse.ArgumentParser:
             help=f"host relay address (default {DEFAULT_ADDRESS})",
         )
         sp.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+        sp.add_argument(
+            "--session-mode",
+            choices=("fresh", "cached"),
+            help="fresh: a new attestation per session; cached: a recent cached one plus a "
+            "signed per-session proof (default: the policy's, else fresh)",
+        )
 
     a = sub.add_parser("attest", help="fetch and verify the enclave's attestation")
     online(a)

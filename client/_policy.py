@@ -102,6 +102,7 @@ _FIELDS = frozenset(
         "models",
         "owner_keys",
         "min_enclave_policy_version",
+        "session_mode",
     }
 )
 #: First byte of a COSE_Sign1: tag 18 (0xd2) or, untagged, an array of 4 (0x84).
@@ -365,6 +366,8 @@ class PolicyDocument:
     #: Model-owner keys (kid → raw Ed25519 key), as ``verify_manifest`` takes them.
     owner_keys: Mapping[bytes, bytes] | None
     min_enclave_policy_version: int
+    #: "fresh" (a new attestation per session) or "cached" (protocol.md §2.2.1).
+    session_mode: str = "fresh"
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str, signed: bool = False) -> PolicyDocument:
@@ -460,7 +463,15 @@ class PolicyDocument:
             models=MappingProxyType(models) if models is not None else None,
             owner_keys=MappingProxyType(owner_keys) if owner_keys is not None else None,
             min_enclave_policy_version=min_pv,
+            session_mode=_session_mode(doc, where),
         )
+
+
+def _session_mode(doc: Mapping[str, Any], where: str) -> str:
+    mode = doc.get("session_mode", "fresh")
+    if mode not in ("fresh", "cached"):
+        raise ConfigError(f'policy {where}: session_mode must be "fresh" or "cached"')
+    return str(mode)
 
 
 # ---------------------------------------------------------------- P4: the version store
@@ -553,6 +564,8 @@ class ClientPolicy:
     owner_keys: Mapping[bytes, bytes] | None = None
     #: Kid of the policy signer whose signature passed P3; None for an unsigned policy.
     signer: bytes | None = None
+    #: Session mode the client asks for: "fresh" or "cached" (protocol.md §2.2.1).
+    session_mode: str = "fresh"
     _warned: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -620,6 +633,7 @@ class ClientPolicy:
             if self.owner_keys is not None
             else None,
             "min_enclave_policy_version": self.min_enclave_policy_version,
+            "session_mode": self.session_mode,
         }
 
     # ---------------------------------------------------------------- presets
@@ -726,4 +740,5 @@ class ClientPolicy:
             min_enclave_policy_version=doc.min_enclave_policy_version,
             owner_keys=doc.owner_keys,
             signer=signer,
+            session_mode=doc.session_mode,
         )

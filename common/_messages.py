@@ -96,9 +96,10 @@ class ClientHello(Message):
 
     TYPE: ClassVar[str] = "hello"
     KEYS: ClassVar[set[str]] = {"t", "v", "nonce", "mode"}
-    #: Session modes: "fresh" = a new NSM attestation per session. "cached" (a cached
-    #: document plus a signature over the nonce) is reserved for a later version.
-    MODES: ClassVar[frozenset[str]] = frozenset({"fresh"})
+    #: Session modes (protocol.md §2.1): "fresh" = a new NSM attestation per session;
+    #: "cached" = a recent cached document plus a per-session proof signed by the
+    #: attested receipt key over the nonce and a fresh X25519 key (§2.2.1).
+    MODES: ClassVar[frozenset[str]] = frozenset({"fresh", "cached"})
 
     version: int
     nonce: bytes
@@ -125,22 +126,32 @@ class ClientHello(Message):
 
 @dataclass(frozen=True)
 class ServerAttest(Message):
-    """Enclave → client: the attestation document for this session (protocol.md §2.2)."""
+    """Enclave → client: the attestation for this session (protocol.md §2.2).
+
+    ``proof`` is present exactly in cached mode: a COSE_Sign1 by the attested receipt
+    key over this session's nonce, X25519 key and session id (§2.2.1).
+    """
 
     TYPE: ClassVar[str] = "attest"
     KEYS: ClassVar[set[str]] = {"t", "v", "doc"}
 
     version: int
     attestation: bytes
+    proof: bytes | None = None
 
     def to_map(self) -> dict[str, Any]:
-        return {"t": self.TYPE, "v": self.version, "doc": self.attestation}
+        m: dict[str, Any] = {"t": self.TYPE, "v": self.version, "doc": self.attestation}
+        if self.proof is not None:
+            m["proof"] = self.proof
+        return m
 
     @classmethod
     def from_map(cls, m: Mapping[Any, Any]) -> ServerAttest:
-        _exact_keys(m, cls.KEYS, "attest")
+        _exact_keys(m, cls.KEYS | ({"proof"} if "proof" in m else set()), "attest")
         return cls(
-            version=_field(m, "v", int, "attest"), attestation=_field(m, "doc", bytes, "attest")
+            version=_field(m, "v", int, "attest"),
+            attestation=_field(m, "doc", bytes, "attest"),
+            proof=_field(m, "proof", bytes, "attest") if "proof" in m else None,
         )
 
 

@@ -25,6 +25,7 @@ from ._cbor import decode_deterministic, encode
 from ._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
 from ._errors import DecodeError, Error, ReceiptError
 from ._messages import NONCE_BYTES, SESSION_ID_BYTES
+from ._proof import CACHED_SESSION_ID
 
 if TYPE_CHECKING:
     from ._attestation import VerifiedAttestation
@@ -239,6 +240,8 @@ class ReceiptExpectations:
     """What the party that ran the session knows and checks (R11); all optional."""
 
     seq: int | None = None
+    session_id: bytes | None = None
+    client_nonce: bytes | None = None
     transcript_hash: bytes | None = None
     request_hash: bytes | None = None
     response_hash: bytes | None = None
@@ -305,10 +308,15 @@ def verify_receipt(
     # R6: same attestation, session and nonce.
     if r.attestation_hash != doc.sha256:
         raise ReceiptError("R6 session: attestation_hash does not match the document")
-    if r.session_id != binding.session_id:
-        raise ReceiptError("R6 session: session_id does not match the attestation")
-    if doc.nonce is None or r.client_nonce != doc.nonce:
-        raise ReceiptError("R6 session: client_nonce does not match the attestation nonce")
+    if binding.session_id != CACHED_SESSION_ID:
+        # Fresh mode: the document itself names the session and the client's nonce.
+        if r.session_id != binding.session_id:
+            raise ReceiptError("R6 session: session_id does not match the attestation")
+        if doc.nonce is None or r.client_nonce != doc.nonce:
+            raise ReceiptError("R6 session: client_nonce does not match the attestation nonce")
+    # Cached mode (§2.2.1): the document serves many sessions; the receipt key it
+    # attests vouches for session_id and client_nonce, which the session's client
+    # checks against its proof (R11).
     # R7: PCRs are the attested ones.
     for i in RECEIPT_PCRS:
         if doc.pcrs.get(i) != r.pcrs[i]:
@@ -340,6 +348,10 @@ def verify_receipt(
 def _check_expectations(r: Receipt, e: ReceiptExpectations) -> None:
     if e.seq is not None and r.seq != e.seq:
         raise ReceiptError(f"R11 sequence: receipt seq {r.seq}, expected {e.seq}")
+    if e.session_id is not None and r.session_id != e.session_id:
+        raise ReceiptError("R11 session: the receipt names another session")
+    if e.client_nonce is not None and r.client_nonce != e.client_nonce:
+        raise ReceiptError("R11 session: the receipt names another client nonce")
     if e.transcript_hash is not None and r.transcript_hash != e.transcript_hash:
         raise ReceiptError("R11 transcript: the receipt belongs to a different session transcript")
     if e.request_hash is not None and r.request_hash != e.request_hash:

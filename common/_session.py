@@ -58,6 +58,7 @@ from ._messages import (
     decode_response_body,
     encode_response_body,
 )
+from ._proof import CACHED_SESSION_ID, SessionProof, verify_session_proof
 from ._receipt import (
     MAX_SESSION_S,
     RECEIPT_PCRS,
@@ -127,9 +128,14 @@ class RequestFailed:
 
 @dataclass(frozen=True)
 class HelloReceived:
-    """Enclave: a client asked for a session; attest with this nonce."""
+    """Enclave: a client asked for a session; attest with this nonce.
+
+    ``mode`` "fresh": answer with :meth:`EnclaveSession.attest` and a new document;
+    "cached": with :meth:`EnclaveSession.attest_cached` and the cached one.
+    """
 
     nonce: bytes
+    mode: str = "fresh"
 
 
 @dataclass(frozen=True)
@@ -172,9 +178,14 @@ class ClientSession:
         *,
         nonce: bytes | None = None,
         chain_cache: ChainCache | None = None,
+        mode: str = "fresh",
     ) -> None:
+        if mode not in ClientHello.MODES:
+            raise LocalProtocolError(f"unknown session mode {mode!r}")
         self.policy = policy
         self.chain_cache = chain_cache
+        self.mode = mode
+        self.session_id: bytes | None = None
         self.nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
         self.state = ClientState.START
         self._decoder = FrameDecoder()
@@ -190,7 +201,7 @@ class ClientSession:
     # -- outbound
     def hello(self) -> bytes:
         self._expect_state(ClientState.START)
-        frame = encode_frame(ClientHello(PROTOCOL_VERSION, self.nonce).to_cbor())
+        frame = encode_frame(ClientHello(PROTOCOL_VERSION, self.nonce, self.mode).to_cbor())
         self._transcript.update(frame)
         self.state = ClientState.AWAIT_ATTEST
         return frame
@@ -210,7 +221,8 @@ class ClientSession:
             raise LocalProtocolError("too many requests in flight")
         seq = self._next_seq
         body = request.to_cbor()
-        ct = self._channel.seal_request(seq, body, _aad("req", self.binding.session_id, seq))
+        assert self.session_id is not None
+        ct = self._channel.seal_request(seq, body, _aad("req", self.session_id, seq))
         self._next_seq += 1
         self._pending[seq] = (request, hashlib.sha256(body).digest())
         return seq, encode_frame(SealedRequest(seq, ct).to_cbor())
@@ -250,8 +262,14 @@ class ClientSession:
                 f"enclave speaks protocol {msg.version}, not {PROTOCOL_VERSION}"
             )
         # §3 A1-A9: signature, chain to the pinned root, time, age, nonce, PCRs.
+        cached = self.mode == "cached"
+        # In cached mode the document is not for our nonce (A7 is replaced by A11).
         verified = verify_attestation(
-            msg.attestation, self.policy, now=now, nonce=self.nonce, chain_cache=self.chain_cache
+            msg.attestation,
+            self.policy,
+            now=now,
+            nonce=None if cached else self.nonce,
+            chain_cache=self.chain_cache,
         )
         doc = verified.document
         # §3 A8: the document binds an X25519 key and an ephemeralml binding.
@@ -266,10 +284,23 @@ class ClientSession:
                 f"A8 binding: a {binding.mode} enclave under a "
                 f"{'mock' if verified.root.is_mock else 'non-mock'} root"
             )
-        if doc.public_key is None:
-            raise AttestationError("A8 binding: the attestation document has no public_key")
+        if cached:
+            # §3 A11: a cached document names no session; the proof, signed by the
+            # attested receipt key, binds our nonce, the session key and its id.
+            if msg.proof is None or binding.session_id != CACHED_SESSION_ID:
+                raise AttestationError("A11 proof: cached mode needs a cached document and a proof")
+            proof = verify_session_proof(
+                msg.proof, binding, nonce=self.nonce, attestation_sha256=doc.sha256
+            )
+            session_key, self.session_id = proof.public_key, proof.session_id
+        else:
+            if msg.proof is not None or binding.session_id == CACHED_SESSION_ID:
+                raise AttestationError("A8 binding: a cached attestation in a fresh session")
+            if doc.public_key is None:
+                raise AttestationError("A8 binding: the attestation document has no public_key")
+            session_key, self.session_id = doc.public_key, binding.session_id
         self._transcript.update(encode_frame(frame))  # §2.6: framed bytes
-        self._channel = ClientChannel(doc.public_key, doc.sha256)
+        self._channel = ClientChannel(session_key, doc.sha256)
         open_frame = encode_frame(SessionOpen(self._channel.enc).to_cbor())
         self._transcript.update(open_frame)
         self.transcript_hash = self._transcript.digest()
@@ -286,7 +317,7 @@ class ClientSession:
             raise CiphertextError(f"response {msg.seq} answers no request in flight (replay?)")
         request, request_hash = pending
         body = self._channel.open_response(
-            msg.seq, msg.ciphertext, _aad("resp", self.binding.session_id, msg.seq)
+            msg.seq, msg.ciphertext, _aad("resp", self.session_id or b"", msg.seq)
         )
         parsed = decode_response_body(body)
         if isinstance(parsed, RequestError):
@@ -300,6 +331,8 @@ class ClientSession:
             self.attestation,
             expect=ReceiptExpectations(
                 seq=msg.seq,
+                session_id=self.session_id,
+                client_nonce=self.nonce,
                 transcript_hash=self.transcript_hash,
                 request_hash=request_hash,
                 response_hash=hashlib.sha256(result.to_cbor()).digest(),
@@ -383,6 +416,19 @@ class EnclaveSession:
             mode=self.identity.mode,
         )
 
+    @staticmethod
+    def cached_binding(identity: EnclaveIdentity) -> EnclaveBinding:
+        """The binding of a cached document: no session of its own (§2.2.1)."""
+        return EnclaveBinding(
+            protocol_version=PROTOCOL_VERSION,
+            session_id=CACHED_SESSION_ID,
+            receipt_key=identity.receipt_key.public_key().public_bytes_raw(),
+            models=identity.models,
+            key_releases=identity.key_releases,
+            policy_version=identity.policy_version,
+            mode=identity.mode,
+        )
+
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
 
@@ -410,7 +456,7 @@ class EnclaveSession:
                     self._transcript.update(encode_frame(frame))  # §2.6: framed bytes
                     self.nonce = msg.nonce
                     self.state = EnclaveState.ATTESTING
-                    return HelloReceived(msg.nonce)
+                    return HelloReceived(msg.nonce, msg.mode)
                 if isinstance(msg, SessionOpen):
                     assert self.attestation_hash is not None
                     self._channel = self._key.open_channel(msg.enc, self.attestation_hash)
@@ -445,6 +491,23 @@ class EnclaveSession:
         frame = encode_frame(ServerAttest(PROTOCOL_VERSION, document).to_cbor())
         self._transcript.update(frame)
         self.attestation_hash = hashlib.sha256(document).digest()
+        self.attestation_time_ms = timestamp_ms
+        self.state = EnclaveState.AWAIT_OPEN
+        return frame
+
+    def attest_cached(self, document: bytes, *, timestamp_ms: int) -> bytes:
+        """The attest frame in cached mode: the cached document and this session's proof."""
+        self._expect_state(EnclaveState.ATTESTING)
+        assert self.nonce is not None
+        digest = hashlib.sha256(document).digest()
+        proof = SessionProof(self.nonce, self.public_key, self.session_id, digest)
+        frame = encode_frame(
+            ServerAttest(
+                PROTOCOL_VERSION, document, proof.sign(self.identity.receipt_key)
+            ).to_cbor()
+        )
+        self._transcript.update(frame)
+        self.attestation_hash = digest
         self.attestation_time_ms = timestamp_ms
         self.state = EnclaveState.AWAIT_OPEN
         return frame

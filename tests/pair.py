@@ -77,6 +77,17 @@ class MockWorld:
     nsm: MockNsm
     identity: EnclaveIdentity
     policy: AttestationPolicy
+    _cached: bytes | None = None
+
+    def cached_doc(self) -> bytes:
+        """One document for many sessions (cached mode): no key, no nonce."""
+        if self._cached is None:
+            self._cached = self.nsm.get_attestation_doc(
+                public_key=None,
+                user_data=EnclaveSession.cached_binding(self.identity).to_cbor(),
+                nonce=None,
+            )
+        return self._cached
 
     @classmethod
     def create(cls, state_dir: Path, *, mode: str = "mock") -> MockWorld:
@@ -109,8 +120,10 @@ class SessionPair:
     enclave: EnclaveSession = field(init=False)
     attested: Attested | None = None
 
+    mode: str = "fresh"
+
     def __post_init__(self) -> None:
-        self.client = ClientSession(self.world.policy)
+        self.client = ClientSession(self.world.policy, mode=self.mode)
         self.enclave = EnclaveSession(self.world.identity)
 
     def to_enclave(self, data: bytes) -> None:
@@ -123,12 +136,18 @@ class SessionPair:
         self.to_enclave(self.client.hello())
         hello = _stalled_if_none(self.enclave.next_event())
         assert isinstance(hello, HelloReceived)
-        doc = self.world.nsm.get_attestation_doc(
-            public_key=self.enclave.public_key,
-            user_data=self.enclave.binding.to_cbor(),
-            nonce=hello.nonce,
-        )
-        self.to_client(self.enclave.attest(doc, timestamp_ms=parse_unverified(doc).timestamp_ms))
+        if hello.mode == "cached":
+            doc = self.world.cached_doc()
+            ts = parse_unverified(doc).timestamp_ms
+            self.to_client(self.enclave.attest_cached(doc, timestamp_ms=ts))
+        else:
+            doc = self.world.nsm.get_attestation_doc(
+                public_key=self.enclave.public_key,
+                user_data=self.enclave.binding.to_cbor(),
+                nonce=hello.nonce,
+            )
+            ts = parse_unverified(doc).timestamp_ms
+            self.to_client(self.enclave.attest(doc, timestamp_ms=ts))
         ev = _stalled_if_none(self.client.next_event(now=now()))
         assert isinstance(ev, Attested)
         self.attested = ev

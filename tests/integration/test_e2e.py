@@ -231,13 +231,16 @@ def test_nothing_listening(stack: Stack) -> None:
     )
 
 
-def test_enclave_not_running_behind_the_host(stack: Stack) -> None:
-    host, port = start_host(stack.env, free_port())
+def test_enclave_not_running_behind_the_host(stack: Stack, tmp_path: Path) -> None:
+    from tests.integration.conftest import program_env
+
+    # A host of its own (own state), relaying to a port where nothing listens.
+    host, port = start_host(program_env(tmp_path), free_port())
     try:
         with pytest.raises(TransportError, match="closed the connection mid-session"):
             connect(f"127.0.0.1:{port}", policy=_policy(stack), timeout=10)
     finally:
-        assert host.stop() == 0
+        assert host.stop() == 0, "".join(host.lines)
 
 
 def test_attest_command_prints_what_it_verified(stack: Stack) -> None:
@@ -294,3 +297,21 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(stack: Stac
                 s.embed(["x"], model="no-such-model")
     finally:
         assert enclave.stop() == 0
+
+
+def test_cached_session_mode_end_to_end(stack: Stack, tmp_path: Path) -> None:
+    with connect(stack.address, policy=_policy(stack), session_mode="cached") as a, connect(
+        stack.address, policy=_policy(stack), session_mode="cached"
+    ) as b:
+        # One cached document serves both; each has its own session and key.
+        assert a.attestation.document.raw == b.attestation.document.raw
+        assert a.attestation.document.nonce is None
+        ea = a.embed(["cached mode"])[0]
+        assert ea.receipt.receipt.session_id != b.embed(["cached mode"])[0].receipt.receipt.session_id
+    out = tmp_path / "r"
+    r = stack.cli("embed", "--mock", "--session-mode", "cached", "--host", stack.address,
+                  "--receipt-out", str(out), "offline too")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (receipt,) = out.glob("*.receipt.cbor")
+    v = stack.cli("verify", str(receipt), "--mock")
+    assert v.returncode == 0, v.stderr

@@ -347,3 +347,61 @@ def test_enclave_refuses_to_answer_in_a_session_past_its_lifetime(world: MockWor
     late = p.enclave.attestation_time_ms + MAX_SESSION_S * 1000 + 1
     with pytest.raises(LocalProtocolError, match="session is older than its maximum lifetime"):
         p.enclave.respond(ev, fake_result(ev.request), model_digest=MODEL_DIGEST, time_ms=late, duration_us=1)
+
+
+# ---------------------------------------------------------------- cached mode (§2.2.1)
+
+
+def test_cached_mode_sessions_share_a_document_not_keys(world: MockWorld) -> None:
+    a, b = SessionPair(world, mode="cached"), SessionPair(world, mode="cached")
+    da = a.handshake().attestation.document
+    db = b.handshake().attestation.document
+    assert da.raw == db.raw and da.nonce is None and da.public_key is None
+    assert a.client.session_id != b.client.session_id
+    ra, rb = a.request(("x",)), b.request(("y",))
+    assert ra.receipt.receipt.session_id == a.enclave.session_id
+    assert rb.receipt.receipt.client_nonce == b.client.nonce
+    assert a.client.transcript_hash != b.client.transcript_hash
+
+
+def test_cached_proof_for_another_nonce_is_rejected(world: MockWorld) -> None:
+    from ephemeralml.common._proof import SessionProof
+
+    p = SessionPair(world, mode="cached")
+    p.to_enclave(p.client.hello())
+    p.enclave.next_event()
+    doc = world.cached_doc()
+    digest = hashlib.sha256(doc).digest()
+    stale = SessionProof(b"\x07" * 32, p.enclave.public_key, b"\x01" * 16, digest)
+    from ephemeralml.common._messages import ServerAttest
+
+    frame = encode_frame(ServerAttest(1, doc, stale.sign(world.identity.receipt_key)).to_cbor())
+    p.to_client(frame)
+    with pytest.raises(AttestationError, match=r"^A11 proof: nonce does not match the challenge$"):
+        p.client.next_event(now=now())
+
+
+def test_cached_proof_signed_by_another_key_is_rejected(world: MockWorld) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ephemeralml.common._messages import ServerAttest
+    from ephemeralml.common._proof import SessionProof
+
+    p = SessionPair(world, mode="cached")
+    p.to_enclave(p.client.hello())
+    p.enclave.next_event()
+    doc = world.cached_doc()
+    proof = SessionProof(p.client.nonce, p.enclave.public_key, b"\x01" * 16, hashlib.sha256(doc).digest())
+    p.to_client(encode_frame(ServerAttest(1, doc, proof.sign(Ed25519PrivateKey.generate())).to_cbor()))
+    with pytest.raises(AttestationError, match=r"^A11 proof: not signed by the attested receipt key$"):
+        p.client.next_event(now=now())
+
+
+def test_fresh_client_refuses_a_cached_answer(world: MockWorld) -> None:
+    p = SessionPair(world)  # the client asked for fresh
+    p.to_enclave(p.client.hello())
+    p.enclave.next_event()
+    doc = world.cached_doc()
+    p.to_client(p.enclave.attest_cached(doc, timestamp_ms=0))
+    with pytest.raises(AttestationError, match=r"^A7 nonce"):
+        p.client.next_event(now=now())
