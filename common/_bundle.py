@@ -413,6 +413,11 @@ class BundleDecryptor:
         self._cipher = ChunkCipher(data_key, bundle_id=m.bundle_id, salt=m.salt)
         self._out = bytearray(m.plaintext_size)
         self._filled = 0
+        # M8 hashes, fed as chunks decrypt (no second pass over the plaintext).
+        self._pt = hashlib.sha256()
+        self._file_index = 0
+        self._file_left = m.files[0].size
+        self._file_hashes = [hashlib.sha256() for _ in m.files]
         self._pending = bytearray()
         self._index = 0
         self._ct = hashlib.sha256()
@@ -441,6 +446,18 @@ class BundleDecryptor:
         self._out[self._filled : end] = pt
         self._filled = end
         self._index += 1
+        self._pt.update(pt)
+        view = memoryview(pt)
+        while view:
+            while self._file_left == 0 and self._file_index < len(self._m.files) - 1:
+                self._file_index += 1
+                self._file_left = self._m.files[self._file_index].size
+            take = min(self._file_left, len(view))
+            if take == 0:  # more plaintext than the files add up to (M8 below says so)
+                break
+            self._file_hashes[self._file_index].update(view[:take])
+            self._file_left -= take
+            view = view[take:]
 
     def finish(self) -> dict[str, memoryview]:
         if self._done:
@@ -462,16 +479,15 @@ class BundleDecryptor:
         if self._filled != m.plaintext_size:
             raise ManifestError("M8 plaintext: decrypted size differs from the manifest")
         view = memoryview(self._out)
-        if not hmac.compare_digest(hashlib.sha256(view).digest(), m.plaintext_sha256):
+        if not hmac.compare_digest(self._pt.digest(), m.plaintext_sha256):
             raise ManifestError(
                 "M8 plaintext: decrypted bundle does not match the manifest's sha256"
             )
         files: dict[str, memoryview] = {}
         offset = 0
-        for f in m.files:
-            part = view[offset : offset + f.size]
-            if not hmac.compare_digest(hashlib.sha256(part).digest(), f.sha256):
+        for f, h in zip(m.files, self._file_hashes, strict=True):
+            if not hmac.compare_digest(h.digest(), f.sha256):
                 raise ManifestError(f"M8 plaintext: {f.name} does not match the manifest")
-            files[f.name] = part
+            files[f.name] = view[offset : offset + f.size]
             offset += f.size
         return files

@@ -22,7 +22,9 @@ import hashlib
 import hmac
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,9 @@ from ._model import Embedder, ModelFiles
 __all__ = ["MAX_WRAPPED_KEY_BYTES", "LoadTimings", "LoadedModel", "load_model"]
 
 log = logging.getLogger("ephemeralml.enclave.loader")
+
+#: Chunks handed to the decrypt thread and not yet done: overlap, bounded memory.
+_DECRYPT_AHEAD = 4
 
 #: A KMS CiphertextBlob for a 32-byte data key is ~200 bytes (AWS) or 77 (mock).
 MAX_WRAPPED_KEY_BYTES = 4096
@@ -102,9 +107,25 @@ async def load_model(
     finally:
         released.wipe()  # the chunk key is derived; the data key is no longer needed
     t2 = time.perf_counter()
-    async for chunk in fetch(services, model_id, "model.enc", max_bytes=m.ciphertext_size):
-        await loop.run_in_executor(None, decryptor.update, chunk)
-    files = await loop.run_in_executor(None, decryptor.finish)
+    # Decrypt while the next chunks arrive: one worker thread keeps the chunks in
+    # order; at most _DECRYPT_AHEAD are queued, so memory stays bounded.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decrypt") as worker:
+        pending: deque[asyncio.Future[None]] = deque()
+        try:
+            async for chunk in fetch(services, model_id, "model.enc", max_bytes=m.ciphertext_size):
+                pending.append(loop.run_in_executor(worker, decryptor.update, chunk))
+                while len(pending) >= _DECRYPT_AHEAD or (pending and pending[0].done()):
+                    await pending.popleft()
+            while pending:
+                await pending.popleft()
+        except BaseException:
+            # The first failure is the one reported; the chunks queued behind it
+            # are dropped (and their errors collected, not left unretrieved).
+            for f in pending:
+                f.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        files = await loop.run_in_executor(worker, decryptor.finish)
     t3 = time.perf_counter()
 
     def build() -> Embedder:
