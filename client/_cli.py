@@ -643,6 +643,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--at", metavar="TIME", help="check at this ISO 8601 time (default: now)")
     t.add_argument("--root", type=Path, help="trust this root certificate (PEM/DER)")
     t.set_defaults(fn=cmd_attestation)
+    sub.add_parser("bench", help="benchmark bare ONNX Runtime vs the full path (see docs/benchmarks.md)")
     m = sub.add_parser("model", help="package and upload encrypted models (model owners)")
     msub = m.add_subparsers(dest="model_cmd", required=True)
     mk = msub.add_parser("keygen", help="make a model-owner Ed25519 signing key")
@@ -691,6 +692,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["bench"]:
+        # `ephemeral bench ...` is scripts/bench.py: its own flags (--quick, --json...).
+        from ._bench import main as bench_main
+
+        return bench_main(args_list[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     args.stdout = stdout or sys.stdout
