@@ -119,3 +119,18 @@ def test_config_limits() -> None:
         BatchConfig(max_batch=0)
     with pytest.raises(ConfigError, match="batch wait must be 0..1000 ms, not -1"):
         BatchConfig(max_wait_ms=-1)
+
+
+def test_cuda_without_onnxruntime_gpu_is_a_clear_error() -> None:
+    import onnxruntime as ort
+
+    from ephemeralml.enclave._model import providers_for
+
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        with pytest.raises(ConfigError, match=r"^--device cuda needs CUDAExecutionProvider, which this onnxruntime does not have \(install onnxruntime-gpu instead of onnxruntime\)$"):
+            providers_for("cuda")
+    with pytest.raises(ConfigError, match=r"^unknown device 'tpu'; choose one of \['cpu', 'cuda'\]$"):
+        providers_for("tpu")
