@@ -666,8 +666,9 @@ def start_enclave(
     cold.update(loaded or {"key_release_ms": None, "mb": None, "fetch_decrypt_ms": None,
                            "onnx_load_ms": None})  # fmt: skip
     known = [cold.get(k) for k in ("key_release_ms", "fetch_decrypt_ms", "onnx_load_ms")]
+    parts = [float(v) for v in known if v is not None]
     cold["other_ms"] = (
-        round(1000 * cold["total_s"] - sum(known), 0) if all(v is not None for v in known) else None
+        round(1000 * cold["total_s"] - sum(parts), 0) if len(parts) == len(known) else None
     )
     return EnclaveInfo(prog, int(m.group(1)), cold)
 
@@ -1080,13 +1081,12 @@ def _session_setup(address: str, policy: Any, n: int, mode: str | None = None) -
     """``n`` times connect + close; ``mode`` None is the client's default."""
     from ._api import connect
 
-    kw = {} if mode is None else {"session_mode": mode}
     for _ in range(3):  # warm-up (in cached mode: the enclave's first document)
-        connect(address, policy=policy, **kw).close()
+        connect(address, policy=policy, session_mode=mode).close()
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
-        s = connect(address, policy=policy, **kw)
+        s = connect(address, policy=policy, session_mode=mode)
         s.close()
         samples.append(time.perf_counter() - t0)
     return samples

@@ -142,7 +142,8 @@ def _build_der(*, ski: bytes, wrapped_key: bytes, iv: bytes, ciphertext: bytes) 
         }
     )
     info = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped})
-    return info.dump(force=True)
+    der: bytes = info.dump(force=True)
+    return der
 
 
 # ---------------------------------------------------------------------------
