@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ephemeralml._home import write_atomic
+from ephemeralml._strict import generate_ed25519_key, load_ed25519_key
 from ephemeralml.common._bundle import (
     DEFAULT_CHUNK_BYTES,
     BundleEncryptor,
@@ -114,26 +114,19 @@ def default_sources() -> tuple[str, list[Source]]:
 
 def generate_owner_key(path: Path) -> bytes:
     """Write a new Ed25519 owner key (PKCS#8 PEM, 0600); returns the raw public key."""
-    if path.exists():
-        raise ConfigError(f"{path} exists; refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(path, pem, mode=0o600)
-    return key.public_key().public_bytes_raw()
+    try:
+        return generate_ed25519_key(path)
+    except FileExistsError as e:
+        raise ConfigError(f"{path} exists; refusing to overwrite a key") from e
 
 
 def load_owner_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return load_ed25519_key(path)
     except OSError as e:
         raise ConfigError(f"cannot read owner key {path}: {e.strerror}") from e
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key") from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 key")
-    return key
+    except ValueError as e:
+        raise ConfigError(f"{path} {e}") from e
 
 
 def _generate_data_key(kms: Any, key_id: str) -> tuple[bytearray, bytes, str]:

@@ -37,13 +37,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
 from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
+from ephemeralml._strict import generate_ed25519_key, load_ed25519_key, loads_json
 from ephemeralml.common._attestation import (
     MAX_ATTESTATION_AGE_S,
     AttestationPolicy,
@@ -232,26 +232,19 @@ def _checked_signers(trusted: Mapping[bytes, bytes]) -> Mapping[bytes, bytes]:
 
 def generate_signer_key(path: Path) -> bytes:
     """Write a new Ed25519 policy-signing key (PKCS#8 PEM, 0600); returns the raw public key."""
-    if path.exists():
-        raise ConfigError(f"{path} exists; refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(path, pem, mode=0o600)
-    return key.public_key().public_bytes_raw()
+    try:
+        return generate_ed25519_key(path)
+    except FileExistsError as e:
+        raise ConfigError(f"{path} exists; refusing to overwrite a key") from e
 
 
 def load_signer_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return load_ed25519_key(path)
     except OSError as e:
         raise ConfigError(f"cannot read policy signing key {path}: {e.strerror}") from e
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key") from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 key")
-    return key
+    except ValueError as e:
+        raise ConfigError(f"{path} {e}") from e
 
 
 # ---------------------------------------------------------------- P3: the envelope
@@ -334,19 +327,6 @@ class PemRoot:
     sha256: bytes | None = None
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
 def _int_field(doc: Mapping[str, Any], name: str, where: str) -> int:
     value = doc.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -377,11 +357,7 @@ class PolicyDocument:
         root must carry its ``sha256``.
         """
         try:
-            doc = json.loads(
-                raw.decode("utf-8"),
-                object_pairs_hook=_reject_duplicates,
-                parse_constant=_reject_constant,
-            )
+            doc = loads_json(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise ConfigError(f"policy {where} is not JSON: {e}") from e
         try:

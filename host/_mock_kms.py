@@ -94,6 +94,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._home import MOCK_ROOT, default_home, write_atomic
+from .._strict import loads_json
 from ..common._attestation import (
     AWS_NITRO_ROOT_SHA256,
     AttestationPolicy,
@@ -489,21 +490,8 @@ def default_key_policy() -> str:
     )
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _load_json(text: str | bytes) -> Any:
-    return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    return loads_json(text)
 
 
 def _policy_from_text(text: str) -> dict[str, Any]:
