@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ephemeralml._strict import parse_s3_url
 from ephemeralml.common._errors import ConfigError, TransportError
 
 from ._package import BUNDLE_FILES, MANIFEST_FILE
@@ -22,7 +23,6 @@ from ._package import BUNDLE_FILES, MANIFEST_FILE
 __all__ = ["parse_s3_url", "upload_local", "upload_s3"]
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_S3 = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 
 
 def _check(bundle: Path, model_id: str) -> None:
@@ -31,13 +31,6 @@ def _check(bundle: Path, model_id: str) -> None:
     missing = [f for f in BUNDLE_FILES if not (bundle / f).is_file()]
     if missing:
         raise ConfigError(f"{bundle} is not a bundle: it lacks {', '.join(missing)}")
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    m = _S3.match(url)
-    if not m:
-        raise ConfigError(f"{url!r} is not s3://bucket[/prefix]")
-    return m.group(1), (m.group(2) or "").strip("/")
 
 
 def upload_local(bundle: Path, store: Path, model_id: str) -> Path:

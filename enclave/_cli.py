@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
+from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_OWNERS, MOCK_ROOT, default_home, write_atomic
 from ephemeralml.common._errors import ConfigError, Error, TransportError
 from ephemeralml.common._session import EnclaveIdentity
 from ephemeralml.host._relay import Relay, RelayConfig
@@ -39,12 +39,12 @@ from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
 from ._keyrelease import KmsKeyRelease
 from ._libnsm import DEFAULT_LIBNSM, NitroNsm
 from ._loader import LoadedModel, load_model
-from ._measure import enclave_code_digest, load_owner_keys, mock_enclave_measurements
+from ._measure import load_owner_keys, mock_enclave_measurements
 from ._model import DEVICES
 from ._nsm import MockNsm, Nsm
 from ._server import IDLE_TIMEOUT_S, MAX_SESSIONS, EnclaveServer, ServerConfig
 
-__all__ = ["EnclaveConfig", "enclave_code_digest", "main"]
+__all__ = ["EnclaveConfig", "main"]
 
 log = logging.getLogger("ephemeralml.enclave")
 
@@ -179,7 +179,7 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         raise ConfigError("--mock listens on TCP; give --listen HOST:PORT")
     home = args.home or default_home()
     owner_keys = args.owner_keys or (
-        home / "published" / "model-owners.txt" if mock else Path(NITRO_OWNER_KEYS)
+        home / MOCK_OWNERS if mock else Path(NITRO_OWNER_KEYS)
     )
     return EnclaveConfig(
         mock=mock,

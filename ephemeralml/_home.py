@@ -13,10 +13,13 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["MOCK_MEASUREMENTS", "MOCK_ROOT", "default_home", "write_atomic"]
+__all__ = ["MOCK_MEASUREMENTS", "MOCK_OWNERS", "MOCK_ROOT", "default_home", "write_atomic"]
 
 #: Relative to the home: the mock root the enclave published.
 MOCK_ROOT = Path("published") / "mock-root.pem"
+#: Relative to the home: the model-owner keys a mock enclave trusts (what a real
+#: enclave image carries), written by the host's mock provisioning.
+MOCK_OWNERS = Path("published") / "model-owners.txt"
 #: Relative to the home: the mock enclave's measurements (PCRs).
 MOCK_MEASUREMENTS = Path("published") / "measurements.json"
 

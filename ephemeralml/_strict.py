@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,8 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._home import write_atomic
+from .common._errors import ConfigError
 
-__all__ = ["generate_ed25519_key", "load_ed25519_key", "loads_json"]
+__all__ = ["generate_ed25519_key", "load_ed25519_key", "loads_json", "parse_s3_url"]
+
+_S3 = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -64,3 +68,10 @@ def load_ed25519_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("is not an Ed25519 key")
     return key
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    m = _S3.match(url)
+    if not m:
+        raise ConfigError(f"{url!r} is not s3://bucket[/prefix]")
+    return m.group(1), (m.group(2) or "").strip("/")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ephemeralml._home import MOCK_ROOT, write_atomic
+from ephemeralml._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
 from ephemeralml.common._errors import ConfigError, KeyReleaseError
 
 __all__ = [
@@ -40,8 +40,6 @@ __all__ = [
 
 log = logging.getLogger("ephemeralml.host.provision")
 
-#: Relative to the home: the model-owner keys a mock enclave trusts.
-MOCK_OWNERS = Path("published") / "model-owners.txt"
 #: Relative to the home: what provisioning created (the KMS key id).
 MOCK_STATE = Path("mock-provision.json")
 _OWNER_KEY = Path("mock-owner.pem")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ephemeralml._strict import parse_s3_url
 from ephemeralml.common._cbor import decode_deterministic, decode_strict, encode
 from ephemeralml.common._errors import (
     ConfigError,
@@ -141,8 +142,6 @@ class S3Store(ModelStore):
 def store_from_url(url: str, *, s3: Any = None) -> ModelStore:
     """``s3://bucket/prefix`` or a directory path."""
     if url.startswith("s3://"):
-        from ephemeralml.client._upload import parse_s3_url
-
         bucket, prefix = parse_s3_url(url)
         if s3 is None:
             import boto3

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ephemeralml._home import MOCK_OWNERS
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._bundle import owner_key_id
 from ephemeralml.common._errors import ConfigError, KeyReleaseError, ManifestError
@@ -22,7 +23,7 @@ from ephemeralml.enclave._loader import LoadedModel, load_model
 from ephemeralml.enclave._measure import load_owner_keys
 from ephemeralml.enclave._nsm import MockNsm
 from ephemeralml.host._mock_kms import MockKmsServer
-from ephemeralml.host._provision import MOCK_OWNERS, ensure_mock_root, provision_mock
+from ephemeralml.host._provision import ensure_mock_root, provision_mock
 from ephemeralml.host._store import LocalStore, StoreService
 from ephemeralml.host._transport import Endpoint
 
