@@ -11,7 +11,6 @@ then), the receipt's time must fall inside the session's lifetime.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -361,6 +360,3 @@ def _check_expectations(r: Receipt, e: ReceiptExpectations) -> None:
     if e.model_id is not None and r.model_id != e.model_id:
         raise ReceiptError(f"R11 model: receipt is for {r.model_id!r}, expected {e.model_id!r}")
 
-
-def sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()

@@ -15,7 +15,6 @@ from ephemeralml.common._errors import (
     Error,
     InferenceError,
     LimitError,
-    RemoteError,
     TransportError,
 )
 from ephemeralml.common._frame import MAX_FRAME_BYTES
@@ -207,12 +206,11 @@ def test_garbage_gets_an_error_and_others_are_served(stack: Stack) -> None:
     with socket.create_connection(("127.0.0.1", stack.host_port), timeout=10) as s:
         s.sendall(b"\x00\x00\x00\x05GET /")
         data = s.recv(4096)
-    with pytest.raises(RemoteError, match="enclave reported decode"):
-        from ephemeralml.common._messages import ErrorFrame, decode_message
+    from ephemeralml.common._messages import ErrorFrame, decode_message
 
-        msg = decode_message(data[4:])
-        assert isinstance(msg, ErrorFrame)
-        raise RemoteError(msg.code, msg.message)
+    msg = decode_message(data[4:])
+    assert isinstance(msg, ErrorFrame) and msg.code == "decode"
+    assert msg.message.startswith("frame is not well-formed CBOR")
     _one_session(stack.address, stack)
 
 
