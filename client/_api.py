@@ -21,7 +21,6 @@ from ephemeralml.common._attestation import ChainCache, VerifiedAttestation
 from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._errors import (
     ConfigError,
-    Error,
     InferenceError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -236,9 +235,6 @@ def connect(
         # Only now, with the attestation verified, does the HPKE "open" go out.
         session._send(proto.data_to_send())
         return session
-    except Error:
-        session.close()
-        raise
     except BaseException:
         session.close()
         raise

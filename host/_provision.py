@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ephemeralml._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
-from ephemeralml.common._errors import ConfigError, KeyReleaseError
+from ephemeralml.common._errors import KeyReleaseError
 
 __all__ = [
     "MOCK_OWNERS",
@@ -190,8 +190,6 @@ def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockPr
                 owner_key=owner, out_dir=tmp / "bundle",
             )  # fmt: skip
             upload_local(tmp / "bundle", store, model_id)
-        except ConfigError:
-            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("packaged %s under KMS key %s into %s", model_id, key_id, store)

@@ -262,7 +262,6 @@ def test_enclave_refuses_request_before_hello(world: MockWorld) -> None:
 
 def test_non_deterministic_frame_is_rejected(world: MockWorld) -> None:
     e = EnclaveSession(world.identity)
-    body = bytes.fromhex("a4") + encode("t")[0:0]  # build by hand below
     # {"v":1, "t":"hello", ...} in non-canonical key order.
     import cbor2
 
