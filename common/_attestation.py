@@ -29,11 +29,13 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+import cbor2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import ExtensionOID
 
 from ._cbor import decode_strict, encode
 from ._errors import AttestationError, ConfigError, Error, PolicyError
@@ -101,6 +103,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: COSE header parameter 1 (alg) = -35 (ES384), the one protected header AWS sends.
 _PROTECTED_ES384 = encode({1: -35})
+
+#: RFC 9052 §4.2: the one tag a COSE_Sign1 may carry.
+_COSE_SIGN1_TAGS = frozenset({18})
 
 #: ES384 signature: r and s as 48-byte big-endian integers (RFC 9053 §2.1), not DER.
 _ES384_SIGNATURE_BYTES = 96
@@ -489,13 +494,12 @@ def _parse_envelope(raw: object) -> tuple[bytes, _Envelope]:
     if len(data) > MAX_ATTESTATION_BYTES:
         raise _a1(f"document is {len(data)} bytes; the limit is {MAX_ATTESTATION_BYTES}")
     try:
-        obj = decode_strict(data, what="attestation document")
+        # RFC 9052 §4.2: COSE_Sign1 is tagged 18 or untagged; every other tag,
+        # outside or inside, is refused before any decoding work (protocol.md §1.2 D2).
+        obj = decode_strict(data, what="attestation document", top_tags=_COSE_SIGN1_TAGS)
     except Error as e:
         raise _a1(str(e)) from e
-    # RFC 9052 §4.2: COSE_Sign1 is tagged 18 or untagged; nothing else.
-    if hasattr(obj, "tag") and hasattr(obj, "value"):
-        if obj.tag != 18:
-            raise _a1(f"CBOR tag {obj.tag} is not COSE_Sign1 (18)")
+    if isinstance(obj, cbor2.CBORTag):
         obj = obj.value
     if not isinstance(obj, list | tuple) or len(obj) != 4:
         raise _a1("not a COSE_Sign1 array of 4 elements")
@@ -503,7 +507,7 @@ def _parse_envelope(raw: object) -> tuple[bytes, _Envelope]:
     if not isinstance(protected, bytes) or protected != _PROTECTED_ES384:
         shown = protected.hex() if isinstance(protected, bytes) else type(protected).__name__
         raise _a1(f"protected header must be exactly {{1: -35}} (ES384), got {shown}")
-    if not isinstance(unprotected, Mapping) or len(unprotected) != 0:
+    if not isinstance(unprotected, dict) or len(unprotected) != 0:
         raise _a1("unprotected header must be an empty map")
     if not isinstance(payload, bytes):
         raise _a1("payload must be a byte string")
@@ -555,8 +559,15 @@ def parse_unverified(raw: bytes) -> AttestationDocument:
     Runs only A1 (envelope) and A2 (payload format): no signature, chain, time,
     nonce or measurement is checked, so nothing in the result may be trusted.
     """
-    data, env = _parse_envelope(raw)
-    return _parse_payload(env.payload, data)
+    try:
+        data, env = _parse_envelope(raw)
+        return _parse_payload(env.payload, data)
+    except Error:
+        raise
+    except Exception as e:
+        raise AttestationError(
+            f"A1-A2: attestation document could not be parsed ({type(e).__name__}: {e})"
+        ) from e
 
 
 # ---------------------------------------------------------------------------
@@ -566,9 +577,33 @@ def parse_unverified(raw: bytes) -> AttestationDocument:
 
 def _load_der(der: bytes, *, check: str, what: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as e:
-        raise AttestationError(f"{check}: {what} is not a DER X.509 certificate ({e})") from e
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses extensions lazily: read them now, so that a malformed
+        # one fails here with our error and not later inside a library call.
+        _ = cert.extensions
+    except Exception as e:
+        # cryptography raises its own types for malformed certificates
+        # (x509.InvalidVersion, DuplicateExtension, ...), not only ValueError.
+        raise AttestationError(
+            f"{check}: {what} is not a DER X.509 certificate ({type(e).__name__}: {e})"
+        ) from e
+    return cert
+
+
+#: The extensions A4 processes. RFC 5280 §4.2: "A certificate-using system MUST reject
+#: the certificate if it encounters a critical extension it does not recognize or a
+#: critical extension that contains information that it cannot process."
+_PROCESSED_EXTENSIONS = frozenset({ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE})
+
+
+def _check_critical_extensions(name: str, cert: x509.Certificate) -> None:
+    # protocol.md §3 A4 (critical extensions).
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in _PROCESSED_EXTENSIONS:
+            raise AttestationError(
+                f"A4 chain: {name} has a critical extension this verifier does not process "
+                f"({ext.oid.dotted_string}); refused (RFC 5280 §4.2)"
+            )
 
 
 def _fmt(t: datetime) -> str:
@@ -578,7 +613,7 @@ def _fmt(t: datetime) -> str:
 def _leaf_key(leaf: x509.Certificate) -> ec.EllipticCurvePublicKey:
     try:
         key = leaf.public_key()
-    except (ValueError, UnsupportedAlgorithm) as e:
+    except Exception as e:  # ValueError, UnsupportedAlgorithm, ...
         raise AttestationError(f"A3 signature: leaf public key cannot be read ({e})") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise AttestationError("A3 signature: leaf key is not EC P-384 (ES384)")
@@ -626,8 +661,11 @@ def _verify_chain(
         try:
             bc = _basic_constraints(cert)
             ku = _key_usage(cert)
-        except ValueError as e:
-            raise AttestationError(f"A4 chain: {name} has malformed extensions ({e})") from e
+        except Exception as e:
+            raise AttestationError(
+                f"A4 chain: {name} has malformed extensions ({type(e).__name__}: {e})"
+            ) from e
+        _check_critical_extensions(name, cert)
         if i < n_ca:
             # Every cabundle entry issues the next: it must be a CA allowed to sign
             # certificates, with room below it for the intermediates that follow.
@@ -651,7 +689,7 @@ def _verify_chain(
         issuer_name, issuer = chain[i - 1]
         try:
             cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as e:
+        except Exception as e:  # InvalidSignature, ValueError, UnsupportedAlgorithm, ...
             raise AttestationError(f"A4 chain: {name} is not issued by {issuer_name}") from e
     return chain
 
@@ -789,6 +827,26 @@ def verify_attestation(
     if nonce is not None and not isinstance(nonce, bytes):
         raise ConfigError("verify_attestation: nonce must be bytes or None")
 
+    try:
+        return _verify(raw, policy, now=now, nonce=nonce, chain_cache=chain_cache)
+    except Error:
+        raise
+    except Exception as e:
+        # Style rule 3, issue 7 finding 5: whatever a library raises on a hostile
+        # document leaves as an AttestationError (the stage is in the cause).
+        raise AttestationError(
+            f"A1-A9: attestation document could not be processed ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _verify(
+    raw: bytes,
+    policy: AttestationPolicy,
+    *,
+    now: datetime,
+    nonce: bytes | None,
+    chain_cache: ChainCache | None,
+) -> VerifiedAttestation:
     # A1 envelope, A2 payload format.
     data, env = _parse_envelope(raw)
     doc = _parse_payload(env.payload, data)

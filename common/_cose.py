@@ -22,6 +22,8 @@ from ._errors import DecodeError
 __all__ = ["Sign1", "decode_sign1", "sign_eddsa", "verify_eddsa"]
 
 _COSE_SIGN1_TAG = 18
+#: RFC 9052 §4.2: COSE_Sign1 is tag 18 or untagged; no other tag is accepted.
+_TOP_TAGS = frozenset({_COSE_SIGN1_TAG})
 _ALG_EDDSA = -8
 
 
@@ -37,11 +39,15 @@ class Sign1:
 
 
 def decode_sign1(data: bytes, *, what: str, max_bytes: int) -> Sign1:
-    """Strictly decode a COSE_Sign1 (tag 18 or untagged); verifies nothing."""
-    obj = decode_strict(data, what=what, max_bytes=max_bytes)
+    """Strictly decode a COSE_Sign1 (tag 18 or untagged); verifies nothing.
+
+    One object, one encoding (protocol.md §1.2 D3): tag 18 or no tag at all (no 55799
+    or any other wrapper), and an unprotected header that is an empty CBOR map, since
+    everything we sign carries its headers protected. Anything keyed by the hash of
+    the bytes (audit log, stored receipts) then sees a single valid copy.
+    """
+    obj = decode_strict(data, what=what, max_bytes=max_bytes, top_tags=_TOP_TAGS)
     if isinstance(obj, cbor2.CBORTag):
-        if obj.tag != _COSE_SIGN1_TAG:
-            raise DecodeError(f"{what} has CBOR tag {obj.tag}, not COSE_Sign1 (18)")
         obj = obj.value
     if not isinstance(obj, list | tuple) or len(obj) != 4:
         raise DecodeError(f"{what} is not a 4-element COSE_Sign1 array")
@@ -50,15 +56,12 @@ def decode_sign1(data: bytes, *, what: str, max_bytes: int) -> Sign1:
         raise DecodeError(f"{what}: protected header and payload must be byte strings")
     if not isinstance(signature, bytes):
         raise DecodeError(f"{what}: signature must be a byte string")
-    if not isinstance(unprotected, dict):
-        try:
-            unprotected = dict(unprotected)
-        except (TypeError, ValueError) as e:
-            raise DecodeError(f"{what}: unprotected header is not a map") from e
+    if not isinstance(unprotected, dict) or unprotected:
+        raise DecodeError(f"{what}: unprotected header must be an empty map")
     pmap = decode_strict(protected, what=f"{what} protected header") if protected else {}
     if not isinstance(pmap, dict):
         raise DecodeError(f"{what}: protected header is not a map")
-    return Sign1(protected, dict(pmap), dict(unprotected), payload, signature)
+    return Sign1(protected, dict(pmap), {}, payload, signature)
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:

@@ -28,6 +28,7 @@ __all__ = [
     "TransportError",
     "VerificationError",
     "error_from_code",
+    "foreign_error",
 ]
 
 
@@ -177,3 +178,19 @@ _BY_CODE: dict[str, type[Error]] = {
 def error_from_code(code: str) -> type[Error]:
     """The error class for a ``code``; unknown codes map to :class:`Error`."""
     return _BY_CODE.get(code, Error)
+
+
+def foreign_error(e: BaseException, what: str) -> Error:
+    """Our error for a foreign exception raised while handling untrusted ``what``.
+
+    The boundary rule (style 3) for code paths where a library may raise types we
+    cannot list (cryptography's per-field exceptions, pyhpke's, cbor2's): memory and
+    recursion exhaustion become :class:`LimitError`, anything else
+    :class:`RemoteProtocolError`, always one line naming the foreign type. Callers
+    ``raise foreign_error(e, ...) from e``; an :class:`Error` passes through as is.
+    """
+    if isinstance(e, Error):
+        return e
+    if isinstance(e, MemoryError | RecursionError):
+        return LimitError(f"{what} needs more resources than allowed ({type(e).__name__})")
+    return RemoteProtocolError(f"{what} could not be processed: {type(e).__name__}: {e}")

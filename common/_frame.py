@@ -42,6 +42,19 @@ class FrameDecoder:
         self._max = max_bytes
         self._need: int | None = None
 
+    @property
+    def max_bytes(self) -> int:
+        """The largest frame body accepted from now on (check F1)."""
+        return self._max
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        # A session raises its limit once the peer has authenticated (§1.1 F1): the
+        # handshake frames are small, and nothing larger is buffered before it.
+        if not 0 < value <= MAX_FRAME_BYTES:
+            raise LocalProtocolError(f"frame limit {value} is not in 1..{MAX_FRAME_BYTES}")
+        self._max = value
+
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 

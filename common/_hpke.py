@@ -94,9 +94,15 @@ class ClientChannel(_Channel):
             )
         try:
             pk = HPKE_SUITE.kem.deserialize_public_key(enclave_public_key)
+            # RFC 9180 §7.1.4: DH with a low-order point gives the all-zero secret, and
+            # cryptography refuses it with a bare ValueError (issue 7, finding 5).
+            self.enc, ctx = HPKE_SUITE.create_sender_context(
+                pk, info=session_info(attestation_sha256)
+            )
         except Exception as e:
-            raise CiphertextError("attested public_key is not a valid X25519 key") from e
-        self.enc, ctx = HPKE_SUITE.create_sender_context(pk, info=session_info(attestation_sha256))
+            raise CiphertextError(
+                f"attested public_key is not a usable X25519 key ({type(e).__name__}: {e})"
+            ) from e
         super().__init__(ctx)
         self._next_seal = 0
 

@@ -37,8 +37,9 @@ from ._errors import (
     LocalProtocolError,
     RemoteError,
     RemoteProtocolError,
+    foreign_error,
 )
-from ._frame import FrameDecoder, encode_frame
+from ._frame import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from ._hpke import ClientChannel, EnclaveChannel, EnclaveSessionKey
 from ._messages import (
     NONCE_BYTES,
@@ -89,6 +90,16 @@ __all__ = [
 #: Requests a client may have in flight in one session; bounds what the enclave
 #: queues for one peer.
 MAX_OUTSTANDING_REQUESTS = 64
+
+#: Largest frame the enclave accepts before the session is open (§1.1 F1): a hello
+#: is ~60 bytes and an open ~50. Limits before work: an unauthenticated peer cannot
+#: make the enclave buffer or decode more than this per connection.
+MAX_HANDSHAKE_FRAME_BYTES = 4 * 1024
+
+#: Largest frame the client accepts before the enclave's attestation has verified:
+#: the document (at most MAX_ATTESTATION_BYTES, 16 KiB) and, in cached mode, a proof
+#: and the framing around them fit well inside 64 KiB.
+MAX_ATTEST_FRAME_BYTES = 64 * 1024
 
 
 def _aad(kind: str, session_id: bytes, seq: int) -> bytes:
@@ -188,7 +199,7 @@ class ClientSession:
         self.session_id: bytes | None = None
         self.nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
         self.state = ClientState.START
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_bytes=MAX_ATTEST_FRAME_BYTES)
         self._out = bytearray()
         self._transcript = hashlib.sha256()
         self.transcript_hash: bytes | None = None
@@ -253,6 +264,11 @@ class ClientSession:
         except Error:
             self.state = ClientState.ERROR
             raise
+        except Exception as e:
+            # Style rule 3: whatever a library raised on the peer's bytes still ends
+            # the session in ERROR with one of our errors (issue 7, finding 5).
+            self.state = ClientState.ERROR
+            raise foreign_error(e, "enclave's frame") from e
 
     def _on_attest(self, frame: bytes, msg: ServerAttest, now: datetime) -> Attested:
         from ._attestation import verify_attestation
@@ -307,6 +323,7 @@ class ClientSession:
         self._out += open_frame
         self.attestation, self.binding = verified, binding
         self.state = ClientState.READY
+        self._decoder.max_bytes = MAX_FRAME_BYTES
         return Attested(verified, binding)
 
     def _on_response(self, msg: SealedResponse) -> ResponseReceived | RequestFailed:
@@ -390,7 +407,7 @@ class EnclaveSession:
         self.session_id = session_id or secrets.token_bytes(SESSION_ID_BYTES)
         self.state = EnclaveState.AWAIT_HELLO
         self._key = EnclaveSessionKey(secrets.token_bytes(32))
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_bytes=MAX_HANDSHAKE_FRAME_BYTES)
         self._transcript = hashlib.sha256()
         self.transcript_hash: bytes | None = None
         self.nonce: bytes | None = None
@@ -463,12 +480,16 @@ class EnclaveSession:
                     self._transcript.update(encode_frame(frame))
                     self.transcript_hash = self._transcript.digest()
                     self.state = EnclaveState.READY
+                    self._decoder.max_bytes = MAX_FRAME_BYTES
                     continue
                 assert isinstance(msg, SealedRequest)
                 return self._on_request(msg)
         except Error:
             self.state = EnclaveState.ERROR
             raise
+        except Exception as e:
+            self.state = EnclaveState.ERROR
+            raise foreign_error(e, "client's frame") from e
 
     def _on_request(self, msg: SealedRequest) -> RequestReceived:
         assert self._channel is not None

@@ -115,6 +115,7 @@ def _cert(
     key_cert_sign: bool | None = None,
     not_before: datetime = T0 - timedelta(days=1),
     not_after: datetime = T0 + timedelta(days=1),
+    unknown_critical: bool = False,
 ) -> bytes:
     b = (
         x509.CertificateBuilder()
@@ -142,6 +143,12 @@ def _cert(
                 encipher_only=False,
                 decipher_only=False,
             ),
+            critical=True,
+        )
+    if unknown_critical:
+        # An extension no verifier of ours processes, marked critical (RFC 5280 §4.2).
+        b = b.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"),
             critical=True,
         )
     return b.sign(issuer_key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
@@ -172,6 +179,8 @@ def _chain(
     leaf_key: ec.EllipticCurvePrivateKey | None = None,
     leaf_not_before: datetime = T0 - timedelta(hours=1),
     leaf_not_after: datetime = T0 + timedelta(hours=2),
+    inter_unknown_critical: bool = False,
+    leaf_unknown_critical: bool = False,
 ) -> Chain:
     root_key, inter_key = _p384(), _p384()
     lkey = leaf_key if leaf_key is not None else _p384()
@@ -192,6 +201,7 @@ def _chain(
         ca=inter_ca,
         path_length=0,
         key_cert_sign=inter_key_cert_sign,
+        unknown_critical=inter_unknown_critical,
     )
     leaf = _cert(
         cn="test leaf",
@@ -202,6 +212,7 @@ def _chain(
         key_cert_sign=False,
         not_before=leaf_not_before,
         not_after=leaf_not_after,
+        unknown_critical=leaf_unknown_critical,
     )
     return Chain(root_der=root, cabundle=[root, inter], leaf_der=leaf, leaf_key=lkey)
 
@@ -451,18 +462,32 @@ def test_tag_18_accepted_other_tags_rejected_a1(
     assert verify_attestation(tagged, policy, now=now).document.raw == tagged
     _reject(
         AttestationError,
-        "A1 envelope: CBOR tag 998 is not COSE_Sign1",
+        "A1 envelope: attestation document has CBOR tag 998 at byte 0, which is not accepted",
         lambda: verify_attestation(b"\xd9\x03\xe6" + raw, policy, now=now),
     )
     _reject(
         AttestationError,
-        "A1 envelope: CBOR tag 98 is not COSE_Sign1",  # COSE_Sign
+        "A1 envelope: attestation document has CBOR tag 98 at byte 0, which is not accepted",  # COSE_Sign
         lambda: verify_attestation(b"\xd8\x62" + raw, policy, now=now),
     )
     _reject(
         AttestationError,
-        "A1 envelope:",
+        "A1 envelope: attestation document has CBOR tag 18 at byte 1, which is not accepted",
         lambda: verify_attestation(b"\xd2\xd2" + raw, policy, now=now),
+    )
+    # Finding 6 of issue 7: self-described CBOR (55799) around a valid document was
+    # stripped by cbor2 and verified, a second "valid" encoding of one document.
+    for wrapped, at in ((b"\xd9\xd9\xf7" + raw, 0), (b"\xd9\xd9\xf7\xd2" + raw, 0)):
+        _reject(
+            AttestationError,
+            f"A1 envelope: attestation document has CBOR tag 55799 at byte {at}, "
+            "which is not accepted",
+            lambda wrapped=wrapped: verify_attestation(wrapped, policy, now=now),
+        )
+    _reject(
+        AttestationError,
+        "A1 envelope: attestation document has CBOR tag 55799 at byte 1, which is not accepted",
+        lambda: verify_attestation(b"\xd2\xd9\xd9\xf7" + raw, policy, now=now),
     )
 
 
@@ -752,6 +777,21 @@ def test_leaf_without_ca_extension_is_fine() -> None:
     verify_attestation(_doc(chain), _any(chain.trusted), now=T0)
 
 
+@pytest.mark.parametrize(
+    ("where", "kw"),
+    [("cabundle[1]", {"inter_unknown_critical": True}), ("leaf", {"leaf_unknown_critical": True})],
+)
+def test_unknown_critical_extension_is_refused_a4(where: str, kw: dict[str, bool]) -> None:
+    # Issue 7, finding 7 (RFC 5280 §4.2): this chain verified before the check.
+    chain = _chain(**kw)
+    _reject(
+        AttestationError,
+        f"A4 chain: {where} has a critical extension this verifier does not process "
+        "(1.3.6.1.4.1.55555.1); refused (RFC 5280 §4.2)",
+        lambda: verify_attestation(_doc(chain), _any(chain.trusted), now=T0),
+    )
+
+
 def test_chain_links_a4() -> None:
     chain, other = _chain(), _chain()
     # Reversed cabundle (intermediate first): the first entry is not the root.
@@ -774,6 +814,17 @@ def test_chain_links_a4() -> None:
         AttestationError,
         "A4 chain: leaf is not issued by cabundle[0]",
         lambda: verify_attestation(short, _any(chain.trusted), now=T0),
+    )
+    # Issue 7, finding 5: a version field cryptography does not know raised its own
+    # x509.InvalidVersion (not a ValueError) past the boundary.
+    der = bytearray(chain.cabundle[1])
+    at = der.index(b"\xa0\x03\x02\x01\x02")
+    der[at + 4] = 0x05
+    badver = _doc(chain, _payload(chain, cabundle=[chain.root_der, bytes(der)]))
+    _reject(
+        AttestationError,
+        "A4 chain: cabundle[1] is not a DER X.509 certificate (InvalidVersion: ",
+        lambda: verify_attestation(badver, _any(chain.trusted), now=T0),
     )
     # Garbage certificate inside cabundle.
     junk = _doc(chain, _payload(chain, cabundle=[chain.root_der, b"junk"]))

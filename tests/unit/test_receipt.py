@@ -166,14 +166,14 @@ def test_mock_receipt_refused_under_a_non_mock_root(session, world) -> None:  # 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda t: cbor2.CBORTag(19, t.value), "R1 envelope: .* not COSE_Sign1"),
+        (lambda t: cbor2.CBORTag(19, t.value), "R1 envelope: receipt has CBOR tag 19 at byte 0, which is not accepted"),
         (
             lambda t: cbor2.CBORTag(18, [cbor2.dumps({1: -7, 4: t.value[0][-32:]}), *t.value[1:]]),
             "R1 envelope: protected header must be exactly",
         ),
         (
             lambda t: cbor2.CBORTag(18, [t.value[0], {4: b"x"}, *t.value[2:]]),
-            "R1 envelope: unprotected header must be empty",
+            "R1 envelope: receipt: unprotected header must be an empty map",
         ),
         (
             lambda t: cbor2.CBORTag(18, [*t.value[:3], t.value[3][:63]]),
