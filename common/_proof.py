@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ._binding import EnclaveBinding
 from ._cbor import decode_deterministic, encode
 from ._cose import decode_sign1, sign_eddsa, verify_eddsa
-from ._errors import AttestationError, DecodeError
+from ._errors import AttestationError, RemoteProtocolError
 from ._messages import NONCE_BYTES, SESSION_ID_BYTES
 
 __all__ = ["CACHED_SESSION_ID", "MAX_PROOF_BYTES", "SessionProof", "verify_session_proof"]
@@ -70,7 +70,7 @@ def verify_session_proof(
     document and this client's nonce. The payload is decoded only after the signature."""
     try:
         env = decode_sign1(raw, what="session proof", max_bytes=MAX_PROOF_BYTES)
-    except DecodeError as e:
+    except RemoteProtocolError as e:  # DecodeError or LimitError
         raise AttestationError(f"A11 proof: {e}") from e
     if env.protected_map != {1: -8, 4: attestation_sha256} or env.unprotected:
         raise AttestationError("A11 proof: header must be {alg: EdDSA, kid: the document's hash}")
@@ -78,7 +78,7 @@ def verify_session_proof(
         raise AttestationError("A11 proof: not signed by the attested receipt key")
     try:
         m = decode_deterministic(env.payload, what="session proof")
-    except DecodeError as e:
+    except RemoteProtocolError as e:  # DecodeError or LimitError
         raise AttestationError(f"A11 proof: {e}") from e
     if (
         not isinstance(m, dict)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ._binding import MODES, EnclaveBinding
 from ._cbor import decode_deterministic, encode
 from ._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
-from ._errors import DecodeError, Error, ReceiptError
+from ._errors import Error, ReceiptError, RemoteProtocolError
 from ._messages import NONCE_BYTES, SESSION_ID_BYTES
 from ._proof import CACHED_SESSION_ID
 
@@ -188,7 +188,7 @@ class Receipt:
     def from_cbor(cls, data: bytes) -> Receipt:
         try:
             m = decode_deterministic(data, what="receipt payload", max_bytes=MAX_RECEIPT_BYTES)
-        except DecodeError as e:
+        except RemoteProtocolError as e:  # DecodeError or LimitError
             raise ReceiptError(f"R5 payload: {e}") from e
         if not isinstance(m, dict) or set(m) != _KEYS:
             raise ReceiptError("R5 payload: not a receipt (wrong fields)")
@@ -261,7 +261,7 @@ class VerifiedReceipt:
 def _envelope(data: bytes) -> Any:
     try:
         env = decode_sign1(data, what="receipt", max_bytes=MAX_RECEIPT_BYTES)
-    except DecodeError as e:
+    except RemoteProtocolError as e:  # DecodeError or LimitError
         raise ReceiptError(f"R1 envelope: {e}") from e
     # R1: protected header exactly {alg: EdDSA, kid: 32-byte attestation hash}.
     kid = env.protected_map.get(4)

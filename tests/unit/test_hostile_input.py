@@ -320,3 +320,18 @@ def test_foreign_exception_inside_a_session_is_translated(
         enclave.next_event()
     assert str(info.value) == "client's frame could not be processed: KeyError: 'surprise'"
     assert enclave.state is EnclaveState.ERROR
+
+
+def test_receipt_limit_errors_carry_the_check_id(world: MockWorld) -> None:
+    # A LimitError (size, item count) is not a DecodeError: it escaped R1 untranslated.
+    from ephemeralml.common._receipt import MAX_RECEIPT_BYTES
+
+    pair = SessionPair(world)
+    pair.handshake()
+    assert pair.attested is not None
+    big = b"\x00" * (MAX_RECEIPT_BYTES + 1)
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(big, pair.attested.attestation)
+    assert str(info.value) == (
+        f"R1 envelope: receipt is {MAX_RECEIPT_BYTES + 1} bytes; the limit is {MAX_RECEIPT_BYTES}"
+    )
