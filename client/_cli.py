@@ -470,11 +470,12 @@ def cmd_model_package(args: argparse.Namespace) -> int:
         owner_key=load_owner_key(args.owner_key),
         out_dir=args.out,
         chunk_size=args.chunk_size,
+        release=args.release,
     )
     if args.json:
-        _out(args, json.dumps({"model_id": m.model_id, "version": m.version, "manifest_digest": m.digest.hex(), "kms_key_id": m.kms_key_id, "plaintext_size": m.plaintext_size, "ciphertext_size": m.ciphertext_size, "out": str(args.out)}))
+        _out(args, json.dumps({"model_id": m.model_id, "version": m.version, "release": m.release, "manifest_digest": m.digest.hex(), "kms_key_id": m.kms_key_id, "plaintext_size": m.plaintext_size, "ciphertext_size": m.ciphertext_size, "out": str(args.out)}))
         return 0
-    _out(args, f"packaged {m.model_id} {m.version}: {m.plaintext_size} bytes in {m.chunk_count} chunk(s) -> {args.out}")
+    _out(args, f"packaged {m.model_id} {m.version} release {m.release}: {m.plaintext_size} bytes in {m.chunk_count} chunk(s) -> {args.out}")
     _out(args, f"  manifest digest  {m.digest.hex()}")
     _out(args, f"  KMS key          {m.kms_key_id}")
     return 0
@@ -544,8 +545,9 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     models = d["models"]
     if models is None:
         _out(args, "  models        any attested model")
-    for k, dg in (models or {}).items():
-        _out(args, f"  model         {k} manifest {dg}")
+    for k, digests in (models or {}).items():
+        for dg in digests:
+            _out(args, f"  model         {k} manifest {dg}")
     for key in d["owner_keys"] or ():
         _out(args, f"  owner key     {key}")
     _out(args, f"  min enclave policy version {d['min_enclave_policy_version']}")
@@ -652,7 +654,8 @@ def _parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("package", help="encrypt a model under a KMS data key and sign its manifest")
     mp.add_argument("--model-dir", type=Path, help="model.onnx, tokenizer.json, model.json (default: the packaged all-MiniLM-L6-v2)")
     mp.add_argument("--model-id", help="model id (default: the packaged model's)")
-    mp.add_argument("--version", default="1", help="model version (free text)")
+    mp.add_argument("--version", default="1", help="model version label (free text, shown, never compared)")
+    mp.add_argument("--release", type=int, default=0, help="ordered release number ≥ 1: raise it with every bundle; an enclave refuses releases below its floor (M11). Default 0: unordered, refused by any floor")
     mp.add_argument("--owner-key", type=Path, required=True, help="model owner's Ed25519 key (PEM)")
     mp.add_argument("--kms-key-id", required=True, help="KMS key id or ARN")
     mp.add_argument("--kms-endpoint", default=os.environ.get("EPHEMERAL_KMS_ENDPOINT"), help="KMS endpoint URL (mock: the local KMS server)")

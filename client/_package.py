@@ -29,6 +29,7 @@ from ephemeralml._home import write_atomic
 from ephemeralml._strict import generate_ed25519_key, load_ed25519_key
 from ephemeralml.common._bundle import (
     DEFAULT_CHUNK_BYTES,
+    MAX_RELEASE,
     BundleEncryptor,
     BundleFile,
     Manifest,
@@ -158,8 +159,16 @@ def package_model(
     out_dir: Path,
     chunk_size: int = DEFAULT_CHUNK_BYTES,
     now: datetime | None = None,
+    release: int = 0,
 ) -> Manifest:
-    """Encrypt ``sources`` into ``out_dir`` (created; must not hold a bundle yet)."""
+    """Encrypt ``sources`` into ``out_dir`` (created; must not hold a bundle yet).
+
+    ``version`` is a free-text label; ``release`` orders this model's bundles
+    (protocol.md §9.1, M11): raise it with every bundle that may have to retire an
+    older one. 0 (the default) is unordered, and any enclave floor refuses it.
+    """
+    if isinstance(release, bool) or not isinstance(release, int) or not 0 <= release <= MAX_RELEASE:
+        raise ConfigError(f"release must be an integer 0..{MAX_RELEASE}")
     if any((out_dir / f).exists() for f in BUNDLE_FILES):
         raise ConfigError(f"{out_dir} already holds a bundle; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +205,7 @@ def package_model(
             wrapped_key_sha256=hashlib.sha256(wrapped).digest(),
             created=(now or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z"),
             owner=owner_key_id(owner_key.public_key().public_bytes_raw()),
+            release=release,
         )
         write_atomic(tmp / MODEL_KEY_FILE, wrapped)
         write_atomic(tmp / MANIFEST_FILE, sign_manifest(manifest, owner_key))

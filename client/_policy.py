@@ -58,6 +58,7 @@ from ephemeralml.common._errors import ConfigError, DecodeError, Error, PolicyEr
 from ._aws_root import AWS_NITRO_ROOT_G1_PEM
 
 __all__ = [
+    "MAX_PINNED_DIGESTS",
     "MOCK_WARNING",
     "POLICY_SIGNERS_FILE",
     "POLICY_VERSIONS_FILE",
@@ -84,6 +85,9 @@ MOCK_WARNING = (
 
 #: A policy file (signed or not) is small; anything bigger is a mistake.
 _MAX_POLICY_BYTES = 64 * 1024
+#: Manifest digests one policy may pin for one model (P1): a rolling upgrade needs
+#: the old and the new release, a staged one a few more; a longer list is a mistake.
+MAX_PINNED_DIGESTS = 16
 
 #: Relative to the home: trusted policy signers, one raw Ed25519 public key (64 hex)
 #: a line. When it names any key, unsigned policies are refused (P3).
@@ -327,6 +331,37 @@ class PemRoot:
     sha256: bytes | None = None
 
 
+def _digest_pins(value: Any, what: str) -> frozenset[bytes]:
+    """A model's pinned manifest digests: one 64-hex string, or a list of them (P1)."""
+    if isinstance(value, str):
+        return frozenset({_hex(value, what, 32)})
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PINNED_DIGESTS:
+        raise ConfigError(
+            f"{what} must be a manifest digest (64 hex) or a list of 1..{MAX_PINNED_DIGESTS}"
+        )
+    return frozenset(_hex(v, f"{what}[{i}]", 32) for i, v in enumerate(value))
+
+
+def _pinned_models(
+    models: Mapping[str, bytes | Iterable[bytes]] | None,
+) -> Mapping[str, frozenset[bytes]] | None:
+    """Models as code gives them (id → digest, or → digests), as P1 reads them."""
+    if models is None:
+        return None
+    out: dict[str, frozenset[bytes]] = {}
+    for model_id, pins in models.items():
+        try:
+            digests = frozenset({pins} if isinstance(pins, bytes) else pins)
+        except TypeError as e:  # not iterable, or unhashable items
+            raise ConfigError(f"models: {model_id!r}: give a digest or a list of digests") from e
+        if not isinstance(model_id, str) or not 1 <= len(digests) <= MAX_PINNED_DIGESTS:
+            raise ConfigError(f"models: {model_id!r} needs 1..{MAX_PINNED_DIGESTS} digests")
+        if not all(isinstance(d, bytes) and len(d) == 32 for d in digests):
+            raise ConfigError(f"models: {model_id!r}: a manifest digest is 32 bytes (SHA-256)")
+        out[model_id] = digests
+    return MappingProxyType(out)
+
+
 def _int_field(doc: Mapping[str, Any], name: str, where: str) -> int:
     value = doc.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -342,7 +377,8 @@ class PolicyDocument:
     root: str | PemRoot  # "aws-nitro", "mock" or a PemRoot
     max_age_s: float
     measurements: PcrAllowlist
-    models: Mapping[str, bytes] | None
+    #: Model id → the manifest digests P1 accepts for it; None: any attested model.
+    models: Mapping[str, frozenset[bytes]] | None
     #: Model-owner keys (kid → raw Ed25519 key), as ``verify_manifest`` takes them.
     owner_keys: Mapping[bytes, bytes] | None
     min_enclave_policy_version: int
@@ -421,7 +457,7 @@ class PolicyDocument:
         if models is not None:
             if not isinstance(models, dict):
                 raise ConfigError(f"policy {where}: models must be an object of id: digest hex")
-            models = {k: _hex(v, f"policy {where}: models.{k}", 32) for k, v in models.items()}
+            models = {k: _digest_pins(v, f"policy {where}: models.{k}") for k, v in models.items()}
         owners = doc.get("owner_keys")
         owner_keys: dict[bytes, bytes] | None = None
         if owners is not None:
@@ -525,8 +561,9 @@ class PolicyVersionStore:
 @dataclass(frozen=True)
 class ClientPolicy:
     attestation: AttestationPolicy
-    #: Allowed models (id -> manifest digest), or None to accept any attested model.
-    models: Mapping[str, bytes] | None = None
+    #: Allowed models (id -> the manifest digests pinned for it, P1), or None to
+    #: accept any attested model. Given as id -> digest or id -> digests; kept as sets.
+    models: Mapping[str, frozenset[bytes]] | None = None
     #: Where the policy came from, for messages.
     source: str = "built in"
     #: Version of the policy document (from the file; 0 if built in code).
@@ -545,8 +582,7 @@ class ClientPolicy:
     _warned: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.models is not None:
-            object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
+        object.__setattr__(self, "models", _pinned_models(self.models))
         if self.owner_keys is not None:
             object.__setattr__(self, "owner_keys", MappingProxyType(dict(self.owner_keys)))
         v = self.min_enclave_policy_version
@@ -573,14 +609,22 @@ class ClientPolicy:
             )
 
     def check_models(self, binding: EnclaveBinding) -> None:
-        """Policy check P1: every model the enclave serves that we would use is allowed."""
+        """Policy check P1: every model the enclave serves that we would use is allowed.
+
+        The served manifest digest must be one the policy pins for that model: an
+        older bundle (a rollback, M11's concern on the enclave side) has another
+        digest, so pinning the current releases refuses it whatever the enclave's
+        floor is. The binding carries digests, not releases, so P1 compares digests.
+        """
         if self.models is None:
             return
         for model_id, digest in binding.models.items():
-            if model_id in self.models and self.models[model_id] != digest:
+            pins = self.models.get(model_id)
+            if pins is not None and digest not in pins:
+                allowed = ", ".join(sorted(d.hex()[:16] + "…" for d in pins))
                 raise PolicyError(
                     f"P1 model: enclave serves {model_id!r} with digest {digest.hex()[:16]}…, "
-                    f"the policy allows {self.models[model_id].hex()[:16]}…"
+                    f"the policy allows {allowed}"
                 )
 
     def check_model(self, binding: EnclaveBinding, model_id: str) -> None:
@@ -604,7 +648,9 @@ class ClientPolicy:
             if isinstance(m, PcrAllowlist)
             else type(m).__name__,
             "allow_debug": m.allow_debug if isinstance(m, PcrAllowlist) else None,
-            "models": None if self.models is None else {k: v.hex() for k, v in self.models.items()},
+            "models": None
+            if self.models is None
+            else {k: sorted(d.hex() for d in v) for k, v in self.models.items()},
             "owner_keys": [k.hex() for k in self.owner_keys.values()]
             if self.owner_keys is not None
             else None,
@@ -620,9 +666,13 @@ class ClientPolicy:
         measurements: Measurements,
         *,
         max_age_s: float = MAX_ATTESTATION_AGE_S,
-        models: Mapping[str, bytes] | None = None,
+        models: Mapping[str, bytes | Iterable[bytes]] | None = None,
     ) -> ClientPolicy:
-        return cls(AttestationPolicy(aws_root(), measurements, max_age_s), models, "production")
+        return cls(
+            AttestationPolicy(aws_root(), measurements, max_age_s),
+            _pinned_models(models),
+            "production",
+        )
 
     @classmethod
     def unsafe_mock(

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "MAX_CHUNK_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_RELEASE",
     "BundleFile",
     "ChunkCipher",
     "Manifest",
@@ -66,6 +67,9 @@ MAX_BUNDLE_BYTES = 64 * 1024**3
 #: A manifest lists a handful of files; 16 KiB is generous.
 MAX_MANIFEST_BYTES = 16 * 1024
 MAX_FILES = 32
+#: Releases are counted in a signed 64-bit range, so that every reader (CBOR, JSON,
+#: a KMS condition, a database column) holds the number exactly.
+MAX_RELEASE = 2**63 - 1
 
 _TAG = 16
 _SALT = 32
@@ -143,11 +147,24 @@ _KEYS = {
     "ciphertext_size", "ciphertext_sha256", "chunk_size", "bundle_id", "salt",
     "kms_key_id", "wrapped_key_sha256", "created", "owner",
 }  # fmt: skip
+#: Manifest v2 (protocol.md §9.1) adds the ordered ``release``; v1 has none (release 0).
+_KEYS_BY_VERSION = {1: _KEYS, 2: _KEYS | {"release"}}
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """What the model owner signs about one encrypted bundle."""
+    """What the model owner signs about one encrypted bundle.
+
+    ``version`` is the owner's free-text label (``"1.4.2"``, ``"2026-11 int8"``): shown
+    to people, never compared. ``release`` is the order (protocol.md §9.1): an integer
+    the owner raises with every bundle it may want to retire, which an enclave's floor
+    (M11) and anti-rollback compare. Integers because their order is total and their
+    encoding canonical: "1.10" against "1.9", or two labels that semver ranks equal,
+    would let one floor mean different things to different readers. Release 0 means
+    "not ordered": it is what a v1 manifest (signed before releases existed) reads as,
+    and any floor of 1 or more refuses it. A manifest of release ≥ 1 is v2; release 0
+    is always written as v1, so each manifest has exactly one encoding and digest.
+    """
 
     model_id: str
     version: str
@@ -164,6 +181,8 @@ class Manifest:
     created: str
     owner: bytes  # owner_key_id of the signing key
     format: str = BUNDLE_FORMAT
+    #: The order of this model's bundles (M11); 0: unordered (a v1 manifest).
+    release: int = 0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ManifestError:
@@ -186,6 +205,9 @@ class Manifest:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise bad(f"{name} must be a non-negative integer")
+        r = self.release
+        if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= MAX_RELEASE:
+            raise bad(f"release must be an integer 0..{MAX_RELEASE}")
         if not MIN_CHUNK_BYTES <= self.chunk_size <= MAX_CHUNK_BYTES:
             raise bad(f"chunk_size {self.chunk_size} outside {MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")
         if not 0 < self.plaintext_size <= MAX_BUNDLE_BYTES:
@@ -213,8 +235,8 @@ class Manifest:
         return MappingProxyType({f.name: f for f in self.files})
 
     def to_map(self) -> dict[str, Any]:
-        return {
-            "v": 1,
+        m: dict[str, Any] = {
+            "v": 2 if self.release else 1,
             "format": self.format,
             "model_id": self.model_id,
             "version": self.version,
@@ -231,6 +253,9 @@ class Manifest:
             "created": self.created,
             "owner": self.owner,
         }
+        if self.release:
+            m["release"] = self.release
+        return m
 
     def to_cbor(self) -> bytes:
         return encode(self.to_map())
@@ -246,8 +271,18 @@ class Manifest:
             m = decode_deterministic(data, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
         except DecodeError as e:
             raise ManifestError(f"M4 format: {e}") from e
-        if not isinstance(m, dict) or set(m) != _KEYS or m["v"] != 1:
-            raise ManifestError("M4 format: not a version 1 manifest (wrong fields)")
+        # type() is: True and 1.0 compare equal to 1, and would re-encode differently.
+        if not isinstance(m, dict) or type(m.get("v")) is not int or m["v"] not in _KEYS_BY_VERSION:
+            raise ManifestError("M4 format: not a version 1 or 2 manifest")
+        if set(m) != _KEYS_BY_VERSION[m["v"]]:
+            raise ManifestError(f"M4 format: not a version {m['v']} manifest (wrong fields)")
+        release = m.get("release", 0)
+        # M4: a v2 manifest names a release ≥ 1; release 0 is written only as v1, so
+        # one manifest has one encoding (and one digest).
+        if m["v"] == 2 and (
+            not isinstance(release, int) or isinstance(release, bool) or release < 1
+        ):
+            raise ManifestError("M4 format: a version 2 manifest has a release of 1 or more")
         files = m["files"]
         if not isinstance(files, list) or not all(
             isinstance(f, dict) and set(f) == {"name", "size", "sha256"} for f in files
@@ -270,6 +305,7 @@ class Manifest:
                 wrapped_key_sha256=m["wrapped_key_sha256"],
                 created=m["created"],
                 owner=m["owner"],
+                release=release,
             )
         except ManifestError:
             raise
@@ -299,14 +335,26 @@ class VerifiedManifest:
 
 
 def verify_manifest(
-    raw: bytes, owner_keys: Mapping[bytes, bytes], *, model_id: str | None = None
+    raw: bytes,
+    owner_keys: Mapping[bytes, bytes],
+    *,
+    model_id: str | None = None,
+    min_release: int = 0,
 ) -> VerifiedManifest:
     """Verify ``manifest.cose`` against the owner keys the verifier carries.
 
-    ``owner_keys`` maps owner key id → raw Ed25519 public key. Checks M1-M5 of
-    protocol.md §9; the payload is decoded only after the signature passed. Does
-    not check the files themselves (M6-M9 happen as the bundle is read).
+    ``owner_keys`` maps owner key id → raw Ed25519 public key. Checks M1-M5 and M11 of
+    protocol.md §9; the payload is decoded only after the signature passed.
+    ``min_release`` is the verifier's floor for this model (M11; 0: none). Does
+    not check the files themselves (M6-M9 happen as the bundle is read), nor that
+    this is the *newest* release: only that it is not below the floor.
     """
+    if (
+        isinstance(min_release, bool)
+        or not isinstance(min_release, int)
+        or not (0 <= min_release <= MAX_RELEASE)
+    ):
+        raise LocalProtocolError(f"min_release must be an integer 0..{MAX_RELEASE}")
     try:
         env = decode_sign1(raw, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
     except DecodeError as e:
@@ -335,6 +383,13 @@ def verify_manifest(
     # M5: the model the verifier asked for.
     if model_id is not None and manifest.model_id != model_id:
         raise ManifestError(f"M5 model: manifest is for {manifest.model_id!r}, not {model_id!r}")
+    # M11: no rollback below the verifier's floor (an older bundle the same owner
+    # signed for the same model is otherwise as valid as the newest).
+    if manifest.release < min_release:
+        raise ManifestError(
+            f"M11 rollback: {manifest.model_id} release {manifest.release} is below "
+            f"the floor {min_release}"
+        )
     return VerifiedManifest(manifest, bytes(raw))
 
 

@@ -3,7 +3,8 @@
 ARCHITECTURE.md flow 1, in order:
 
 1. fetch ``manifest.cose`` from the host's store and verify it against the model-owner
-   keys the enclave image carries (M1-M5: the signature before anything is parsed);
+   keys the enclave image carries (M1-M5: the signature before anything is parsed),
+   and refuse a release below the floor the image carries for the model (M11);
 2. fetch ``model.key`` and check it is the wrapped key the manifest names (M10);
 3. release the data key through KMS with this enclave's attestation as Recipient;
 4. stream ``model.enc`` through the host, decrypting chunk by chunk into memory
@@ -69,6 +70,7 @@ class LoadedModel:
     key_release_digest: bytes  # digest of the KMS evidence, carried by receipts
     embedder: Embedder
     timings: LoadTimings
+    release: int = 0  # the manifest's release (M11); 0: unordered (v1 manifest)
 
 
 async def _fetch_all(services: Endpoint, model_id: str, name: str, max_bytes: int) -> bytes:
@@ -86,11 +88,18 @@ async def load_model(
     key_release: KmsKeyRelease,
     intra_op_threads: int | None = None,
     device: str = "cpu",
+    min_release: int = 0,
 ) -> LoadedModel:
+    """Load ``model_id`` (the module docstring's steps).
+
+    ``min_release``: the floor the image carries for this model (M11); a manifest
+    below it is refused before its key is released or a byte of model.enc is read.
+    """
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     raw = await _fetch_all(services, model_id, "manifest.cose", MAX_MANIFEST_BYTES)
-    verified = verify_manifest(raw, owner_keys, model_id=model_id)  # M1-M5
+    # M1-M5, M11: before model.key is fetched or anything is released.
+    verified = verify_manifest(raw, owner_keys, model_id=model_id, min_release=min_release)
     m = verified.manifest
     wrapped = await _fetch_all(services, model_id, "model.key", MAX_WRAPPED_KEY_BYTES)
     # M10: the wrapped key is the one the owner signed for (a host cannot swap in
@@ -140,10 +149,12 @@ async def load_model(
     t4 = time.perf_counter()
     timings = LoadTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, m.ciphertext_size)
     log.info(
-        "loaded %s (manifest %s): manifest %.0f ms, key release %.0f ms, "
+        "loaded %s release %d (manifest %s): manifest %.0f ms, key release %.0f ms, "
         "transfer+decrypt %.0f ms (%.0f MB/s), load %.0f ms",
-        model_id, verified.digest.hex()[:16], 1000 * timings.manifest_s,
+        model_id, m.release, verified.digest.hex()[:16], 1000 * timings.manifest_s,
         1000 * timings.key_release_s, 1000 * timings.transfer_s,
         m.ciphertext_size / max(timings.transfer_s, 1e-9) / 1e6, 1000 * timings.load_s,
     )  # fmt: skip
-    return LoadedModel(model_id, verified.digest, released.evidence.digest, embedder, timings)
+    return LoadedModel(
+        model_id, verified.digest, released.evidence.digest, embedder, timings, m.release
+    )

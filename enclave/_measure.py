@@ -1,40 +1,57 @@
-"""What a mock enclave measures, and the model-owner keys its image carries.
+"""What a mock enclave measures, and the configuration its image carries.
 
 A real enclave's PCRs measure its EIF: code, runtime and whatever configuration the
-image holds (here: the model-owner keys it trusts). The model itself is *not* in the
-image; it is fetched at run time and attested through the binding's manifest digest.
-The mock derives PCR0/1/2 from the same inputs, so a changed file or a changed
-owner key changes them, as a rebuilt EIF would. A build (here: the host's mock
-provisioning, later the EIF build) computes them the same way to write the KMS key
-policy.
+image holds (here: the model-owner keys it trusts, and the floor below which it
+refuses each model's releases, M11). The model itself is *not* in the image; it is
+fetched at run time and attested through the binding's manifest digest. The mock
+derives PCR0/1/2 from the same inputs, so a changed file, a changed owner key or a
+changed floor changes them, as a rebuilt EIF would: a host cannot lower a floor
+without changing the PCRs that clients pin and the KMS key policy checks. A build
+(here: the host's mock provisioning, later the EIF build) computes them the same way
+to write the KMS key policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import ephemeralml as _top_pkg
 import ephemeralml.common as _common_pkg
 import ephemeralml.enclave as _enclave_pkg
 import ephemeralml.host as _host_pkg
-from ephemeralml.common._bundle import owner_key_id
+from ephemeralml.common._bundle import MAX_RELEASE, owner_key_id
+from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError
 
 from ._nsm import code_digest, mock_measurements
 
 __all__ = [
+    "MOCK_FLOORS",
+    "NITRO_FLOORS",
     "enclave_code_digest",
+    "image_config_digest",
+    "load_model_floors",
     "load_owner_keys",
     "mock_enclave_measurements",
+    "model_floors_digest",
     "owner_keys_digest",
     "runtime_id",
 ]
 
 #: A list of trusted owner keys is short; a file beyond this is a mistake.
 _MAX_OWNER_KEYS = 64
+#: One floor per model an image may load; a longer list is a mistake.
+_MAX_FLOORS = 64
+#: Bytes of a floors file: 64 lines of a 256-character id and a number fit easily.
+_MAX_FLOORS_FILE_BYTES = 64 * 1024
+
+#: Model floors built into a Nitro image, beside its model-owner keys (measured).
+NITRO_FLOORS = "/etc/ephemeralml/model-floors.txt"
+#: Relative to the home: a mock enclave's model floors (folded into its PCR0).
+MOCK_FLOORS = Path("published") / "model-floors.txt"
 
 
 def enclave_code_digest() -> bytes:
@@ -96,10 +113,70 @@ def owner_keys_digest(keys: Iterable[bytes]) -> bytes:
     return h.digest()
 
 
-def mock_enclave_measurements(owner_keys: Iterable[bytes]) -> dict[int, bytes]:
-    """PCR0/1/2/8 of a mock enclave running this code with these owner keys."""
+def load_model_floors(path: Path) -> dict[str, int]:
+    """A model-floors file: ``MODEL_ID MIN_RELEASE`` a line (# comments) (M11).
+
+    The enclave refuses a manifest of that model whose ``release`` is below the
+    floor. An absent file means no floors (and measures like one with none); a file
+    that exists but cannot be read or parsed is an error, never taken as empty
+    (that would silently drop anti-rollback).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_FLOORS_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigError(f"cannot read model floors at {path}: {e.strerror}") from e
+    if len(data) > _MAX_FLOORS_FILE_BYTES:
+        raise ConfigError(f"{path} is over {_MAX_FLOORS_FILE_BYTES} bytes")
+    try:
+        lines = data.decode("ascii").splitlines()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: model floors must be ASCII text") from e
+    floors: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit() or len(parts[0]) > 256:
+            raise ConfigError(f"{path}:{n}: a floor is MODEL_ID MIN_RELEASE (decimal)")
+        model_id, floor = parts[0], int(parts[1])
+        if not 1 <= floor <= MAX_RELEASE:
+            raise ConfigError(f"{path}:{n}: a floor is 1..{MAX_RELEASE}")
+        if model_id in floors:
+            raise ConfigError(f"{path}:{n}: {model_id} has a floor already")
+        floors[model_id] = floor
+    if len(floors) > _MAX_FLOORS:
+        raise ConfigError(f"{path} lists more than {_MAX_FLOORS} model floors")
+    return floors
+
+
+def model_floors_digest(floors: Mapping[str, int]) -> bytes:
+    """SHA-384 over the floors as deterministic CBOR (a map id → floor)."""
+    return hashlib.sha384(b"ephemeralml/1 model floors\x00" + encode(dict(floors))).digest()
+
+
+def image_config_digest(owner_keys: Iterable[bytes], floors: Mapping[str, int]) -> bytes:
+    """What PCR0 covers of the image's configuration: owner keys, then floors.
+
+    Without floors it is the owner keys' digest alone, so an image that carries no
+    floors measures as before floors existed.
+    """
+    keys = owner_keys_digest(owner_keys)
+    if not floors:
+        return keys
+    return hashlib.sha384(
+        b"ephemeralml/1 image config\x00" + keys + model_floors_digest(floors)
+    ).digest()
+
+
+def mock_enclave_measurements(
+    owner_keys: Iterable[bytes], floors: Mapping[str, int] | None = None
+) -> dict[int, bytes]:
+    """PCR0/1/2/8 of a mock enclave running this code with these owner keys and floors."""
     return mock_measurements(
         code_digest=enclave_code_digest(),
-        model_digest=owner_keys_digest(owner_keys),
+        model_digest=image_config_digest(owner_keys, floors or {}),
         runtime_id=runtime_id(),
     )

@@ -9,8 +9,11 @@ import random
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ephemeralml.common._bundle import (
+    MAX_RELEASE,
     BundleDecryptor,
     BundleEncryptor,
     BundleFile,
@@ -34,6 +37,7 @@ def make_bundle(
     chunk: int = CHUNK,
     model_id: str = "m",
     feed: int = 1000,
+    release: int = 0,
 ) -> tuple[bytes, bytes, Manifest]:
     bundle_id, salt = os.urandom(16), os.urandom(32)
     enc = BundleEncryptor(key, chunk_size=chunk, bundle_id=bundle_id, salt=salt)
@@ -57,6 +61,7 @@ def make_bundle(
         wrapped_key_sha256=hashlib.sha256(b"wrapped").digest(),
         created="2026-11-21T00:00:00Z",
         owner=owner_key_id(owner.public_key().public_bytes_raw()),
+        release=release,
     )
     return sign_manifest(m, owner), bytes(out), m
 
@@ -217,3 +222,130 @@ def test_encryptor_misuse() -> None:
         BundleEncryptor(os.urandom(32), chunk_size=10, bundle_id=os.urandom(16), salt=os.urandom(32))
     with pytest.raises(LocalProtocolError, match="bundle data key must be 32 bytes"):
         BundleEncryptor(b"short", chunk_size=CHUNK, bundle_id=os.urandom(16), salt=os.urandom(32))
+
+
+# ---------------------------------------------------------------- releases (M4, M11)
+
+
+def _signed_map(owner: Ed25519PrivateKey, m: dict[str, object]) -> bytes:
+    """A manifest map exactly as given, signed by the owner (for M4 cases builders refuse)."""
+    return sign_eddsa(cbor2.dumps(m, canonical=True), owner, kid=owner_key_id(owner.public_key().public_bytes_raw()))
+
+
+def test_release_zero_is_written_as_a_v1_manifest(owner) -> None:  # type: ignore[no-untyped-def]
+    # A manifest signed before releases existed keeps its bytes and its digest.
+    _, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner)
+    assert m.release == 0
+    payload = cbor2.loads(m.to_cbor())
+    assert payload["v"] == 1 and "release" not in payload
+    assert Manifest.from_cbor(m.to_cbor()) == m
+
+
+def test_a_release_makes_a_v2_manifest(owner, keys) -> None:  # type: ignore[no-untyped-def]
+    raw, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner, release=7)
+    payload = cbor2.loads(m.to_cbor())
+    assert payload["v"] == 2 and payload["release"] == 7
+    v = verify_manifest(raw, keys)
+    assert v.manifest.release == 7 and v.manifest == m
+    assert m.digest == hashlib.sha256(cbor2.loads(raw).value[2]).digest()
+
+
+def test_the_same_bundle_at_another_release_has_another_digest(owner) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    _, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner, release=1)
+    assert len({m.digest, dataclasses.replace(m, release=2).digest, dataclasses.replace(m, release=0).digest}) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"v": 2}, "M4 format: not a version 2 manifest (wrong fields)"),  # v2 without a release
+        ({"release": 3}, "M4 format: not a version 1 manifest (wrong fields)"),  # v1 with one
+        ({"v": 2, "release": 0}, "M4 format: a version 2 manifest has a release of 1 or more"),
+        ({"v": 2, "release": -1}, "M4 format: a version 2 manifest has a release of 1 or more"),
+        ({"v": 2, "release": True}, "M4 format: a version 2 manifest has a release of 1 or more"),
+        ({"v": 2, "release": 2.0}, "M4 format: a version 2 manifest has a release of 1 or more"),
+        ({"v": 2, "release": "3"}, "M4 format: a version 2 manifest has a release of 1 or more"),
+        ({"v": 2, "release": MAX_RELEASE + 1}, f"M4 format: release must be an integer 0..{MAX_RELEASE}"),
+        ({"v": 3, "release": 3}, "M4 format: not a version 1 or 2 manifest"),
+        ({"v": True}, "M4 format: not a version 1 or 2 manifest"),
+        ({"v": 1.0}, "M4 format: not a version 1 or 2 manifest"),
+    ],
+)
+def test_bad_release_fields_are_m4(owner, keys, change: dict[str, object], message: str) -> None:  # type: ignore[no-untyped-def]
+    _, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner)
+    raw = _signed_map(owner, {**m.to_map(), **change})
+    with pytest.raises(ManifestError) as info:
+        verify_manifest(raw, keys)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("release", [-1, MAX_RELEASE + 1, True, 1.5, "2"])
+def test_a_manifest_is_never_built_with_a_bad_release(owner, release: object) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    _, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner)
+    with pytest.raises(ManifestError) as info:
+        dataclasses.replace(m, release=release)
+    assert str(info.value) == f"M4 format: release must be an integer 0..{MAX_RELEASE}"
+
+
+@pytest.mark.parametrize(
+    ("release", "floor", "accepted"),
+    [
+        (0, 0, True),  # no floor: anything, as before
+        (5, 0, True),
+        (0, 1, False),  # a v1 manifest is below any floor
+        (9, 10, False),  # integers: 9 < 10 (as text "9" > "10")
+        (10, 10, True),  # the floor itself passes
+        (11, 10, True),
+        (MAX_RELEASE, MAX_RELEASE, True),
+        (MAX_RELEASE - 1, MAX_RELEASE, False),
+    ],
+)
+def test_m11_refuses_releases_below_the_floor(owner, keys, release: int, floor: int, accepted: bool) -> None:  # type: ignore[no-untyped-def]
+    raw, _, _ = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner, release=release)
+    if accepted:
+        assert verify_manifest(raw, keys, model_id="m", min_release=floor).manifest.release == release
+        return
+    with pytest.raises(ManifestError) as info:
+        verify_manifest(raw, keys, model_id="m", min_release=floor)
+    assert str(info.value) == f"M11 rollback: m release {release} is below the floor {floor}"
+
+
+def test_m11_runs_after_the_signature_and_the_model(owner, keys) -> None:  # type: ignore[no-untyped-def]
+    raw, _, _ = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner, release=1)
+    with pytest.raises(ManifestError, match=r"^M5 model: manifest is for 'm', not 'other'$"):
+        verify_manifest(raw, keys, model_id="other", min_release=2)
+    with pytest.raises(ManifestError, match=r"^M2 owner: "):
+        verify_manifest(raw, {}, model_id="m", min_release=2)
+
+
+@pytest.mark.parametrize("floor", [-1, MAX_RELEASE + 1, True, 1.0])
+def test_a_bad_floor_is_the_callers_error(owner, keys, floor: object) -> None:  # type: ignore[no-untyped-def]
+    raw, _, _ = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner, release=1)
+    with pytest.raises(LocalProtocolError) as info:
+        verify_manifest(raw, keys, min_release=floor)  # type: ignore[arg-type]
+    assert str(info.value) == f"min_release must be an integer 0..{MAX_RELEASE}"
+
+
+_FIXED_OWNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+_FIXED = make_bundle({"a": b"x"}, key=bytes(32), owner=_FIXED_OWNER)[2]
+_FIXED_KEYS = {owner_key_id(_FIXED_OWNER.public_key().public_bytes_raw()): _FIXED_OWNER.public_key().public_bytes_raw()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, MAX_RELEASE), st.integers(0, MAX_RELEASE))
+def test_release_order_is_the_integer_order(release: int, floor: int) -> None:
+    import dataclasses
+
+    m = dataclasses.replace(_FIXED, release=release)
+    assert Manifest.from_cbor(m.to_cbor()) == m
+    assert cbor2.loads(m.to_cbor())["v"] == (2 if release else 1)
+    raw = sign_manifest(m, _FIXED_OWNER)
+    if release >= floor:
+        assert verify_manifest(raw, _FIXED_KEYS, min_release=floor).manifest.release == release
+    else:
+        with pytest.raises(ManifestError, match=f"^M11 rollback: m release {release} is below the floor {floor}$"):
+            verify_manifest(raw, _FIXED_KEYS, min_release=floor)

@@ -124,7 +124,7 @@ def test_policy_file_round_trip(tmp_path: Path) -> None:
     assert pol.version == 3 and not pol.is_mock
     assert pol.attestation.max_age_s == 60
     assert isinstance(pol.attestation.measurements, PcrAllowlist)
-    assert dict(pol.models or {}) == {"all-MiniLM-L6-v2": bytes.fromhex("ab" * 32)}
+    assert dict(pol.models or {}) == {"all-MiniLM-L6-v2": frozenset({bytes.fromhex("ab" * 32)})}
 
 
 def test_mock_without_a_mock_enclave_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

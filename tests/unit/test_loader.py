@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ephemeralml._home import MOCK_OWNERS
+from ephemeralml.client._package import default_sources, load_owner_key, package_model
+from ephemeralml.client._upload import upload_local
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._bundle import owner_key_id
 from ephemeralml.common._errors import ConfigError, KeyReleaseError, ManifestError
@@ -22,7 +24,7 @@ from ephemeralml.enclave._keyrelease import KmsKeyRelease
 from ephemeralml.enclave._loader import LoadedModel, load_model
 from ephemeralml.enclave._measure import load_owner_keys
 from ephemeralml.enclave._nsm import MockNsm
-from ephemeralml.host._mock_kms import MockKmsServer
+from ephemeralml.host._mock_kms import ENCLAVE, MODEL_OWNER, MockKmsServer
 from ephemeralml.host._provision import ensure_mock_root, provision_mock
 from ephemeralml.host._store import LocalStore, StoreService
 from ephemeralml.host._transport import Endpoint
@@ -31,8 +33,9 @@ MODEL = "all-MiniLM-L6-v2"
 
 
 class World:
-    def __init__(self, home: Path, kms: Any, pcrs: dict[int, bytes]) -> None:
-        self.home, self.kms, self.pcrs = home, kms, pcrs
+    def __init__(self, home: Path, kms: Any, pcrs: dict[int, bytes], *, owner_kms: Any, kms_key_id: str) -> None:
+        self.home, self.kms, self.pcrs = home, kms, pcrs  # kms: the enclave role's client
+        self.owner_kms, self.kms_key_id = owner_kms, kms_key_id  # the model owner's
         self.owner_keys = load_owner_keys(home / MOCK_OWNERS)
 
     def nsm(self, pcrs: dict[int, bytes] | None = None) -> MockNsm:
@@ -44,10 +47,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("loader-home")
     root = ensure_mock_root(home)
     with MockKmsServer(home / "mock-kms", trusted_root=TrustedRoot.unsafe_mock(root)) as server:
-        kms = boto3.client("kms", region_name="us-east-1", endpoint_url=server.url,
-                           aws_access_key_id="t", aws_secret_access_key="t")  # fmt: skip
-        p = provision_mock(home, kms)
-        yield World(home, kms, p.pcrs)
+        def client(principal: str) -> Any:
+            return boto3.client("kms", region_name=server.region, endpoint_url=server.url,
+                                **server.credentials(principal).boto3_kwargs())  # fmt: skip
+
+        owner_kms = client(MODEL_OWNER)
+        p = provision_mock(home, owner_kms)
+        yield World(home, client(ENCLAVE), p.pcrs, owner_kms=owner_kms, kms_key_id=p.kms_key_id)
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ def store(world: World, tmp_path: Path) -> Path:
 
 
 def load(world: World, store: Path, model: str = MODEL, *, nsm: MockNsm | None = None,
-         owner_keys: dict[bytes, bytes] | None = None) -> LoadedModel:  # fmt: skip
+         owner_keys: dict[bytes, bytes] | None = None, min_release: int = 0) -> LoadedModel:  # fmt: skip
     async def go() -> LoadedModel:
         svc = StoreService(LocalStore(store), Endpoint.parse("127.0.0.1:0"))
         await svc.start()
@@ -68,6 +74,7 @@ def load(world: World, store: Path, model: str = MODEL, *, nsm: MockNsm | None =
             return await load_model(
                 model, services=svc.bound, owner_keys=owner_keys or world.owner_keys,
                 key_release=KmsKeyRelease(nsm or world.nsm(), world.kms, attempts=1),
+                min_release=min_release,
             )  # fmt: skip
         finally:
             await svc.close()
@@ -138,3 +145,46 @@ def test_nothing_plaintext_is_written(world: World, store: Path, tmp_path: Path)
     load(world, store)
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert after == before
+
+
+# ---------------------------------------------------------------- M11: model anti-rollback
+
+
+@pytest.fixture(scope="module")
+def releases(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Bundles of the model at releases 0 (a v1 manifest), 1 and 2, all signed by the
+    provisioned owner."""
+    out: dict[int, Path] = {}
+    model_id, sources = default_sources()
+    for release in (0, 1, 2):
+        out[release] = tmp_path_factory.mktemp(f"release-{release}") / "bundle"
+        package_model(sources, model_id=model_id, version=f"r{release}", kms=world.owner_kms,
+                      kms_key_id=world.kms_key_id, owner_key=load_owner_key(world.home / "mock-owner.pem"),
+                      out_dir=out[release], release=release)  # fmt: skip
+    return out
+
+
+def test_the_release_at_the_floor_loads(world: World, store: Path, releases: dict[int, Path]) -> None:
+    upload_local(releases[2], store, MODEL)
+    m = load(world, store, min_release=2)
+    assert m.release == 2 and m.embedder.embed(["hello"]).shape == (1, 384)
+    assert load(world, store, min_release=1).release == 2  # above the floor: fine too
+
+
+def test_an_older_release_by_the_same_owner_is_refused(world: World, store: Path, releases: dict[int, Path]) -> None:
+    # The host still holds release 1 (a genuine, owner-signed bundle) and serves it
+    # to an enclave whose image carries the floor 2.
+    upload_local(releases[1], store, MODEL)
+    assert load(world, store).release == 1  # without a floor it loads: the finding
+    with pytest.raises(ManifestError) as info:
+        load(world, store, min_release=2)
+    assert str(info.value) == f"M11 rollback: {MODEL} release 1 is below the floor 2"
+
+
+def test_a_v1_bundle_is_below_any_floor(world: World, store: Path, releases: dict[int, Path]) -> None:
+    # A bundle without a release (a v1 manifest, release 0).
+    upload_local(releases[0], store, MODEL)
+    assert load(world, store).release == 0
+    with pytest.raises(ManifestError) as info:
+        load(world, store, min_release=1)
+    assert str(info.value) == f"M11 rollback: {MODEL} release 0 is below the floor 1"

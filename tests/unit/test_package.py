@@ -20,8 +20,8 @@ from ephemeralml.client._package import (
     load_owner_key,
     package_model,
 )
-from ephemeralml.common._bundle import BundleDecryptor, owner_key_id, verify_manifest
-from ephemeralml.common._errors import ConfigError, KeyReleaseError
+from ephemeralml.common._bundle import MAX_RELEASE, BundleDecryptor, owner_key_id, verify_manifest
+from ephemeralml.common._errors import ConfigError, KeyReleaseError, ManifestError
 
 
 @pytest.fixture
@@ -151,7 +151,60 @@ def test_model_cli_keygen_package_upload(kms, tmp_path: Path) -> None:  # type: 
     assert code == 0
     info = json.loads(out)
     assert info["model_id"] == "tiny" and info["version"] == "2" and len(info["manifest_digest"]) == 64
+    assert info["release"] == 0  # no --release: unordered, refused by any enclave floor (M11)
     code, out = run("model", "upload", str(tmp_path / "b"), "--model-id", "tiny", "--to", str(tmp_path / "store"))
     assert code == 0 and out.strip() == f"uploaded tiny to {tmp_path / 'store' / 'tiny'}"
     assert run("model", "package", "--model-dir", str(model_dir), "--owner-key", str(owner),
                "--kms-key-id", key_id, "--out", str(tmp_path / "c"))[0] == 2  # fmt: skip
+
+
+def test_package_a_release(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    owner = Ed25519PrivateKey.generate()
+    pub = owner.public_key().public_bytes_raw()
+    m = package_model(_sources(), model_id="tiny", version="1.4.2", kms=kms, kms_key_id=key_id, owner_key=owner,
+                      out_dir=tmp_path / "b", chunk_size=4096, release=3)  # fmt: skip
+    assert (m.version, m.release) == ("1.4.2", 3)
+    raw = (tmp_path / "b" / MANIFEST_FILE).read_bytes()
+    assert verify_manifest(raw, {owner_key_id(pub): pub}, model_id="tiny", min_release=3).manifest == m
+    with pytest.raises(ManifestError) as info:
+        verify_manifest(raw, {owner_key_id(pub): pub}, model_id="tiny", min_release=4)
+    assert str(info.value) == "M11 rollback: tiny release 3 is below the floor 4"
+
+
+@pytest.mark.parametrize("release", [-1, MAX_RELEASE + 1, True])
+def test_a_bad_release_packages_nothing(kms, tmp_path: Path, release: int) -> None:  # type: ignore[no-untyped-def]
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    with pytest.raises(ConfigError) as info:
+        package_model(_sources(), model_id="tiny", version="1", kms=kms, kms_key_id=key_id,
+                      owner_key=Ed25519PrivateKey.generate(), out_dir=tmp_path / "b", release=release)  # fmt: skip
+    assert str(info.value) == f"release must be an integer 0..{MAX_RELEASE}"
+    assert not (tmp_path / "b").exists()
+
+
+def test_model_cli_package_release(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import io
+    import json
+
+    from ephemeralml.client._cli import main
+
+    def run(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        return main(list(argv), stdout=out), out.getvalue()
+
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    owner = tmp_path / "owner.pem"
+    generate_owner_key(owner)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for s in _sources():
+        (model_dir / s.name).write_bytes(s.data or b"")
+    common = ["model", "package", "--model-dir", str(model_dir), "--model-id", "tiny", "--owner-key", str(owner),
+              "--kms-key-id", key_id]  # fmt: skip
+    code, out = run(*common, "--version", "2026-11", "--release", "5", "--out", str(tmp_path / "b"), "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert (info["version"], info["release"]) == ("2026-11", 5)
+    code, out = run(*common, "--release", "6", "--out", str(tmp_path / "c"))
+    assert code == 0 and out.startswith("packaged tiny 1 release 6: ")
+    assert run(*common, "--release", "-1", "--out", str(tmp_path / "d"))[0] == 2

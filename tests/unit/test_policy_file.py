@@ -109,7 +109,7 @@ def test_unsigned_policy_parses_as_before(tmp_path: Path, home: Path) -> None:
     m = pol.attestation.measurements
     assert isinstance(m, PcrAllowlist) and m.allow_debug
     assert dict(m.allowed[0]) == {0: bytes.fromhex(PCR)}
-    assert dict(pol.models or {}) == {"m": bytes.fromhex(DIGEST)}
+    assert dict(pol.models or {}) == {"m": frozenset({bytes.fromhex(DIGEST)})}
     assert pol.owner_keys is None and pol.min_enclave_policy_version == 0
     # The default home is $EPHEMERALML_HOME: the version went there.
     assert PolicyVersionStore.in_home(home).accepted() == {str(p.resolve()): 5}
@@ -181,7 +181,7 @@ def test_signed_policy_verifies_with_the_right_signer(tmp_path: Path, key: Ed255
     assert p.read_bytes()[0] == 0xD2  # tag 18: COSE_Sign1
     pol = ClientPolicy.from_file(p, trusted_signers=_signers(key))
     assert pol.signer == _kid(key) and pol.version == 5
-    assert dict(pol.models or {}) == {"m": bytes.fromhex(DIGEST)}
+    assert dict(pol.models or {}) == {"m": frozenset({bytes.fromhex(DIGEST)})}
     assert pol.to_json()["signer"] == _kid(key).hex()
 
 
@@ -413,6 +413,82 @@ def test_check_binding_runs_p1_too(tmp_path: Path) -> None:
     pol = ClientPolicy.from_file(_json(tmp_path / "policy.json", models={"m": "cd" * 32}))
     with pytest.raises(PolicyError, match="^P1 model: enclave serves 'm' with digest abab"):
         pol.check_binding(_binding(pv=1))
+
+
+# ---------------------------------------------------------------- P1 pins (anti-rollback, M11)
+
+OLD, NEW, NEWER = "0a" * 32, "0b" * 32, "0c" * 32  # manifest digests of releases 1, 2, 3
+
+
+def test_a_model_pins_one_digest_or_a_list(tmp_path: Path) -> None:
+    pol = ClientPolicy.from_file(_json(tmp_path / "policy.json", models={"m": [NEW, NEWER], "n": OLD}))
+    assert dict(pol.models or {}) == {
+        "m": frozenset({bytes.fromhex(NEW), bytes.fromhex(NEWER)}),
+        "n": frozenset({bytes.fromhex(OLD)}),
+    }
+    assert pol.to_json()["models"] == {"m": [NEW, NEWER], "n": [OLD]}
+    for digest in (NEW, NEWER):  # a rolling upgrade: either release passes P1
+        pol.check_binding(_binding(pv=1, models={"m": bytes.fromhex(digest)}))
+        pol.check_model(_binding(pv=1, models={"m": bytes.fromhex(digest)}), "m")
+
+
+def test_p1_refuses_an_older_release_of_a_pinned_model(tmp_path: Path) -> None:
+    p = _json(tmp_path / "policy.json", models={"m": [NEWER, NEW]})
+    pol = ClientPolicy.from_file(p)
+    with pytest.raises(PolicyError) as info:
+        pol.check_binding(_binding(pv=1, models={"m": bytes.fromhex(OLD)}))
+    assert str(info.value) == (
+        "P1 model: enclave serves 'm' with digest 0a0a0a0a0a0a0a0a…, "
+        "the policy allows 0b0b0b0b0b0b0b0b…, 0c0c0c0c0c0c0c0c…"
+    )
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ({"m": []}, "models.m must be a manifest digest (64 hex) or a list of 1..16"),
+        ({"m": [NEW] * 17}, "models.m must be a manifest digest (64 hex) or a list of 1..16"),
+        ({"m": {"d": NEW}}, "models.m must be a manifest digest (64 hex) or a list of 1..16"),
+        ({"m": 7}, "models.m must be a manifest digest (64 hex) or a list of 1..16"),
+        ({"m": [NEW, "ab"]}, "models.m[1] must be 64 hex digits"),
+        ({"m": [NEW, 5]}, "models.m[1] must be 64 hex digits"),
+        ({"m": "zz" * 32}, "models.m must be 64 hex digits"),
+    ],
+)
+def test_bad_model_pins(tmp_path: Path, models: dict[str, object], message: str) -> None:
+    p = _json(tmp_path / "p.json", models=models)
+    with pytest.raises(ConfigError) as info:
+        ClientPolicy.from_file(p)
+    assert str(info.value) == f"policy {p}: {message}"
+
+
+def test_policy_show_lists_every_pin(tmp_path: Path, home: Path) -> None:
+    p = _json(tmp_path / "policy.json", models={"m": [NEWER, NEW]})
+    code, out = run("policy", "show", str(p))
+    assert code == 0
+    assert [line for line in out.splitlines() if line.startswith("  model ")] == [
+        f"  model         m manifest {NEW}",
+        f"  model         m manifest {NEWER}",
+    ]
+
+
+def test_pins_given_in_code() -> None:
+    old, new = bytes.fromhex(OLD), bytes.fromhex(NEW)
+    pol = ClientPolicy.production(PcrAllowlist([{0: bytes(48)}]), models={"m": new, "n": [old, new]})
+    assert dict(pol.models or {}) == {"m": frozenset({new}), "n": frozenset({old, new})}
+    with pytest.raises(PolicyError, match=r"^P1 model: enclave serves 'm' with digest 0a0a"):
+        pol.check_binding(_binding(pv=1, models={"m": old}))
+    for bad, message in (
+        ({"m": []}, "models: 'm' needs 1..16 digests"),
+        ({"m": [new] + [bytes([i]) * 32 for i in range(100, 116)]}, "models: 'm' needs 1..16 digests"),
+        ({"m": [b"short"]}, "models: 'm': a manifest digest is 32 bytes (SHA-256)"),
+        ({"m": "ab" * 32}, "models: 'm': a manifest digest is 32 bytes (SHA-256)"),  # text, not bytes
+        ({"m": 5}, "models: 'm': give a digest or a list of digests"),
+        ({"m": [[b"x"]]}, "models: 'm': give a digest or a list of digests"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            ClientPolicy.production(PcrAllowlist([{0: bytes(48)}]), models=bad)  # type: ignore[arg-type]
+        assert str(info.value) == message
 
 
 def test_built_in_policies_have_no_minimum() -> None:
