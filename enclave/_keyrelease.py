@@ -26,28 +26,64 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._cms import open_recipient_envelope
-from ephemeralml.common._errors import Error, KeyReleaseError
+from ephemeralml.common._errors import ConfigError, Error, KeyReleaseError
 
 from ._nsm import Nsm
 
-__all__ = ["KMS_ATTEMPTS", "KeyReleaseEvidence", "KmsKeyRelease", "ReleasedKey"]
+__all__ = [
+    "KMS_ATTEMPTS",
+    "KMS_BACKOFF_S",
+    "KMS_CONNECT_TIMEOUT_S",
+    "KMS_DEADLINE_S",
+    "KMS_READ_TIMEOUT_S",
+    "KeyReleaseEvidence",
+    "KmsKeyRelease",
+    "ReleasedKey",
+    "kms_client_config",
+]
 
 log = logging.getLogger("ephemeralml.enclave.keyrelease")
 
-#: Tries per release when KMS cannot be reached or throttles; with the backoff
-#: below that is about 15 s before a clear error, enough to ride out a restart of
-#: the host's forwarder, short enough that a misconfiguration is reported quickly.
+#: Tries per release when KMS cannot be reached, times out, throttles or fails on its
+#: side; with the backoff below that rides out a restart of the host's forwarder, and a
+#: misconfiguration is still reported within a minute.
 KMS_ATTEMPTS = 5
-_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
-#: KMS errors worth retrying; everything else (AccessDenied above all) is final.
+#: Seconds to wait before the 2nd, 3rd, ... try (exponential; the last value repeats).
+KMS_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
+#: Seconds one TCP connect to KMS (through the host's forwarder) may take: a live
+#: forwarder answers in milliseconds, so more means it is down.
+KMS_CONNECT_TIMEOUT_S = 5.0
+#: Seconds KMS may take to answer one request: Decrypt with a Recipient is tens of
+#: milliseconds on AWS; a stalled peer must not pin the enclave's boot.
+KMS_READ_TIMEOUT_S = 15.0
+#: Seconds one release may spend on retries in all: no new try starts after this, so
+#: a boot against a slow or dead KMS ends with a clear error, not a hang.
+KMS_DEADLINE_S = 60.0
+#: KMS errors worth retrying (plus any HTTP 5xx); everything else (AccessDenied,
+#: InvalidSignature, UnrecognizedClient, NotFound, ...) is final at once.
 _RETRYABLE = frozenset(
     {
         "ThrottlingException",
         "KMSInternalException",
         "DependencyTimeoutException",
         "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
     }
 )
+
+
+def kms_client_config() -> Any:
+    """botocore ``Config`` for the enclave's KMS client: the timeouts above, one try each
+    (the retry loop of :class:`KmsKeyRelease`, which keeps the evidence, decides)."""
+    from botocore.config import Config
+
+    return Config(
+        # total_max_attempts counts the first try; botocore's max_attempts counts retries.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=KMS_CONNECT_TIMEOUT_S,
+        read_timeout=KMS_READ_TIMEOUT_S,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,12 +131,18 @@ class KmsKeyRelease:
         kms: Any,
         *,
         attempts: int = KMS_ATTEMPTS,
+        deadline_s: float = KMS_DEADLINE_S,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if attempts < 1 or deadline_s <= 0:
+            raise ConfigError("key release: attempts must be >= 1 and the deadline > 0 s")
         self.nsm = nsm
         self.kms = kms
         self.attempts = attempts
+        self.deadline_s = deadline_s
         self._sleep = sleep
+        self._monotonic = monotonic
 
     def release(self, wrapped_key: bytes, *, kms_key_id: str, what: str) -> ReleasedKey:
         """Decrypt ``wrapped_key`` (a KMS CiphertextBlob) into this enclave only."""
@@ -138,8 +180,10 @@ class KmsKeyRelease:
     def _decrypt(self, wrapped_key: bytes, kms_key_id: str, doc: bytes, what: str) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        last = ""
-        for attempt in range(self.attempts):
+        started = self._monotonic()
+        last, tried = "", 0
+        while tried < self.attempts:
+            tried += 1
             try:
                 return self.kms.decrypt(
                     CiphertextBlob=wrapped_key,
@@ -153,17 +197,24 @@ class KmsKeyRelease:
             except ClientError as e:
                 err = e.response.get("Error", {})
                 code, msg = str(err.get("Code", "")), str(err.get("Message", ""))
-                if code not in _RETRYABLE:
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code not in _RETRYABLE and not (isinstance(status, int) and status >= 500):
+                    # A refusal (the policy, the signature, the credentials) does not
+                    # change by asking again: final at once, nothing retried or kept.
                     raise KeyReleaseError(
                         f"KMS refused to release the key for {what}: {code}: {msg}"
                     ) from e
-                last = code
-            except BotoCoreError as e:
+                last = code or f"HTTP {status}"
+            except BotoCoreError as e:  # down (connect), slow (read timeout), cut off
                 last = type(e).__name__
-            if attempt + 1 < self.attempts:
-                delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
-                log.warning("KMS unavailable (%s); retrying in %.1f s", last, delay)
-                self._sleep(delay)
+            if tried >= self.attempts:
+                break
+            delay = KMS_BACKOFF_S[min(tried - 1, len(KMS_BACKOFF_S) - 1)]
+            if self._monotonic() - started + delay >= self.deadline_s:
+                break
+            log.warning("KMS unavailable (%s); retrying in %.1f s", last, delay)
+            self._sleep(delay)
         raise KeyReleaseError(
-            f"KMS unreachable for {what} after {self.attempts} attempts (last: {last})"
+            f"KMS unreachable for {what} after {tried} attempts "
+            f"in {self._monotonic() - started:.1f} s (last: {last})"
         )

@@ -11,12 +11,32 @@ Protocol
     ``ClientError`` with that code), and every response carries an
     ``x-amzn-RequestId``. Binary fields are base64 in JSON, as botocore sends them.
 
-Authentication: none
-    SigV4 signatures are **not** checked and any (or no) credentials are accepted:
-    the mock has exactly one principal, :data:`CALLER_ARN`. So the server only ever
-    listens on loopback, and key policies cannot tell callers apart: every
-    ``Principal`` matches. What policies *can* tell apart is whether a request carries
-    a valid attestation document and which PCRs it reports, which is the point.
+Authentication: SigV4, as AWS checks it (:func:`_Kms.authenticate`)
+    Every request must carry an ``Authorization`` header signed with SigV4 by one of
+    the mock's principals, whose credentials (access key id, secret, session token)
+    the server makes on first start and keeps in ``state_dir/credentials.json``
+    (0600). The signature is recomputed with botocore's own SigV4 code over the
+    method, path, query, the headers named in ``SignedHeaders`` and the SHA-256 of the
+    body received, and compared in constant time. Failures answer as KMS does
+    (HTTP 400): no header, ``MissingAuthenticationTokenException``; a malformed one,
+    ``IncompleteSignatureException``; an unknown access key id or a wrong session
+    token, ``UnrecognizedClientException``; a bad signature, a credential scoped to
+    another region or service, or an ``X-Amz-Date`` more than
+    :data:`MAX_CLOCK_SKEW_S` from the server's clock, ``InvalidSignatureException``.
+
+Principals (:data:`PRINCIPALS`)
+    Three roles of the one account, each with its own credentials: the model owner
+    (``ephemeralml-model-owner``: its IAM policy allows ``kms:*``), the host
+    (``ephemeralml-host``) and the enclave (``ephemeralml-enclave``: on AWS the
+    parent instance's role, whose credentials the host hands to the enclave; its
+    IAM policy allows ``kms:Decrypt``, as an instance role's usually does). A key
+    policy statement naming a role applies to that role; one naming the account
+    (``arn:aws:iam::111122223333:root``) applies to a role only where the role's IAM
+    policy also allows the action, as on AWS. So a key policy that names no account
+    and gives ``kms:Decrypt`` to the enclave role only under
+    ``kms:RecipientAttestation`` conditions (:mod:`ephemeralml.host._provision`)
+    leaves the host, holding every credential the enclave has, no way to decrypt
+    or to rewrite the policy.
 
 Operations
     ``CreateKey`` (symmetric ``ENCRYPT_DECRYPT`` keys only), ``DescribeKey``,
@@ -26,12 +46,14 @@ Operations
 
 Key policies (:func:`evaluate_policy`)
     Every operation on a key except ``CreateKey`` is authorized by the key's policy,
-    as on AWS, with a scoped-down evaluator: ``Effect``, ``Principal`` (always
-    matches), ``Action`` and ``Resource`` with ``*``/``?`` wildcards, and
+    as on AWS, with a scoped-down evaluator: ``Effect``, ``Principal`` (``*``, an
+    account, a role ARN), ``Action`` and ``Resource`` with ``*``/``?`` wildcards, and
     ``Condition`` with the ``String*`` operators and their ``IfExists`` forms. An
     explicit ``Deny`` wins; no matching ``Allow`` denies. A key created without a
-    policy gets AWS's default key policy, which allows ``kms:*`` to the account: in
-    the mock that means to everyone, so it is permissive on purpose, like AWS's.
+    policy gets AWS's default key policy, which allows ``kms:*`` to the account: that
+    is, to every role whose IAM policy allows the action (the owner for everything,
+    the enclave and host roles for ``kms:Decrypt`` even without a Recipient), so it
+    is permissive on purpose, like AWS's.
 
 Recipient (``Decrypt``, ``GenerateDataKey``)
     The document is verified with :func:`verify_attestation` under the configured
@@ -56,7 +78,8 @@ Ciphertext blobs (:data:`BLOB_VERSION`): the mock's own format, not AWS's::
     ``InvalidCiphertextException``.
 
 State
-    ``state_dir/keys/<key id>.json``: key material (256-bit AES), metadata, policy;
+    ``state_dir/credentials.json``: the principals' credentials (0600), kept across
+    restarts. ``state_dir/keys/<key id>.json``: key material (256-bit AES), metadata, policy;
     folder 0700, files 0600, each written atomically, all loaded at start, so a
     restart loses nothing. Logs name operations, key ids, request ids and outcomes,
     never keys, plaintexts or request bodies.
@@ -70,24 +93,30 @@ import binascii
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
+import string
 import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
 
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -107,23 +136,32 @@ from ._cms_build import MAX_RSA_BITS, MIN_RSA_BITS, build_recipient_envelope
 
 __all__ = [
     "ACCOUNT_ID",
+    "ACCOUNT_ROOT",
     "BLOB_VERSION",
-    "CALLER_ARN",
     "DEFAULT_LISTEN",
+    "ENCLAVE",
+    "HOST",
     "IDLE_TIMEOUT_S",
+    "MAX_CLOCK_SKEW_S",
     "MAX_KEY_POLICY_BYTES",
     "MAX_REQUEST_BYTES",
+    "MODEL_OWNER",
+    "PRINCIPALS",
     "RECIPIENT_MAX_AGE_S",
     "REGION",
     "Decision",
     "MalformedPolicyError",
+    "MockCredentials",
     "MockKmsServer",
+    "MockPrincipal",
     "default_key_policy",
     "evaluate_policy",
+    "load_or_create_credentials",
     "main",
     "policy_decision",
     "utc_now",
     "validate_policy",
+    "verify_sigv4",
 ]
 
 log = logging.getLogger("ephemeralml.host.mock_kms")
@@ -132,8 +170,12 @@ log = logging.getLogger("ephemeralml.host.mock_kms")
 #: ``arn:aws:kms:us-east-1:111122223333:key/<id>`` (the AWS documentation's example account).
 ACCOUNT_ID = "111122223333"
 REGION = "us-east-1"
-#: The one principal every request is taken to come from (signatures are not checked).
-CALLER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:root"
+#: The service name SigV4 credential scopes must carry.
+SERVICE = "kms"
+
+#: How far a request's ``X-Amz-Date`` may be from the server's clock, in seconds: AWS's
+#: SigV4 window (5 minutes; "Signature expired: ... (... - 5 min.)" beyond it).
+MAX_CLOCK_SKEW_S = 300
 
 #: Where ``main`` listens unless told otherwise (loopback only, always).
 DEFAULT_LISTEN = "127.0.0.1:4566"
@@ -206,6 +248,136 @@ def utc_now() -> datetime:
 
 
 # ---------------------------------------------------------------------------
+# Principals and their credentials
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MockPrincipal:
+    """One IAM identity of the mock account: a role ARN and what its IAM policy allows.
+
+    ``iam_actions`` stands in for the role's identity policy (action patterns with
+    ``*``/``?``): it matters only where a key policy delegates to the account.
+    """
+
+    name: str
+    arn: str
+    iam_actions: tuple[str, ...]
+
+    @property
+    def session_arn(self) -> str:
+        """The caller ARN AWS reports in errors: the assumed-role session."""
+        if ":role/" not in self.arn:
+            return self.arn
+        return f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{self.arn.rsplit('/', 1)[1]}/mock"
+
+    def iam_allows(self, action: str) -> bool:
+        return any(_glob(a, ignore_case=True).match(action) for a in self.iam_actions)
+
+
+MODEL_OWNER = "model-owner"
+HOST = "host"
+ENCLAVE = "enclave"
+#: The account itself (its root user): what ``Principal: {"AWS": "<account>"}`` names.
+#: No credentials are ever made for it; it is the default of :func:`policy_decision`.
+ACCOUNT_ROOT = MockPrincipal("account", f"arn:aws:iam::{ACCOUNT_ID}:root", ("*",))
+#: The mock's callers, by name. The enclave's role is, on AWS, the parent instance's
+#: role: the host holds its credentials too (it hands them over, protocol.md §10.2).
+PRINCIPALS: Mapping[str, MockPrincipal] = {
+    MODEL_OWNER: MockPrincipal(
+        MODEL_OWNER, f"arn:aws:iam::{ACCOUNT_ID}:role/ephemeralml-model-owner", ("kms:*",)
+    ),
+    HOST: MockPrincipal(HOST, f"arn:aws:iam::{ACCOUNT_ID}:role/ephemeralml-host", ()),
+    ENCLAVE: MockPrincipal(
+        ENCLAVE, f"arn:aws:iam::{ACCOUNT_ID}:role/ephemeralml-enclave", ("kms:Decrypt",)
+    ),
+}
+
+_CREDENTIALS_FILE = "credentials.json"
+_CREDENTIALS_FORMAT = "ephemeralml-mock-kms-credentials/1"
+_ACCESS_KEY_ALPHABET = string.ascii_uppercase + "234567"
+
+
+@dataclass(frozen=True)
+class MockCredentials:
+    """Temporary-style credentials of one principal (``ASIA…`` key, secret, session token)."""
+
+    principal: MockPrincipal
+    access_key_id: str
+    secret_access_key: str = dataclasses.field(repr=False)
+    session_token: str = dataclasses.field(repr=False)
+
+    def boto3_kwargs(self) -> dict[str, str]:
+        """``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``."""
+        return {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "aws_session_token": self.session_token,
+        }
+
+
+def _new_credentials(principal: MockPrincipal) -> MockCredentials:
+    return MockCredentials(
+        principal,
+        "ASIA" + "".join(secrets.choice(_ACCESS_KEY_ALPHABET) for _ in range(16)),
+        secrets.token_urlsafe(30),
+        secrets.token_urlsafe(96),
+    )
+
+
+def load_or_create_credentials(state_dir: Path) -> dict[str, MockCredentials]:
+    """Every principal's credentials from ``state_dir/credentials.json``, made if absent.
+
+    The file is 0600 and written atomically; a corrupt one is a :class:`ConfigError`
+    (delete it to get new credentials).
+    """
+    path = Path(state_dir) / _CREDENTIALS_FILE
+    if not path.exists():
+        creds = {name: _new_credentials(p) for name, p in PRINCIPALS.items()}
+        data = {
+            "format": _CREDENTIALS_FORMAT,
+            "principals": {
+                name: {
+                    "Arn": c.principal.arn,
+                    "AccessKeyId": c.access_key_id,
+                    "SecretAccessKey": c.secret_access_key,
+                    "SessionToken": c.session_token,
+                }
+                for name, c in creds.items()
+            },
+        }
+        try:
+            Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(data, indent=2).encode("utf-8"), mode=0o600)
+        except OSError as e:
+            raise ConfigError(f"mock KMS: cannot write {path}: {e}") from e
+        return creds
+    try:
+        data = _load_json(path.read_bytes())
+        if not isinstance(data, dict) or data.get("format") != _CREDENTIALS_FORMAT:
+            raise ValueError(f"not a {_CREDENTIALS_FORMAT} file")
+        entries = data["principals"]
+        if not isinstance(entries, dict) or set(entries) != set(PRINCIPALS):
+            raise ValueError(f"principals must be exactly {', '.join(sorted(PRINCIPALS))}")
+        creds = {}
+        for name, entry in entries.items():
+            principal = PRINCIPALS[name]
+            fields = [entry[k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")]
+            if entry.get("Arn") != principal.arn or not all(
+                isinstance(f, str) and f for f in fields
+            ):
+                raise ValueError(f"the entry for {name} is malformed")
+            creds[name] = MockCredentials(principal, *fields)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"mock KMS: credentials file {path} is unreadable or corrupt ({e})"
+        ) from e
+    if len({c.access_key_id for c in creds.values()}) != len(creds):
+        raise ConfigError(f"mock KMS: credentials file {path} repeats an access key id")
+    return creds
+
+
+# ---------------------------------------------------------------------------
 # Errors as KMS reports them
 # ---------------------------------------------------------------------------
 
@@ -234,6 +406,157 @@ def _validation(field: str, value: object, constraint: str) -> _KmsError:
 
 def _serialization(message: str) -> _KmsError:
     return _KmsError("SerializationException", message)
+
+
+# ---------------------------------------------------------------------------
+# SigV4: who is calling
+# ---------------------------------------------------------------------------
+
+_SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+_SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
+_SIGV4_TERMINATOR = "aws4_request"
+_BAD_SIGNATURE = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. Consult the service "
+    "documentation for details."
+)
+_BAD_TOKEN = "The security token included in the request is invalid."  # noqa: S105
+
+
+def _incomplete(message: str) -> _KmsError:
+    return _KmsError("IncompleteSignatureException", message)
+
+
+def _invalid_signature(message: str = _BAD_SIGNATURE) -> _KmsError:
+    return _KmsError("InvalidSignatureException", message)
+
+
+def _authorization_fields(value: str) -> tuple[list[str], list[str], str]:
+    """(credential scope parts, signed header names, signature) of a SigV4 header."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != _SIGV4_ALGORITHM:
+        raise _incomplete(f"Authorization header requires the '{_SIGV4_ALGORITHM}' algorithm.")
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        name, sep, text = part.strip().partition("=")
+        if sep:
+            fields[name] = text
+    missing = [n for n in ("Credential", "Signature", "SignedHeaders") if not fields.get(n)]
+    if missing:
+        raise _incomplete(
+            " ".join(f"Authorization header requires '{n}' parameter." for n in missing)
+        )
+    scope = fields["Credential"].split("/")
+    if len(scope) != 5:
+        raise _incomplete(
+            "Credential must have exactly 5 slash-delimited elements, "
+            f"e.g. keyid/date/region/service/term, got '{fields['Credential']}'"
+        )
+    signed = fields["SignedHeaders"].split(";")
+    return scope, signed, fields["Signature"]
+
+
+def verify_sigv4(
+    method: str,
+    path: str,
+    headers: Any,
+    body: bytes,
+    *,
+    credentials: Mapping[str, MockCredentials],
+    region: str,
+    now: datetime,
+) -> MockPrincipal:
+    """The principal whose credentials signed this request, or the :class:`_KmsError` AWS sends.
+
+    ``headers`` is the received header block (``http.client.HTTPMessage``: several
+    values per name kept). Checks, in order: an ``Authorization`` header (else
+    ``MissingAuthenticationTokenException``); its SigV4 form, ``X-Amz-Date`` present
+    and, with ``Host``, signed (``IncompleteSignatureException``); a known access key
+    id and its exact session token (``UnrecognizedClientException``); the scope's
+    service, region, terminator and date, the date within :data:`MAX_CLOCK_SKEW_S` of
+    ``now``, and the signature itself (``InvalidSignatureException``). Not checked:
+    that ``Host`` names this server (a forwarder in between changes it, and SigV4
+    covers the value the client signed).
+    """
+    authorization = headers.get("Authorization")
+    if not authorization:
+        raise _KmsError("MissingAuthenticationTokenException", "Missing Authentication Token")
+    (key_id, date, scope_region, service, terminator), signed_names, signature = (
+        _authorization_fields(authorization)
+    )
+    signed_names = [n.lower() for n in signed_names]
+    amz_date = headers.get("X-Amz-Date")
+    if not amz_date:
+        raise _incomplete(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+        )
+    try:
+        stamped = datetime.strptime(amz_date, _SIGV4_TIMESTAMP).replace(tzinfo=UTC)
+    except ValueError as e:
+        raise _incomplete(f"X-Amz-Date '{amz_date}' is not an ISO-8601 basic timestamp.") from e
+    for required, shown in (("host", "'Host' or ':authority'"), ("x-amz-date", "'X-Amz-Date'")):
+        if required not in signed_names:
+            raise _incomplete(f"{shown} must be a 'SignedHeader' in the AWS Authorization.")
+    caller = next((c for c in credentials.values() if c.access_key_id == key_id), None)
+    token = headers.get("X-Amz-Security-Token") or ""
+    if caller is None or not hmac.compare_digest(
+        token.encode("utf-8"), caller.session_token.encode("utf-8")
+    ):
+        raise _KmsError("UnrecognizedClientException", _BAD_TOKEN)
+    if service != SERVICE:
+        raise _invalid_signature(f"Credential should be scoped to correct service: '{SERVICE}'. ")
+    if scope_region != region:
+        raise _invalid_signature(
+            f"Credential should be scoped to a valid region, not '{scope_region}'. "
+        )
+    if terminator != _SIGV4_TERMINATOR:
+        raise _invalid_signature(
+            f"Credential should be scoped with a valid terminator: '{_SIGV4_TERMINATOR}', "
+            f"not '{terminator}'. "
+        )
+    if date != amz_date[:8]:
+        raise _invalid_signature(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{date}' != '{amz_date[:8]}', from 'X-Amz-Date'."
+        )
+    skew = timedelta(seconds=MAX_CLOCK_SKEW_S)
+    minutes = MAX_CLOCK_SKEW_S // 60
+    now = now.astimezone(UTC)
+    if stamped < now - skew:
+        raise _invalid_signature(
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{(now - skew).strftime(_SIGV4_TIMESTAMP)} "
+            f"({now.strftime(_SIGV4_TIMESTAMP)} - {minutes} min.)"
+        )
+    if stamped > now + skew:
+        raise _invalid_signature(
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{(now + skew).strftime(_SIGV4_TIMESTAMP)} "
+            f"({now.strftime(_SIGV4_TIMESTAMP)} + {minutes} min.)"
+        )
+    signed = HTTPHeaders()
+    for name in signed_names:
+        values = headers.get_all(name)
+        if not values:
+            raise _invalid_signature()
+        for value in values:
+            signed[name] = value
+    # The canonical request over the bytes received: method, path and query, the signed
+    # headers, and the SHA-256 of the body as it arrived (never a client-declared hash).
+    request = AWSRequest(method=method, url=f"http://signed.invalid{path}", data=body)
+    request.context["timestamp"] = amz_date
+    signer = SigV4Auth(
+        Credentials(caller.access_key_id, caller.secret_access_key, caller.session_token),
+        SERVICE,
+        scope_region,
+    )
+    # botocore's SigV4, canonicalizing exactly the headers the client says it signed.
+    signer.headers_to_sign = lambda _request: signed
+    string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
+    expected = signer.signature(string_to_sign, request)
+    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8", "replace")):
+        raise _invalid_signature()
+    return caller.principal
 
 
 # ---------------------------------------------------------------------------
@@ -303,6 +626,9 @@ def _split_operator(op: object) -> tuple[bool, str, bool]:
 @dataclass(frozen=True)
 class _Statement:
     allow: bool
+    # None: "Principal": "*". Otherwise the AWS principals named (other principal
+    # types name no caller of the mock, so they are kept out and never match).
+    principals: tuple[str, ...] | None
     actions: tuple[str, ...]
     resources: tuple[str, ...]
     # (negated, comparison, if_exists, lowercase key, values)
@@ -331,13 +657,18 @@ def _parse_statement(n: int, raw: object) -> _Statement:
     if effect not in ("Allow", "Deny"):
         raise MalformedPolicyError(f"{where}: Effect must be 'Allow' or 'Deny'")
     principal = raw["Principal"]
+    principals: tuple[str, ...] | None = None
     if principal != "*":
         if not isinstance(principal, Mapping) or not principal:
             raise MalformedPolicyError(f"{where}: Principal must be '*' or an object")
+        named: list[str] = []
         for kind, value in principal.items():
             if kind not in _PRINCIPAL_TYPES:
                 raise MalformedPolicyError(f"{where}: unknown principal type {kind!r}")
-            _string_list(value, what=f"{where}: Principal.{kind}")
+            values = _string_list(value, what=f"{where}: Principal.{kind}")
+            if kind == "AWS":
+                named.extend(values)
+        principals = tuple(named)
     actions = _string_list(raw["Action"], what=f"{where}: Action")
     for action in actions:
         if not _ACTION_RE.match(action):
@@ -365,6 +696,7 @@ def _parse_statement(n: int, raw: object) -> _Statement:
             )
     return _Statement(
         allow=effect == "Allow",
+        principals=principals,
         actions=actions,
         resources=resources,
         conditions=tuple(conditions),
@@ -419,10 +751,23 @@ def _condition_holds(
     return not matched if negated else matched
 
 
+_ACCOUNT_FORMS = frozenset({ACCOUNT_ID, ACCOUNT_ROOT.arn})
+
+
+def _principal_match(st: _Statement, caller: MockPrincipal) -> str | None:
+    """``"direct"`` when the statement names the caller (or ``*``), ``"account"`` when
+    it names the caller's account (delegating to IAM), else None."""
+    if st.principals is None or "*" in st.principals or caller.arn in st.principals:
+        return "direct"
+    if _ACCOUNT_FORMS.intersection(st.principals):
+        return "direct" if caller.arn == ACCOUNT_ROOT.arn else "account"
+    return None
+
+
 def _statement_applies(
     st: _Statement, action: str, resource: str | None, context: Mapping[str, str]
 ) -> bool:
-    # Action names are case-insensitive; every Principal is the mock's one caller.
+    # Action names are case-insensitive.
     if not any(_glob(a, ignore_case=True).match(action) for a in st.actions):
         return False
     if resource is not None and not any(
@@ -439,24 +784,33 @@ def policy_decision(
     context: Mapping[str, str],
     *,
     resource: str | None = None,
+    principal: MockPrincipal = ACCOUNT_ROOT,
 ) -> Decision:
-    """Evaluate a key policy for ``action`` (``"kms:Decrypt"``) in a request ``context``.
+    """Evaluate a key policy for ``action`` (``"kms:Decrypt"``) by ``principal`` in a ``context``.
 
     ``context`` maps condition keys (case-insensitive) to the request's values; a
     key absent from it is absent from the request, which the String operators treat
     as AWS does (see :func:`_condition_holds`). ``resource`` is the key's ARN
-    (``None``: every ``Resource`` matches). An applicable ``Deny`` wins over any
-    ``Allow``; with no applicable ``Allow`` the answer is an implicit deny.
-    Raises :class:`MalformedPolicyError` for a policy it does not understand.
+    (``None``: every ``Resource`` matches). A statement applies to ``principal`` when
+    it names ``*`` or the principal's ARN; one naming the account applies to the
+    account itself, and to one of its roles only for an Allow the role's IAM policy
+    also grants (AWS: the key policy delegates to IAM), while its Deny binds every
+    role. An applicable ``Deny`` wins over any ``Allow``; with no applicable
+    ``Allow`` the answer is an implicit deny. Raises :class:`MalformedPolicyError`
+    for a policy it does not understand.
     """
     statements = _parse_policy(policy)
     ctx = {str(k).lower(): v for k, v in context.items()}
-    applicable = [s for s in statements if _statement_applies(s, action, resource, ctx)]
-    if any(not s.allow for s in applicable):
-        return Decision.EXPLICIT_DENY
-    if any(s.allow for s in applicable):
-        return Decision.ALLOW
-    return Decision.IMPLICIT_DENY
+    allowed = False
+    for st in statements:
+        match = _principal_match(st, principal)
+        if match is None or not _statement_applies(st, action, resource, ctx):
+            continue
+        if not st.allow:
+            return Decision.EXPLICIT_DENY
+        if match == "direct" or principal.iam_allows(action):
+            allowed = True
+    return Decision.ALLOW if allowed else Decision.IMPLICIT_DENY
 
 
 def evaluate_policy(
@@ -465,13 +819,15 @@ def evaluate_policy(
     context: Mapping[str, str],
     *,
     resource: str | None = None,
+    principal: MockPrincipal = ACCOUNT_ROOT,
 ) -> bool:
     """True when ``policy`` allows ``action`` in ``context`` (:func:`policy_decision`)."""
-    return policy_decision(policy, action, context, resource=resource) is Decision.ALLOW
+    decision = policy_decision(policy, action, context, resource=resource, principal=principal)
+    return decision is Decision.ALLOW
 
 
 def default_key_policy() -> str:
-    """AWS's default key policy: ``kms:*`` for the account (everyone, in the mock)."""
+    """AWS's default key policy: ``kms:*`` for the account (each role as far as its IAM allows)."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -521,10 +877,11 @@ class _Key:
     created: float
     description: str
     policy: str
+    region: str = REGION  # not stored: the server's region names the key
 
     @property
     def arn(self) -> str:
-        return f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/{self.key_id}"
+        return f"arn:aws:kms:{self.region}:{ACCOUNT_ID}:key/{self.key_id}"
 
     @property
     def id_bytes(self) -> bytes:
@@ -606,7 +963,7 @@ class _Key:
 class _KeyStore:
     """Keys in memory, each also in ``<state_dir>/keys/<id>.json`` (0600, atomic)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, region: str = REGION) -> None:
         self._dir = Path(state_dir) / _KEYS_DIR
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
@@ -618,8 +975,9 @@ class _KeyStore:
         except OSError as e:
             raise ConfigError(f"mock KMS: cannot use state folder {state_dir}: {e}") from e
         for path in paths:
-            key = _Key.from_file(path)
+            key = dataclasses.replace(_Key.from_file(path), region=region)
             self._keys[key.key_id] = key
+        self.region = region
 
     def __len__(self) -> int:
         with self._lock:
@@ -835,12 +1193,21 @@ class _Kms:
     """The operations, without HTTP: JSON object in, JSON object out, or :class:`_KmsError`."""
 
     def __init__(
-        self, store: _KeyStore, trusted_root: TrustedRoot, clock: Callable[[], datetime]
+        self,
+        store: _KeyStore,
+        trusted_root: TrustedRoot,
+        clock: Callable[[], datetime],
+        *,
+        credentials: Mapping[str, MockCredentials],
+        signing_clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._root = trusted_root
         self._clock = clock
-        self.operations: dict[str, Callable[[_Body], dict[str, Any]]] = {
+        self._credentials = dict(credentials)
+        self._signing_clock = signing_clock
+        self.region = store.region
+        self.operations: dict[str, Callable[[_Body, MockPrincipal], dict[str, Any]]] = {
             "CreateKey": self.create_key,
             "DescribeKey": self.describe_key,
             "GetKeyPolicy": self.get_key_policy,
@@ -852,8 +1219,20 @@ class _Kms:
 
     # -- helpers ---------------------------------------------------------------
 
+    def authenticate(self, method: str, path: str, headers: Any, body: bytes) -> MockPrincipal:
+        """The caller, by its SigV4 signature (:func:`verify_sigv4`), or a :class:`_KmsError`."""
+        return verify_sigv4(
+            method,
+            path,
+            headers,
+            body,
+            credentials=self._credentials,
+            region=self.region,
+            now=self._signing_clock(),
+        )
+
     def _resolve(self, key_id: str) -> _Key:
-        prefix = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/"
+        prefix = f"arn:aws:kms:{self.region}:{ACCOUNT_ID}:key/"
         bare = key_id[len(prefix) :] if key_id.startswith(prefix) else key_id
         if bare.startswith("alias/") or (key_id.startswith("arn:aws:kms:") and ":alias/" in key_id):
             raise _KmsError(
@@ -870,12 +1249,15 @@ class _Kms:
             raise _KmsError("NotFoundException", f"Key '{prefix}{canonical}' does not exist")
         return key
 
-    def _authorize(self, key: _Key, action: str, context: Mapping[str, str]) -> None:
+    def _authorize(
+        self, key: _Key, action: str, context: Mapping[str, str], caller: MockPrincipal
+    ) -> None:
         decision = policy_decision(
             _load_json(key.policy),
             action,
             {"kms:CallerAccount": ACCOUNT_ID, **context},
             resource=key.arn,
+            principal=caller,
         )
         if decision is Decision.ALLOW:
             return
@@ -886,7 +1268,7 @@ class _Kms:
         )
         raise _KmsError(
             "AccessDeniedException",
-            f"User: {CALLER_ARN} is not authorized to perform: {action} on resource: "
+            f"User: {caller.session_arn} is not authorized to perform: {action} on resource: "
             f"{key.arn} {why}",
         )
 
@@ -981,7 +1363,7 @@ class _Kms:
 
     # -- operations ------------------------------------------------------------
 
-    def create_key(self, body: _Body) -> dict[str, Any]:
+    def create_key(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         policy_text = body.string("Policy", min_len=1, max_len=131072)
         description = body.string("Description", max_len=_MAX_DESCRIPTION) or ""
         usage = body.string("KeyUsage", enum=_KEY_USAGES) or "ENCRYPT_DECRYPT"
@@ -1012,34 +1394,37 @@ class _Kms:
         if policy_text is None:
             policy_text = default_key_policy()
         else:
-            self._lockout_check(_policy_from_text(policy_text), bypass)
+            self._lockout_check(_policy_from_text(policy_text), bypass, caller)
         key = _Key(
             key_id=str(uuid.uuid4()),
             material=os.urandom(_KEY_MATERIAL_BYTES),
             created=round(self._clock().timestamp(), 3),
             description=description,
             policy=policy_text,
+            region=self.region,
         )
         self._store.save(key)
         return {"KeyMetadata": key.metadata()}
 
-    def _lockout_check(self, policy: Mapping[str, Any], bypass: bool) -> None:
+    def _lockout_check(
+        self, policy: Mapping[str, Any], bypass: bool, caller: MockPrincipal
+    ) -> None:
         # AWS's policy lockout safety check: refuse a policy under which the caller
         # could never change the policy again, unless explicitly bypassed.
         if not bypass and not evaluate_policy(
-            policy, "kms:PutKeyPolicy", {"kms:CallerAccount": ACCOUNT_ID}
+            policy, "kms:PutKeyPolicy", {"kms:CallerAccount": ACCOUNT_ID}, principal=caller
         ):
             raise _KmsError(
                 "MalformedPolicyDocumentException",
                 "The new key policy will not allow you to update the key policy in the future.",
             )
 
-    def describe_key(self, body: _Body) -> dict[str, Any]:
+    def describe_key(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         key_id = body.string("KeyId", required=True, min_len=1, max_len=_MAX_KEY_ID)
         body.string_list("GrantTokens", max_items=10)
         assert key_id is not None
         key = self._resolve(key_id)
-        self._authorize(key, "kms:DescribeKey", {})
+        self._authorize(key, "kms:DescribeKey", {}, caller)
         return {"KeyMetadata": key.metadata()}
 
     def _policy_name(self, body: _Body, *, for_put: bool) -> None:
@@ -1054,27 +1439,27 @@ class _Kms:
             + ("; only the 'default' key policy can be set" if for_put else ""),
         )
 
-    def get_key_policy(self, body: _Body) -> dict[str, Any]:
+    def get_key_policy(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         key_id = body.string("KeyId", required=True, min_len=1, max_len=_MAX_KEY_ID)
         assert key_id is not None
         self._policy_name(body, for_put=False)
         key = self._resolve(key_id)
-        self._authorize(key, "kms:GetKeyPolicy", {})
+        self._authorize(key, "kms:GetKeyPolicy", {}, caller)
         return {"Policy": key.policy, "PolicyName": "default"}
 
-    def put_key_policy(self, body: _Body) -> dict[str, Any]:
+    def put_key_policy(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         key_id = body.string("KeyId", required=True, min_len=1, max_len=_MAX_KEY_ID)
         policy_text = body.string("Policy", required=True, min_len=1, max_len=131072)
         bypass = body.boolean("BypassPolicyLockoutSafetyCheck")
         assert key_id is not None and policy_text is not None
         self._policy_name(body, for_put=True)
         key = self._resolve(key_id)
-        self._authorize(key, "kms:PutKeyPolicy", {})
-        self._lockout_check(_policy_from_text(policy_text), bypass)
+        self._authorize(key, "kms:PutKeyPolicy", {}, caller)
+        self._lockout_check(_policy_from_text(policy_text), bypass, caller)
         self._store.save(dataclasses.replace(key, policy=policy_text))
         return {}
 
-    def encrypt(self, body: _Body) -> dict[str, Any]:
+    def encrypt(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         key_id = body.string("KeyId", required=True, min_len=1, max_len=_MAX_KEY_ID)
         plaintext = body.blob("Plaintext", required=True, max_len=_MAX_PLAINTEXT)
         context = body.string_map("EncryptionContext")
@@ -1084,7 +1469,7 @@ class _Kms:
         assert key_id is not None and plaintext is not None
         key = self._resolve(key_id)
         self._symmetric_only(algorithm)
-        self._authorize(key, "kms:Encrypt", {})
+        self._authorize(key, "kms:Encrypt", {}, caller)
         self._dry_run(dry_run)
         return {
             "CiphertextBlob": _b64(_seal(key, plaintext, context)),
@@ -1092,7 +1477,7 @@ class _Kms:
             "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
         }
 
-    def decrypt(self, body: _Body) -> dict[str, Any]:
+    def decrypt(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         blob = body.blob("CiphertextBlob", required=True, max_len=_MAX_CIPHERTEXT_BLOB)
         key_id = body.string("KeyId", min_len=1, max_len=_MAX_KEY_ID)
         context = body.string_map("EncryptionContext")
@@ -1116,13 +1501,13 @@ class _Kms:
             raise _invalid_ciphertext()
         self._symmetric_only(algorithm)
         recipient = self._recipient(recipient_body)
-        self._authorize(key, "kms:Decrypt", recipient.context if recipient else {})
+        self._authorize(key, "kms:Decrypt", recipient.context if recipient else {}, caller)
         self._dry_run(dry_run)
         plaintext = bytearray(_open(key, blob, context))
         response = {"KeyId": key.arn, "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
         return self._release(response, plaintext, recipient)
 
-    def generate_data_key(self, body: _Body) -> dict[str, Any]:
+    def generate_data_key(self, body: _Body, caller: MockPrincipal) -> dict[str, Any]:
         key_id = body.string("KeyId", required=True, min_len=1, max_len=_MAX_KEY_ID)
         spec = body.string("KeySpec", enum=tuple(_DATA_KEY_SPECS))
         number = body.integer("NumberOfBytes", minimum=1, maximum=_MAX_NUMBER_OF_BYTES)
@@ -1140,7 +1525,7 @@ class _Kms:
         assert length is not None
         key = self._resolve(key_id)
         recipient = self._recipient(recipient_body)
-        self._authorize(key, "kms:GenerateDataKey", recipient.context if recipient else {})
+        self._authorize(key, "kms:GenerateDataKey", recipient.context if recipient else {}, caller)
         self._dry_run(dry_run)
         data_key = bytearray(os.urandom(length))
         try:
@@ -1225,6 +1610,9 @@ class _Handler(BaseHTTPRequestHandler):
         op = target[len(_TARGET_PREFIX) :] if target.startswith(_TARGET_PREFIX) else ""
         try:
             raw = self._read_body()
+            # Who is calling, before anything else is looked at (the body is read first,
+            # bounded, because the signature covers its hash).
+            caller = self.server.service.authenticate(self.command, self.path, self.headers, raw)
             handler = self.server.service.operations.get(op)
             if handler is None:
                 raise _KmsError(
@@ -1237,7 +1625,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _serialization(f"The request body is not valid JSON: {e}") from e
             if not isinstance(data, dict):
                 raise _serialization("The request body must be a JSON object")
-            result = handler(_Body(data))
+            result = handler(_Body(data), caller)
         except _KmsError as e:
             log.info("request %s %s failed: %s", request_id, op or target or "-", e.code)
             self._send(e.status, {"__type": e.code, "message": e.message}, request_id)
@@ -1253,7 +1641,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         key = result.get("KeyId") or result.get("KeyMetadata", {}).get("KeyId") or "-"
-        log.info("request %s %s ok key=%s", request_id, op, key)
+        log.info("request %s %s ok key=%s caller=%s", request_id, op, key, caller.name)
         self._send(200, result or None, request_id)
 
     def _not_post(self) -> None:
@@ -1300,25 +1688,28 @@ class _HttpServer(ThreadingHTTPServer):
 
 
 def _check_loopback(host: str) -> None:
-    # The mock checks no signature: anyone who can reach it can use every key.
+    # Its credentials are files on this machine and its documents are signed by a
+    # mock CA whose key is on this machine too: it is a development server.
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
         raise ConfigError(
-            f"mock KMS: refusing to listen on {host!r}: it has no authentication, "
-            "so it listens on loopback only"
+            f"mock KMS: refusing to listen on {host!r}: its credentials and its mock "
+            "root's key are on this machine, so it listens on loopback only"
         )
 
 
 class MockKmsServer:
     """The mock KMS on a loopback HTTP port, served from a background thread.
 
-    ``state_dir`` holds the keys (loaded now, at construction; a corrupt key file is a
-    :class:`ConfigError`). ``trusted_root`` is the root Recipient documents must chain
-    to; ``clock`` gives *now* for their certificate validity. Use as a context manager,
-    or call :meth:`start` and :meth:`close`.
+    ``state_dir`` holds the keys and the principals' credentials (loaded or made now,
+    at construction; a corrupt file is a :class:`ConfigError`). ``trusted_root`` is
+    the root Recipient documents must chain to; ``clock`` gives *now* for their
+    certificate validity; ``signing_clock`` the *now* SigV4 dates are held to
+    (:data:`MAX_CLOCK_SKEW_S`). ``region`` is the region credential scopes must name
+    and key ARNs carry. Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
 
     def __init__(
@@ -1328,6 +1719,8 @@ class MockKmsServer:
         trusted_root: TrustedRoot,
         listen: tuple[str, int] = ("127.0.0.1", 0),
         clock: Callable[[], datetime] = utc_now,
+        signing_clock: Callable[[], datetime] = utc_now,
+        region: str = REGION,
     ) -> None:
         if not isinstance(trusted_root, TrustedRoot):
             raise ConfigError("mock KMS: trusted_root must be a TrustedRoot")
@@ -1335,10 +1728,33 @@ class MockKmsServer:
         _check_loopback(host)
         if type(port) is not int or not 0 <= port <= 65535:
             raise ConfigError(f"mock KMS: port {port!r} is not in 0..65535")
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+            raise ConfigError(f"mock KMS: {region!r} is not an AWS region name")
         self._listen = (host, port)
-        self._service = _Kms(_KeyStore(Path(state_dir)), trusted_root, clock)
+        store = _KeyStore(Path(state_dir), region)
+        self._credentials = load_or_create_credentials(Path(state_dir))
+        self._service = _Kms(
+            store,
+            trusted_root,
+            clock,
+            credentials=self._credentials,
+            signing_clock=signing_clock,
+        )
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def region(self) -> str:
+        return self._service.region
+
+    def credentials(self, principal: str) -> MockCredentials:
+        """The credentials of :data:`MODEL_OWNER`, :data:`HOST` or :data:`ENCLAVE`."""
+        try:
+            return self._credentials[principal]
+        except KeyError:
+            raise ConfigError(
+                f"mock KMS: no principal {principal!r} ({', '.join(sorted(PRINCIPALS))})"
+            ) from None
 
     def start(self) -> MockKmsServer:
         if self._httpd is not None:
@@ -1425,7 +1841,8 @@ def _build_parser() -> _Parser:
     p = _Parser(
         prog=_PROG,
         description="A local AWS KMS (JSON 1.1 protocol) for mock mode: loopback only, "
-        "no authentication, Recipient documents verified under --root.",
+        "SigV4 checked against the principals' credentials in --state-dir, Recipient "
+        "documents verified under --root.",
     )
     p.add_argument(
         "--state-dir",
@@ -1479,6 +1896,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         print(f"{_PROG}: listening on {server.url}", flush=True)
+        print(
+            f"{_PROG}: credentials of {', '.join(sorted(PRINCIPALS))} "
+            f"(region {server.region}) in {args.state_dir / _CREDENTIALS_FILE}",
+            file=sys.stderr,
+            flush=True,
+        )
         while not stop.wait(0.2):
             pass
     finally:

@@ -10,7 +10,10 @@ steps against the local KMS server, so three terminals need no other flags:
 2. a model-owner key (``mock-owner.pem``), its public half published in
    ``published/model-owners.txt`` (what the enclave image would carry);
 3. a KMS key whose policy lets only an enclave with the *current* mock measurements
-   decrypt (re-written at every start, as a redeploy would);
+   decrypt (re-written at every start, as a redeploy would), done as the model owner's
+   role (:data:`~ephemeralml.host._mock_kms.MODEL_OWNER`): the policy names the owner
+   for administration and the enclave's role for ``kms:Decrypt`` under PCR conditions,
+   and the host's role not at all;
 4. the packaged all-MiniLM-L6-v2 in the local store, encrypted under that key.
 
 Idempotent: a second start reuses what is there.
@@ -29,6 +32,8 @@ from typing import Any
 from ephemeralml._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
 from ephemeralml.common._errors import KeyReleaseError
 
+from ._mock_kms import ENCLAVE, MODEL_OWNER, PRINCIPALS
+
 __all__ = [
     "MOCK_OWNERS",
     "MOCK_STATE",
@@ -43,7 +48,6 @@ log = logging.getLogger("ephemeralml.host.provision")
 #: Relative to the home: what provisioning created (the KMS key id).
 MOCK_STATE = Path("mock-provision.json")
 _OWNER_KEY = Path("mock-owner.pem")
-ACCOUNT = "111122223333"
 
 
 def ensure_mock_root(home: Path) -> bytes:
@@ -58,11 +62,14 @@ def ensure_mock_root(home: Path) -> bytes:
 def enclave_key_policy(pcrs: dict[int, bytes]) -> str:
     """The production shape of a key policy, for the given measurements.
 
-    The account may manage the key and wrap data keys, but ``kms:Decrypt`` is allowed
-    only with a Recipient attestation whose PCR0, PCR1 and PCR2 match. A Decrypt
-    without a Recipient (the host's own call) has no such condition keys and is
-    therefore not allowed. (Beware ``StringNotEquals``: on an absent key AWS
-    evaluates it as true.)
+    The model owner's role may manage the key and wrap data keys, never decrypt. The
+    enclave's role (on AWS the parent instance's role, whose credentials the host
+    holds too) may ``kms:Decrypt`` only with a Recipient attestation whose PCR0, PCR1
+    and PCR2 match: a Decrypt without a Recipient (the host's own call, with any
+    credentials) has no such condition keys and is not allowed. No statement names
+    the account, so no IAM policy can widen this, and no one but the owner may
+    ``kms:PutKeyPolicy``. (Beware ``StringNotEquals``: on an absent key AWS evaluates
+    it as true.)
     """
     return json.dumps(
         {
@@ -72,7 +79,7 @@ def enclave_key_policy(pcrs: dict[int, bytes]) -> str:
                 {
                     "Sid": "KeyAdministration",
                     "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                    "Principal": {"AWS": PRINCIPALS[MODEL_OWNER].arn},
                     "Action": [
                         "kms:DescribeKey",
                         "kms:GetKeyPolicy",
@@ -85,7 +92,7 @@ def enclave_key_policy(pcrs: dict[int, bytes]) -> str:
                 {
                     "Sid": "DecryptOnlyInTheAttestedEnclave",
                     "Effect": "Allow",
-                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/ephemeralml-enclave"},
+                    "Principal": {"AWS": PRINCIPALS[ENCLAVE].arn},
                     "Action": "kms:Decrypt",
                     "Resource": "*",
                     "Condition": {
@@ -145,27 +152,37 @@ def _kms_key(home: Path, kms: Any) -> str:
 
 
 def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockProvision:
-    """Steps 1-4 of the module docstring. ``kms`` is a boto3 KMS client (local server)."""
+    """Steps 1-4 of the module docstring.
+
+    ``kms`` is a boto3 KMS client of the local server signed with the model owner's
+    credentials (``MockKmsServer.credentials(MODEL_OWNER)``).
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     from ephemeralml.client._package import MANIFEST_FILE, default_sources, package_model
     from ephemeralml.client._upload import upload_local
     from ephemeralml.common._bundle import Manifest
     from ephemeralml.common._cose import decode_sign1
-    from ephemeralml.enclave._measure import mock_enclave_measurements
+    from ephemeralml.enclave._measure import (
+        MOCK_FLOORS,
+        load_model_floors,
+        mock_enclave_measurements,
+    )
 
     store = store or home / "store"
     ensure_mock_root(home)
     owner = _owner(home)
     pub = owner.public_key().public_bytes_raw()
-    pcrs = mock_enclave_measurements([pub])
+    # The same floors file the mock enclave reads and measures (M11): the key policy
+    # must name the PCRs of an enclave that enforces them.
+    floors = load_model_floors(home / MOCK_FLOORS)
+    pcrs = mock_enclave_measurements([pub], floors)
     try:
         key_id = _kms_key(home, kms)
         kms.put_key_policy(
             KeyId=key_id,
             PolicyName="default",
             Policy=enclave_key_policy(pcrs),
-            BypassPolicyLockoutSafetyCheck=True,
         )
     except (ClientError, BotoCoreError) as e:
         raise KeyReleaseError(f"mock provisioning: KMS: {e}") from e
@@ -179,7 +196,7 @@ def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockPr
             m = Manifest.from_cbor(
                 decode_sign1(manifest_path.read_bytes(), what="manifest", max_bytes=16384).payload
             )
-            current = m.kms_key_id.endswith(key_id)
+            current = m.kms_key_id.endswith(key_id) and m.release >= floors.get(model_id, 0)
         except Exception:  # a broken store entry is simply repackaged
             current = False
     if not current:
@@ -187,7 +204,7 @@ def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockPr
         try:
             package_model(
                 sources, model_id=model_id, version="mock", kms=kms, kms_key_id=key_id,
-                owner_key=owner, out_dir=tmp / "bundle",
+                owner_key=owner, out_dir=tmp / "bundle", release=max(1, floors.get(model_id, 0)),
             )  # fmt: skip
             upload_local(tmp / "bundle", store, model_id)
         finally:

@@ -30,7 +30,10 @@ from typing import Any
 import boto3
 import pytest
 from asn1crypto import cms
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -44,10 +47,16 @@ from ephemeralml.host import _mock_kms
 from ephemeralml.host._cms_build import CONTENT_CHUNK_BYTES, build_recipient_envelope
 from ephemeralml.host._mock_kms import (
     BLOB_VERSION,
+    ENCLAVE,
+    HOST,
+    MODEL_OWNER,
+    PRINCIPALS,
     Decision,
     MalformedPolicyError,
+    MockCredentials,
     MockKmsServer,
     evaluate_policy,
+    load_or_create_credentials,
     policy_decision,
     validate_policy,
 )
@@ -60,7 +69,7 @@ PCR8 = hashlib.sha384(b"signing certificate").digest()
 PCRS = {0: PCR0, 1: PCR1, 2: PCR2, 8: PCR8}
 OTHER_PCR0 = hashlib.sha384(b"another image").digest()
 ACCOUNT_ROOT = "arn:aws:iam::111122223333:root"
-ENCLAVE_ROLE = "arn:aws:iam::111122223333:role/enclave"
+ENCLAVE_ROLE = PRINCIPALS[ENCLAVE].arn
 RECIPIENT_KEYS = ("kms:RecipientAttestation:ImageSha384", "kms:RecipientAttestation:PCR0")
 
 
@@ -199,22 +208,37 @@ def server(tmp_path: Path, root: TrustedRoot, clock: Clock) -> Iterator[MockKmsS
         yield s
 
 
-def client_for(url: str) -> Any:
+def client_with(url: str, creds: MockCredentials, region: str = "us-east-1") -> Any:
     return boto3.client(
         "kms",
-        region_name="us-east-1",
+        region_name=region,
         endpoint_url=url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        **creds.boto3_kwargs(),
         config=Config(
             connect_timeout=5, read_timeout=15, retries={"max_attempts": 1, "mode": "standard"}
         ),
     )
 
 
+def client_for(server: MockKmsServer, principal: str = MODEL_OWNER) -> Any:
+    return client_with(server.url, server.credentials(principal))
+
+
 @pytest.fixture
 def kms(server: MockKmsServer) -> Any:
-    return client_for(server.url)
+    """The model owner's client (its IAM policy allows kms:*)."""
+    return client_for(server)
+
+
+@pytest.fixture
+def enclave_kms(server: MockKmsServer) -> Any:
+    """The enclave role's client (what the host hands the enclave, and so holds too)."""
+    return client_for(server, ENCLAVE)
+
+
+@pytest.fixture
+def host_kms(server: MockKmsServer) -> Any:
+    return client_for(server, HOST)
 
 
 def recipient(doc: bytes, algorithm: str = "RSAES_OAEP_SHA_256") -> dict[str, Any]:
@@ -712,7 +736,7 @@ def test_short_and_foreign_blobs_are_invalid_ciphertext(
 ) -> None:
     kms.create_key()
     with MockKmsServer(tmp_path / "elsewhere", trusted_root=root, clock=clock) as other:
-        other_kms = client_for(other.url)
+        other_kms = client_for(other)
         foreign = other_kms.encrypt(
             KeyId=other_kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x"
         )["CiphertextBlob"]
@@ -803,7 +827,7 @@ def test_every_key_operation_is_authorized_by_the_policy(kms: Any) -> None:
 def test_restart_keeps_keys_and_policies(tmp_path: Path, root: TrustedRoot, clock: Clock) -> None:
     state = tmp_path / "kms-state"
     with MockKmsServer(state, trusted_root=root, clock=clock) as first:
-        kms = client_for(first.url)
+        kms = client_for(first)
         key_id = kms.create_key(Description="persisted")["KeyMetadata"]["KeyId"]
         made = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
         new_policy = policy(
@@ -817,7 +841,7 @@ def test_restart_keeps_keys_and_policies(tmp_path: Path, root: TrustedRoot, cloc
     assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert base64.b64encode(made["Plaintext"]) not in files[0].read_bytes()
     with MockKmsServer(state, trusted_root=root, clock=clock) as second:
-        kms = client_for(second.url)
+        kms = client_for(second)
         assert kms.decrypt(CiphertextBlob=made["CiphertextBlob"])["Plaintext"] == made["Plaintext"]
         assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "persisted"
         assert kms.get_key_policy(KeyId=key_id)["Policy"] == new_policy
@@ -882,6 +906,7 @@ def attested_key(kms: Any) -> str:
 
 def test_pcr0_policy_releases_only_to_the_measured_enclave(
     kms: Any,
+    enclave_kms: Any,
     attested_key: str,
     nsm: MockNsm,
     nsm_dir: Path,
@@ -890,33 +915,41 @@ def test_pcr0_policy_releases_only_to_the_measured_enclave(
 ) -> None:
     blob = kms.encrypt(KeyId=attested_key, Plaintext=b"model key")["CiphertextBlob"]
     good = nsm.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
-    out = kms.decrypt(CiphertextBlob=blob, KeyId=attested_key, Recipient=recipient(good))
+    out = enclave_kms.decrypt(CiphertextBlob=blob, KeyId=attested_key, Recipient=recipient(good))
     assert open_envelope(out["CiphertextForRecipient"], rsa_key) == b"model key"
 
-    # The host calling Decrypt itself, with no document: denied.
+    # The host calling Decrypt itself with the enclave's credentials, no document: denied.
     with pytest.raises(ClientError) as e:
-        kms.decrypt(CiphertextBlob=blob)
+        enclave_kms.decrypt(CiphertextBlob=blob)
     assert error_code(e) == "AccessDeniedException"
-    assert "is not authorized to perform: kms:Decrypt" in str(e.value)
-    assert "because no resource-based policy allows the kms:Decrypt action" in str(e.value)
+    assert str(e.value).endswith(
+        "User: arn:aws:sts::111122223333:assumed-role/ephemeralml-enclave/mock is not "
+        f"authorized to perform: kms:Decrypt on resource: arn:aws:kms:us-east-1:111122223333:"
+        f"key/{attested_key} because no resource-based policy allows the kms:Decrypt action"
+    )
 
     # Same mock root, another image.
     impostor = MockNsm.load_or_create(nsm_dir, {**PCRS, 0: OTHER_PCR0}, clock=clock)
     bad = impostor.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
     with pytest.raises(ClientError) as e:
-        kms.decrypt(CiphertextBlob=blob, Recipient=recipient(bad))
+        enclave_kms.decrypt(CiphertextBlob=blob, Recipient=recipient(bad))
     assert error_code(e) == "AccessDeniedException"
 
 
 def test_debug_mode_document_is_denied(
-    kms: Any, attested_key: str, nsm_dir: Path, clock: Clock, rsa_key: rsa.RSAPrivateKey
+    kms: Any,
+    enclave_kms: Any,
+    attested_key: str,
+    nsm_dir: Path,
+    clock: Clock,
+    rsa_key: rsa.RSAPrivateKey,
 ) -> None:
     blob = kms.encrypt(KeyId=attested_key, Plaintext=b"model key")["CiphertextBlob"]
     debug = MockNsm.load_or_create(nsm_dir, {}, clock=clock)  # every PCR zero
     assert not any(debug.pcrs[0])
     doc = debug.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
     with pytest.raises(ClientError) as e:
-        kms.decrypt(CiphertextBlob=blob, Recipient=recipient(doc))
+        enclave_kms.decrypt(CiphertextBlob=blob, Recipient=recipient(doc))
     assert error_code(e) == "AccessDeniedException"
 
 
@@ -937,6 +970,7 @@ def test_debug_mode_document_is_denied(
 )
 def test_other_attestation_condition_keys(
     kms: Any,
+    enclave_kms: Any,
     nsm: MockNsm,
     nsm_dir: Path,
     clock: Clock,
@@ -947,14 +981,17 @@ def test_other_attestation_condition_keys(
         kms, policy(ADMIN, enclave_statement(condition, ("kms:Decrypt", "kms:GenerateDataKey")))
     )
     good = nsm.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
-    made = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256", Recipient=recipient(good))
-    out = kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(good))
+    made = enclave_kms.generate_data_key(
+        KeyId=key_id, KeySpec="AES_256", Recipient=recipient(good)
+    )
+    out = enclave_kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(good))
     assert open_envelope(out["CiphertextForRecipient"], rsa_key) == open_envelope(
         made["CiphertextForRecipient"], rsa_key
     )
     for call in (
-        lambda: kms.decrypt(CiphertextBlob=made["CiphertextBlob"]),
-        lambda: kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"),
+        lambda: enclave_kms.decrypt(CiphertextBlob=made["CiphertextBlob"]),
+        lambda: enclave_kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"),
+        lambda: kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(good)),
     ):
         with pytest.raises(ClientError) as e:
             call()
@@ -963,7 +1000,7 @@ def test_other_attestation_condition_keys(
     other = MockNsm.load_or_create(nsm_dir, {**PCRS, **changed}, clock=clock)
     bad = other.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
     with pytest.raises(ClientError) as e:
-        kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(bad))
+        enclave_kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(bad))
     assert error_code(e) == "AccessDeniedException"
 
 
@@ -1090,6 +1127,20 @@ def test_recipient_algorithm_and_fields_are_checked(
 # ===========================================================================
 
 
+def signed_headers(
+    server: MockKmsServer, body: bytes, headers: Mapping[str, str], method: str = "POST"
+) -> dict[str, str]:
+    """``headers`` plus SigV4 (X-Amz-Date, X-Amz-Security-Token, Authorization), as the owner."""
+    creds = server.credentials(MODEL_OWNER)
+    request = AWSRequest(method=method, url=server.url + "/", data=body, headers=dict(headers))
+    SigV4Auth(
+        Credentials(creds.access_key_id, creds.secret_access_key, creds.session_token),
+        "kms",
+        "us-east-1",
+    ).add_auth(request)
+    return dict(request.headers.items())
+
+
 def raw_post(
     server: MockKmsServer,
     body: bytes,
@@ -1097,6 +1148,7 @@ def raw_post(
     target: str | None = "TrentService.DescribeKey",
     method: str = "POST",
     headers: Mapping[str, str] | None = None,
+    sign: bool = True,
 ) -> tuple[int, dict[str, str], bytes]:
     host, port = server.address
     conn = http.client.HTTPConnection(host, port, timeout=10)
@@ -1104,6 +1156,8 @@ def raw_post(
         h = {"Content-Type": "application/x-amz-json-1.1", **(headers or {})}
         if target is not None:
             h["X-Amz-Target"] = target
+        if sign:
+            h = signed_headers(server, body, h, method)
         conn.request(method, "/", body=body, headers=h)
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
@@ -1145,7 +1199,7 @@ def test_malformed_requests(
 
 def test_malformed_json_through_boto3_is_a_client_error(server: MockKmsServer) -> None:
     # botocore turns the error body into a ClientError with the code we sent.
-    kms = client_for(server.url)
+    kms = client_for(server)
 
     def corrupt(request: Any, **_: Any) -> None:
         request.data = b"{not json"
@@ -1225,7 +1279,8 @@ def test_standalone_server_serves_and_stops_on_sigterm(tmp_path: Path, nsm: Mock
         line = _read_line(proc.stdout, timeout=30)
         assert line.startswith("mock-kms: listening on http://127.0.0.1:"), line
         url = line.rsplit(" ", 1)[1].strip()
-        kms = client_for(url)
+        owner = load_or_create_credentials(tmp_path / "state")[MODEL_OWNER]
+        kms = client_with(url, owner)
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
