@@ -9,7 +9,9 @@ is returned.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,8 +52,11 @@ __all__ = [
 
 DEFAULT_ADDRESS = "127.0.0.1:5000"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-#: How long to wait for the enclave at any step; a first request may include model
-#: warm-up, so this is generous. Past it the session ends with a TransportError.
+#: The deadline of a connect (dial, hello, attestation verified, open sent) and of
+#: each request (sent until its answer is verified), whatever the peer does byte by
+#: byte: a relay that drips one byte a second cannot keep a caller waiting longer
+#: (protocol.md §7.1 L6). A first request may include model warm-up, so this is
+#: generous. Past it the session ends with a TransportError.
 DEFAULT_TIMEOUT_S = 30.0
 #: Texts per sealed request; more are split into several requests (one receipt each).
 MAX_TEXTS_PER_REQUEST = 64
@@ -86,16 +91,57 @@ def _parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _check_timeout(timeout: float) -> float:
+    # NaN fails "0 <" too; a zero or infinite deadline is no deadline at all.
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}")
+    if not 0 < timeout < math.inf:
+        raise ConfigError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+class _Deadline:
+    """One deadline (L6) over every read and write of one connect or one request."""
+
+    __slots__ = ("at", "seconds", "what")
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self, doing: str) -> float:
+        """Seconds left, or the TransportError that says this deadline passed."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.passed(doing)
+        return left
+
+    def passed(self, doing: str) -> TransportError:
+        return TransportError(f"{self.what} deadline of {self.seconds:g} s passed ({doing})")
+
+
 class Session:
-    """One attested, encrypted session with an enclave (through the host)."""
+    """One attested, encrypted session with an enclave (through the host).
+
+    ``timeout`` is the deadline of each request, from sending it to its verified
+    answer (L6).
+    """
 
     def __init__(
-        self, sock: socket.socket, proto: ClientSession, policy: ClientPolicy, address: str
+        self,
+        sock: socket.socket,
+        proto: ClientSession,
+        policy: ClientPolicy,
+        address: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
     ):
         self._sock = sock
         self._proto = proto
         self.policy = policy
         self.address = address
+        self.timeout = _check_timeout(timeout)
         self._closed = False
 
     @property
@@ -128,10 +174,11 @@ class Session:
         return out
 
     def _request(self, request: EmbedRequest) -> Embeddings:
+        deadline = _Deadline("request", self.timeout)
         seq, frame = self._proto.send_request(request)
-        self._send(frame)
+        self._send(frame, deadline)
         while True:
-            event = self._next_event()
+            event = self._next_event(deadline, "no verified answer from " + self.address)
             if isinstance(event, RequestFailed):
                 raise error_from_code(event.code)(f"enclave refused the request: {event.message}")
             if isinstance(event, ResponseReceived):
@@ -140,25 +187,33 @@ class Session:
                 return _embeddings(event)
             raise RemoteProtocolError(f"unexpected {type(event).__name__}")
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, deadline: _Deadline) -> None:
+        doing = f"{self.address} does not take what we send"
         try:
+            # sendall's timeout bounds the whole call, however the peer reads.
+            self._sock.settimeout(deadline.left(doing))
             self._sock.sendall(data)
+        except TimeoutError as e:
+            raise deadline.passed(doing) from e
         except OSError as e:
             raise TransportError(
                 f"connection to {self.address} lost while sending: {_why(e)}"
             ) from e
 
-    def _next_event(self) -> Attested | ResponseReceived | RequestFailed:
+    def _next_event(
+        self, deadline: _Deadline, doing: str
+    ) -> Attested | ResponseReceived | RequestFailed:
         while True:
             event = self._proto.next_event(now=datetime.now(UTC))
             if event is not None:
                 return event
             try:
+                # L6: every read gets only what is left of the one deadline, so a
+                # peer that drips a byte at a time cannot stretch it.
+                self._sock.settimeout(deadline.left(doing))
                 data = self._sock.recv(_READ_BYTES)
             except TimeoutError as e:
-                raise TransportError(
-                    f"no answer from {self.address} within {self._sock.gettimeout():.0f} s"
-                ) from e
+                raise deadline.passed(doing) from e
             except OSError as e:
                 raise TransportError(f"connection to {self.address} lost: {_why(e)}") from e
             if not data:
@@ -209,15 +264,18 @@ def connect(
 ) -> Session:
     """Open a session: send a nonce, verify the attestation, set up HPKE.
 
-    Raises :class:`TransportError` if nothing answers, :class:`AttestationError` /
-    :class:`PolicyError` if the enclave does not verify. Nothing but the hello has
-    been sent when those are raised.
+    ``timeout`` is the deadline of the whole connect (dial, hello, attestation,
+    open) and then of each request (L6). Raises :class:`TransportError` if nothing
+    answers in time, :class:`AttestationError` / :class:`PolicyError` if the enclave
+    does not verify. Nothing but the hello has been sent when those are raised.
     """
+    timeout = _check_timeout(timeout)
     host, port = _parse_address(address)
+    deadline = _Deadline("connect", timeout)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError as e:
-        raise TransportError(f"cannot reach {address}: timed out after {timeout:.0f} s") from e
+        raise deadline.passed(f"cannot reach {address}") from e
     except OSError as e:
         raise TransportError(
             f"cannot reach {address}: {_why(e)} (is ephemeral-host running?)"
@@ -225,15 +283,15 @@ def connect(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     mode = session_mode or policy.session_mode
     proto = ClientSession(policy.attestation, nonce=nonce, chain_cache=_CHAIN_CACHE, mode=mode)
-    session = Session(sock, proto, policy, address)
+    session = Session(sock, proto, policy, address, timeout=timeout)
     try:
-        session._send(proto.hello())
-        event = session._next_event()
+        session._send(proto.hello(), deadline)
+        event = session._next_event(deadline, f"no attestation from {address}")
         if not isinstance(event, Attested):  # pragma: no cover - state table forbids it
             raise RemoteProtocolError("expected an attestation")
         policy.check_binding(event.binding)  # P1 models, P2 enclave policy version
         # Only now, with the attestation verified, does the HPKE "open" go out.
-        session._send(proto.data_to_send())
+        session._send(proto.data_to_send(), deadline)
         return session
     except BaseException:
         session.close()

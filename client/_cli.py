@@ -597,7 +597,12 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get("EPHEMERAL_HOST", DEFAULT_ADDRESS),
             help=f"host relay address (default {DEFAULT_ADDRESS})",
         )
-        sp.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+        sp.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT_S,
+            help="deadline in seconds for the connect, and for each request (default %(default)g)",
+        )
         sp.add_argument(
             "--session-mode",
             choices=("fresh", "cached"),

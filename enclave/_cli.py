@@ -36,13 +36,28 @@ from ephemeralml.host._store import AwsCredentials, fetch_credentials
 from ephemeralml.host._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
-from ._keyrelease import KmsKeyRelease
+from ._keyrelease import KmsKeyRelease, kms_client_config
 from ._libnsm import DEFAULT_LIBNSM, NitroNsm
 from ._loader import LoadedModel, load_model
-from ._measure import load_owner_keys, mock_enclave_measurements
+from ._measure import (
+    MOCK_FLOORS,
+    NITRO_FLOORS,
+    load_model_floors,
+    load_owner_keys,
+    mock_enclave_measurements,
+)
 from ._model import DEVICES
 from ._nsm import MockNsm, Nsm
-from ._server import IDLE_TIMEOUT_S, MAX_SESSIONS, EnclaveServer, ServerConfig
+from ._server import (
+    FRAME_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_PENDING_SESSIONS,
+    MAX_SESSION_BYTES,
+    MAX_SESSIONS,
+    EnclaveServer,
+    ServerConfig,
+)
 
 __all__ = ["EnclaveConfig", "main"]
 
@@ -71,6 +86,8 @@ class EnclaveConfig:
     services: Endpoint
     kms: Endpoint
     owner_keys: Path
+    #: Per-model release floors (M11): a file in the image, its content measured (PCR0).
+    floors: Path
     models: tuple[str, ...]
     policy_version: int
     max_sessions: int
@@ -81,6 +98,23 @@ class EnclaveConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     device: str = "cpu"
     threads: int | None = None
+    #: Limits before authentication (protocol.md §7.1, L1-L5).
+    max_pending: int = MAX_PENDING_SESSIONS
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    frame_timeout_s: float = FRAME_TIMEOUT_S
+    max_session_bytes: int = MAX_SESSION_BYTES
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(
+            self.listen,
+            self.max_sessions,
+            self.idle_timeout_s,
+            self.batch,
+            max_pending=self.max_pending,
+            handshake_timeout_s=self.handshake_timeout_s,
+            frame_timeout_s=self.frame_timeout_s,
+            max_session_bytes=self.max_session_bytes,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
         "--owner-keys",
         type=Path,
         help=f"model-owner keys, one hex key a line (default $EPHEMERALML_HOME/published/model-owners.txt with --mock, else {NITRO_OWNER_KEYS})",
+    )
+    p.add_argument(
+        "--model-floors",
+        type=Path,
+        help=f"model release floors, MODEL_ID MIN_RELEASE a line; measured into PCR0 (default $EPHEMERALML_HOME/{MOCK_FLOORS} with --mock, else {NITRO_FLOORS}; absent: no floors)",
     )
     p.add_argument(
         "--model",
@@ -148,6 +187,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds")
     p.add_argument(
+        "--max-pending",
+        type=int,
+        default=MAX_PENDING_SESSIONS,
+        help="connections still in their handshake; when full the oldest is evicted",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=HANDSHAKE_TIMEOUT_S,
+        help="seconds from accept until the client's open has arrived",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=FRAME_TIMEOUT_S,
+        help="seconds from a frame's first byte until its last, and for an answer to drain",
+    )
+    p.add_argument(
+        "--max-session-bytes",
+        type=int,
+        default=MAX_SESSION_BYTES,
+        help="bytes one session may hold (frame in progress and requests in flight)",
+    )
+    p.add_argument(
         "--host-wait", type=float, default=HOST_WAIT_S, help="seconds to wait for the host at start"
     )
     p.add_argument(
@@ -181,13 +244,15 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
     owner_keys = args.owner_keys or (
         home / MOCK_OWNERS if mock else Path(NITRO_OWNER_KEYS)
     )
-    return EnclaveConfig(
+    floors = args.model_floors or (home / MOCK_FLOORS if mock else Path(NITRO_FLOORS))
+    config = EnclaveConfig(
         mock=mock,
         listen=listen,
         home=home,
         services=services,
         kms=kms,
         owner_keys=owner_keys,
+        floors=floors,
         models=tuple(dict.fromkeys(args.model or [DEFAULT_MODEL])),
         policy_version=args.policy_version,
         max_sessions=args.max_sessions,
@@ -198,15 +263,21 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
         device=args.device,
         threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
+        max_pending=args.max_pending,
+        handshake_timeout_s=args.handshake_timeout,
+        frame_timeout_s=args.frame_timeout,
+        max_session_bytes=args.max_session_bytes,
     )
+    config.server_config()  # the limits are checked now, not after the models load
+    return config
 
 
-def _make_nsm(config: EnclaveConfig, owner_keys: dict[bytes, bytes]) -> Nsm:
+def _make_nsm(config: EnclaveConfig, keys: dict[bytes, bytes], floors: dict[str, int]) -> Nsm:
     if not config.mock:
         # Production: the real NSM through libnsm.so. Outside a Nitro Enclave this
         # fails with a one-line ConfigError (no /dev/nsm) rather than pretending.
         return NitroNsm.open(config.nsm_lib)
-    pcrs = mock_enclave_measurements(owner_keys.values())
+    pcrs = mock_enclave_measurements(keys.values(), floors)
     nsm = MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
     # Publish what a client on this machine needs to trust the mock (like an EIF
     # build publishes its PCRs): the mock root and the measurements.
@@ -241,7 +312,6 @@ async def _wait_for(what: str, attempt: Any, deadline: float) -> Any:
 
 def _kms_client(creds: AwsCredentials, url: str) -> Any:
     import boto3
-    from botocore.config import Config
 
     return boto3.client(
         "kms",
@@ -251,7 +321,7 @@ def _kms_client(creds: AwsCredentials, url: str) -> Any:
         aws_secret_access_key=creds.secret_access_key,
         aws_session_token=creds.session_token,
         # Our own retry loop (with the evidence it keeps) decides; botocore tries once.
-        config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
+        config=kms_client_config(),
     )
 
 
@@ -262,7 +332,9 @@ async def _run(config: EnclaveConfig) -> int:
         return load_owner_keys(config.owner_keys)
 
     keys = await _wait_for(f"model-owner keys at {config.owner_keys}", owner_keys, deadline)
-    nsm = _make_nsm(config, keys)
+    # M11 floors: part of the image's measured configuration, like the owner keys.
+    floors = load_model_floors(config.floors)
+    nsm = _make_nsm(config, keys, floors)
     async with contextlib.AsyncExitStack() as stack:
         # boto3 in the enclave speaks to a loopback forwarder that tunnels to the host's
         # KMS forwarder (vsock in production): TLS and SigV4 stay end to end.
@@ -293,6 +365,7 @@ async def _run(config: EnclaveConfig) -> int:
                     key_release=key_release,
                     intra_op_threads=config.threads,
                     device=config.device,
+                    min_release=floors.get(model_id, 0),
                 )
             except Error as e:
                 # The other models still load and serve (issue: "keeps serving models
@@ -316,7 +389,7 @@ async def _run(config: EnclaveConfig) -> int:
             pcrs={i: nsm.describe_pcr(i) for i in _PCRS},
         )
         server = EnclaveServer(
-            ServerConfig(config.listen, config.max_sessions, config.idle_timeout_s, config.batch),
+            config.server_config(),
             nsm=nsm,
             identity=identity,
             models=loaded,
@@ -334,7 +407,8 @@ async def _run(config: EnclaveConfig) -> int:
         for m in loaded.values():
             t = m.timings
             print(
-                f"ephemeral-enclave: loaded {m.model_id} (manifest {m.manifest_digest.hex()[:16]}): "
+                f"ephemeral-enclave: loaded {m.model_id} release {m.release} "
+                f"(manifest {m.manifest_digest.hex()[:16]}): "
                 f"key release {1000 * t.key_release_s:.0f} ms, "
                 f"{t.bytes / 1e6:.1f} MB fetched and decrypted in {1000 * t.transfer_s:.0f} ms, "
                 f"ONNX Runtime load {1000 * t.load_s:.0f} ms",

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,27 +25,73 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ephemeralml.common._attestation import parse_unverified
-from ephemeralml.common._errors import Error, InferenceError
-from ephemeralml.common._messages import EmbedResult
+from ephemeralml.common._errors import ConfigError, Error, InferenceError, LimitError
+from ephemeralml.common._frame import encode_frame
+from ephemeralml.common._messages import EmbedResult, ErrorFrame
 from ephemeralml.common._session import (
     EnclaveIdentity,
     EnclaveSession,
+    EnclaveState,
     HelloReceived,
     RequestReceived,
 )
-from ephemeralml.host._transport import Endpoint, server_endpoint, set_nodelay, start_server
+from ephemeralml.host._transport import (
+    Endpoint,
+    FrameClock,
+    server_endpoint,
+    set_nodelay,
+    start_server,
+)
 
 from ._batcher import BatchConfig, Batcher
 from ._loader import LoadedModel
 from ._nsm import Nsm
 
-__all__ = ["IDLE_TIMEOUT_S", "MAX_SESSIONS", "EnclaveServer", "ServerConfig"]
+__all__ = [
+    "FRAME_TIMEOUT_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "IDLE_TIMEOUT_S",
+    "MAX_PENDING_SESSIONS",
+    "MAX_SESSIONS",
+    "MAX_SESSION_BYTES",
+    "EnclaveServer",
+    "ServerConfig",
+]
 
 log = logging.getLogger("ephemeralml.enclave")
 
-#: Concurrent sessions one enclave serves. Each holds an X25519 key and a few
-#: buffers; the bound keeps a flood of hellos from exhausting enclave memory.
+#: Concurrent established sessions (past their handshake, L3) one enclave serves.
+#: Each holds an HPKE context and at most MAX_SESSION_BYTES of requests; the bound
+#: keeps a flood of sessions from exhausting enclave memory.
 MAX_SESSIONS = 1024
+
+#: Connections that have not finished their handshake (hello to open, L3), in a
+#: pool of their own so they never take an established session's place. Twice the
+#: relay's pool (host MAX_PENDING, 512): one relay can never fill it, and a hostile
+#: host that does only evicts its own oldest handshakes. Each costs an X25519 key
+#: and a socket.
+MAX_PENDING_SESSIONS = 1024
+
+#: Seconds from accept until the client's open has arrived (L1). One round trip
+#: and one attestation take milliseconds (tens on a Nitro NSM); the host relay cuts
+#: at the same deadline from its own accept, which comes first.
+HANDSHAKE_TIMEOUT_S = 10.0
+
+#: Seconds from a frame's first byte until its last (L2), and for one response
+#: to drain towards the host. The largest frame (2 MiB) crosses a 1 Mbit/s link
+#: in about 17 s; a peer that drips a frame, or stops reading, is cut after this.
+FRAME_TIMEOUT_S = 30.0
+
+#: Bytes one session may hold (L5): the frame being received plus the requests in
+#: flight (their texts, as Python holds them). Past it the enclave stops reading
+#: from that session until answers go out, so a pipelining peer is slowed, not
+#: served out of everyone's memory: without it, 64 outstanding requests of 1 MiB
+#: of text each would hold 64 MiB per session. 16 MiB is 16 maximal requests.
+MAX_SESSION_BYTES = 16 * 1024 * 1024
+
+#: What a request in flight costs beyond its texts (the event, the task, a batch
+#: slot, the result): charged so that tiny requests are not free (L5).
+_REQUEST_OVERHEAD_BYTES = 4096
 
 #: How often the cached-mode document is re-made. Well under the clients' default
 #: maximum attestation age (300 s), so a cached document is always acceptable, and
@@ -54,14 +103,70 @@ CACHED_DOC_REFRESH_S = 60.0
 IDLE_TIMEOUT_S = 300.0
 
 _READ_BYTES = 64 * 1024
+#: Seconds between two warnings about refused sessions (a flood of refusals must not
+#: become a flood of log lines).
+_REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+def _request_bytes(event: RequestReceived) -> int:
+    """What a request in flight holds, for L5: its texts as Python holds them."""
+    texts = event.request.inputs if event.request is not None else ()
+    return _REQUEST_OVERHEAD_BYTES + sum(sys.getsizeof(t) for t in texts)
+
+
+def _held(inflight: dict[asyncio.Task[None], int], clock: FrameClock) -> int:
+    """L5: the bytes one session holds, its frame in progress and requests in flight."""
+    return clock.partial + sum(inflight.values())
+
+
+def _discard(inflight: dict[asyncio.Task[None], int], task: asyncio.Task[None]) -> None:
+    inflight.pop(task, None)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Where the enclave listens and its limits (protocol.md §7.1); checked when built."""
+
     listen: Endpoint
     max_sessions: int = MAX_SESSIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S
     batch: BatchConfig = field(default_factory=BatchConfig)
+    max_pending: int = MAX_PENDING_SESSIONS
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    frame_timeout_s: float = FRAME_TIMEOUT_S
+    max_session_bytes: int = MAX_SESSION_BYTES
+
+    def __post_init__(self) -> None:
+        for name, count in (
+            ("max sessions", self.max_sessions),
+            ("max pending", self.max_pending),
+            ("max session bytes", self.max_session_bytes),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(f"{name} must be an integer of at least 1, got {count!r}")
+        for name, value in (
+            ("idle timeout", self.idle_timeout_s),
+            ("handshake timeout", self.handshake_timeout_s),
+            ("frame timeout", self.frame_timeout_s),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < math.inf
+            ):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+class _Conn:
+    """One connection's place in the pools (L3)."""
+
+    __slots__ = ("evicted", "state", "task")
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+        #: "pending" (handshake not done), "established", or "gone".
+        self.state = "pending"
+        self.evicted: str | None = None
 
 
 class EnclaveServer:
@@ -89,6 +194,14 @@ class EnclaveServer:
         self._nsm_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nsm")
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        #: Handshakes in progress, oldest first (L3), and established sessions.
+        self._pending: dict[_Conn, None] = {}
+        self._established = 0
+        self._refused = 0
+        self._evicted = 0
+        self._deadline_cuts = 0
+        self._requests = 0
+        self._last_refusal_log = float("-inf")
         self.bound: Endpoint | None = None
         self._batchers: dict[str, Batcher] = {}
         self._cached: tuple[bytes, int, float] | None = None
@@ -124,58 +237,174 @@ class EnclaveServer:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._sessions) >= self.config.max_sessions:
-            log.warning("refusing a session: %d sessions open", len(self._sessions))
-            writer.close()
+        if self._established >= self.config.max_sessions:
+            # L3: no room for another session even after its handshake.
+            self._refuse(
+                writer, f"L3 session limit: {self.config.max_sessions} sessions established"
+            )
             return
+        if len(self._pending) >= self.config.max_pending:
+            # L3: the oldest handshake makes room; a legitimate one takes milliseconds.
+            oldest = next(iter(self._pending))
+            self._leave_pending(oldest)
+            oldest.evicted = (
+                f"L3 pending pool full: {self.config.max_pending} connections in their "
+                "handshake; the oldest is evicted"
+            )
+            self._evicted += 1
+            oldest.task.cancel()
+        conn = _Conn(task)
+        self._pending[conn] = None
         self._sessions.add(task)
         set_nodelay(writer)
         try:
-            await self._serve(reader, writer)
+            await self._serve(conn, reader, writer)
         finally:
             self._sessions.discard(task)
+            if conn.state == "pending":
+                self._leave_pending(conn)
+            elif conn.state == "established":
+                self._established -= 1
+            conn.state = "gone"
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _leave_pending(self, conn: _Conn) -> None:
+        del self._pending[conn]
+        conn.state = "gone"
+
+    def _refuse(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= _REFUSAL_LOG_INTERVAL_S:
+            self._last_refusal_log = now
+            log.warning("refusing sessions: %s (%d refused so far)", reason, self._refused)
+        writer.write(encode_frame(ErrorFrame(LimitError.code, reason).to_cbor()))
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()
+        else:
+            writer.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: sessions established and pending now; refusals, evictions,
+        deadline cuts and requests received so far (nothing here is secret)."""
+        return {
+            "established": self._established,
+            "pending": len(self._pending),
+            "refused": self._refused,
+            "evicted": self._evicted,
+            "deadline_cuts": self._deadline_cuts,
+            "requests": self._requests,
+        }
+
+    async def _serve(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
         session = EnclaveSession(self.identity)
         sid = session.session_id.hex()[:8]
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[asyncio.Task[None], int] = {}
+        clock = FrameClock()
+        accepted = last_activity = loop.time()
         try:
             while True:
+                # L5: past the session's memory bound, read nothing more until
+                # answers go out; the peer is throttled by TCP, not served out of
+                # everyone's memory. A frame in progress does not age meanwhile.
+                while inflight and _held(inflight, clock) > cfg.max_session_bytes:
+                    paused = loop.time()
+                    await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED)
+                    if clock.started_at is not None:
+                        clock.started_at += loop.time() - paused
+                    last_activity = loop.time()
+                now = loop.time()
+                deadline, why = last_activity + cfg.idle_timeout_s, "idle"
+                if conn.state == "pending" and accepted + cfg.handshake_timeout_s < deadline:
+                    deadline, why = accepted + cfg.handshake_timeout_s, "handshake"
+                if clock.started_at is not None and (
+                    clock.started_at + cfg.frame_timeout_s < deadline
+                ):
+                    deadline, why = clock.started_at + cfg.frame_timeout_s, "frame"
                 try:
-                    data = await asyncio.wait_for(
-                        reader.read(_READ_BYTES), timeout=self.config.idle_timeout_s
-                    )
+                    if deadline <= now:
+                        raise TimeoutError
+                    data = await asyncio.wait_for(reader.read(_READ_BYTES), deadline - now)
                 except TimeoutError:
-                    log.info(
-                        "session %s: idle for %.0f s, closing", sid, self.config.idle_timeout_s
-                    )
-                    return
+                    if why == "idle":
+                        log.info("session %s: idle for %.0f s, closing", sid, cfg.idle_timeout_s)
+                        return
+                    self._deadline_cuts += 1
+                    raise self._deadline_error(why) from None
                 if not data:
                     return  # the client (or the host) closed
+                last_activity = loop.time()
+                clock.feed(data, last_activity)
                 session.receive_data(data)
                 while (event := session.next_event()) is not None:
                     if isinstance(event, HelloReceived):
                         writer.write(await self._attest(session, event))
                     else:
+                        self._requests += 1
                         t = asyncio.create_task(self._answer(session, event, writer))
-                        inflight.add(t)
-                        t.add_done_callback(inflight.discard)
-                await writer.drain()
+                        inflight[t] = _request_bytes(event)
+                        t.add_done_callback(functools.partial(_discard, inflight))
+                if conn.state == "pending" and session.state is EnclaveState.READY:
+                    # L1 met: the open has arrived. Into the established pool (L3).
+                    if self._established >= cfg.max_sessions:
+                        raise LimitError(
+                            f"L3 session limit: {cfg.max_sessions} sessions established"
+                        )
+                    self._leave_pending(conn)
+                    conn.state = "established"
+                    self._established += 1
+                try:
+                    await asyncio.wait_for(writer.drain(), cfg.frame_timeout_s)
+                except TimeoutError:
+                    self._deadline_cuts += 1
+                    raise self._deadline_error("drain") from None
+        except asyncio.CancelledError:
+            if conn.evicted is None:
+                raise
+            # Evicted from a full pending pool (L3): our own cancellation.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info("session %s: %s", sid, conn.evicted)
+            with contextlib.suppress(Exception):
+                writer.write(session.fail(LimitError(conn.evicted)))
         except Error as e:
             # Anything the peer (or a tampering host) did wrong ends this session
             # only, with a typed error frame it can read.
             log.info("session %s: %s: %s", sid, e.code, e.message)
             with contextlib.suppress(Exception):
                 writer.write(session.fail(e))
-                await writer.drain()
+                if writer.transport.get_write_buffer_size():
+                    writer.transport.abort()  # a peer that does not read hears nothing
+                else:
+                    await asyncio.wait_for(writer.drain(), cfg.frame_timeout_s)
         except (ConnectionError, OSError) as e:
             log.info("session %s: connection lost: %s", sid, type(e).__name__)
         finally:
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _deadline_error(self, why: str) -> LimitError:
+        cfg = self.config
+        if why == "handshake":
+            return LimitError(
+                f"L1 handshake deadline of {cfg.handshake_timeout_s:g} s passed (hello to open)"
+            )
+        if why == "frame":
+            return LimitError(
+                f"L2 frame deadline of {cfg.frame_timeout_s:g} s passed "
+                "(a frame started but not finished)"
+            )
+        return LimitError(
+            f"L2 frame deadline of {cfg.frame_timeout_s:g} s passed (the peer does not read)"
+        )
 
     async def _cached_document(self) -> tuple[bytes, int]:
         """The cached-mode document (§2.2.1), re-made every CACHED_DOC_REFRESH_S."""
@@ -231,7 +460,18 @@ class EnclaveServer:
                     frame = await self._embed(session, event, model)
             if not writer.is_closing():
                 writer.write(frame)
-                await writer.drain()
+                try:
+                    await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
+                except TimeoutError:
+                    # L2: a host (or client) that stops reading cannot pin this
+                    # answer, or the session's memory, for ever.
+                    self._deadline_cuts += 1
+                    log.info(
+                        "session %s: %s",
+                        session.session_id.hex()[:8],
+                        self._deadline_error("drain"),
+                    )
+                    writer.transport.abort()
         except Error as e:
             # The session cannot answer (e.g. it outlived MAX_SESSION_S): end it with
             # an error frame rather than leave the client waiting.
@@ -240,7 +480,7 @@ class EnclaveServer:
             )
             with contextlib.suppress(Exception):
                 writer.write(session.fail(e))
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
                 writer.close()
         except (ConnectionError, OSError):
             pass

@@ -24,7 +24,17 @@ from typing import NoReturn
 from ephemeralml._home import default_home
 from ephemeralml.common._errors import ConfigError, Error
 
-from ._relay import IDLE_TIMEOUT_S, MAX_CONNECTIONS, Relay, RelayConfig
+from ._relay import (
+    FRAME_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_PENDING,
+    MAX_PENDING_PER_SOURCE,
+    MAX_PER_SOURCE,
+    Relay,
+    RelayConfig,
+)
 from ._store import AwsCredentials, StoreService, instance_credentials, store_from_url
 from ._transport import Endpoint
 
@@ -122,6 +132,42 @@ def _parser() -> _Parser:
         help=f"close a connection silent both ways this long (default {IDLE_TIMEOUT_S:g})",
     )
     p.add_argument(
+        "--max-pending",
+        metavar="N",
+        type=int,
+        default=MAX_PENDING,
+        help="connections still in their handshake; when full the oldest is evicted "
+        f"(default {MAX_PENDING})",
+    )
+    p.add_argument(
+        "--max-per-source",
+        metavar="N",
+        type=int,
+        default=MAX_PER_SOURCE,
+        help=f"connections from one address (default {MAX_PER_SOURCE})",
+    )
+    p.add_argument(
+        "--max-pending-per-source",
+        metavar="N",
+        type=int,
+        default=MAX_PENDING_PER_SOURCE,
+        help=f"handshakes in progress from one address (default {MAX_PENDING_PER_SOURCE})",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=HANDSHAKE_TIMEOUT_S,
+        help=f"from accept until hello, attest and open have passed (default {HANDSHAKE_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=FRAME_TIMEOUT_S,
+        help=f"from a frame's first byte until it has passed (default {FRAME_TIMEOUT_S:g})",
+    )
+    p.add_argument(
         "--services-listen",
         metavar="EP",
         help=f"model store and credentials for the enclave (default {PRODUCTION_SERVICES}, or {MOCK_SERVICES} with --mock)",
@@ -195,6 +241,11 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> HostConfig
             upstreams=upstreams,
             max_connections=args.max_connections,
             idle_timeout_s=args.idle_timeout,
+            max_pending=args.max_pending,
+            max_per_source=args.max_per_source,
+            max_pending_per_source=args.max_pending_per_source,
+            handshake_timeout_s=args.handshake_timeout,
+            frame_timeout_s=args.frame_timeout,
         ),
         mock=args.mock,
         verbosity=args.verbose,
@@ -260,7 +311,8 @@ async def _run(config: HostConfig) -> int:
                 loop.remove_signal_handler(sig)
     print(
         f"{PROG}: stopped ({', '.join(received) or 'closed'}) after {stats.total} "
-        f"connections, {stats.refused} refused, {stats.upstream_failures} upstream failures",
+        f"connections, {stats.refused} refused, {stats.upstream_failures} upstream failures, "
+        f"{stats.evicted} evicted, {stats.deadline_cuts} cut by a deadline",
         file=sys.stderr,
         flush=True,
     )
@@ -278,7 +330,7 @@ async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) 
 
         from ephemeralml.common._attestation import TrustedRoot
 
-        from ._mock_kms import MockKmsServer
+        from ._mock_kms import ENCLAVE, MODEL_OWNER, MockKmsServer
         from ._provision import ensure_mock_root, provision_mock
 
         assert config.mock_kms_listen is not None and config.mock_kms_listen.host is not None
@@ -287,19 +339,25 @@ async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) 
             config.home / "mock-kms",
             trusted_root=TrustedRoot.unsafe_mock(root),
             listen=(config.mock_kms_listen.host, config.mock_kms_listen.port),
+            region=config.region,
         )
         await asyncio.to_thread(server.start)
         stack.callback(server.close)
         kms = boto3.client(
             "kms", region_name=config.region, endpoint_url=server.url,
-            aws_access_key_id="mock", aws_secret_access_key="mock",  # noqa: S106 - the mock accepts any
+            **server.credentials(MODEL_OWNER).boto3_kwargs(),  # provisioning is the owner's job
         )  # fmt: skip
         p = await asyncio.to_thread(provision_mock, config.home, kms, store=Path(config.store))
         kms_upstream = Endpoint.parse(server.url.removeprefix("http://"))
         lines.append(
             f"mock KMS at {server.url} (key {p.kms_key_id}; policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…)"
         )
-        credentials = lambda: AwsCredentials("mock", "mock", None, config.region)  # noqa: E731
+        # The enclave gets its role's credentials (on AWS: the instance role's), which
+        # the key policy lets decrypt only with a matching Recipient attestation.
+        enclave = server.credentials(ENCLAVE)
+        credentials = lambda: AwsCredentials(  # noqa: E731
+            enclave.access_key_id, enclave.secret_access_key, enclave.session_token, config.region
+        )
     else:
         credentials = instance_credentials(config.region)
     assert kms_upstream is not None
@@ -308,7 +366,10 @@ async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) 
     )
     await service.start()
     stack.push_async_callback(service.close)
-    forwarder = Relay(RelayConfig(listen=config.kms_listen, upstreams=(kms_upstream,)))
+    # TLS, not frames: stream mode (no handshake or frame deadlines).
+    forwarder = Relay(
+        RelayConfig(listen=config.kms_listen, upstreams=(kms_upstream,), framed=False)
+    )
     await forwarder.start()
     stack.push_async_callback(forwarder.close)
     lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")

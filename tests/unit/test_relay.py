@@ -95,6 +95,9 @@ async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
 
 @contextlib.asynccontextmanager
 async def relay_to(*upstreams: Endpoint, **limits: Any) -> AsyncIterator[Relay]:
+    """A relay in stream mode unless told otherwise: these tests move arbitrary bytes;
+    framed mode's deadlines and pools are tested in test_limits.py."""
+    limits.setdefault("framed", False)
     config = RelayConfig(Endpoint.parse("127.0.0.1:0"), tuple(upstreams), **limits)
     async with Relay(config) as relay:
         yield relay
