@@ -163,3 +163,25 @@ def test_enclave_mock_needs_tcp(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err.strip() == (
         "ephemeral-enclave: error: --mock listens on TCP; give --listen HOST:PORT"
     )
+
+
+def test_attestation_with_an_unparsable_leaf_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 7, finding 5: a certificate whose version cryptography does not know raised
+    # x509.InvalidVersion out of `ephemeral attestation` (a traceback) before A3.
+    import cbor2
+
+    protected, unprotected, payload, sig = cbor2.loads(DOC4.read_bytes())
+    body = cbor2.loads(payload)
+    leaf = bytearray(body["certificate"])
+    at = leaf.index(b"\xa0\x03\x02\x01\x02")
+    leaf[at + 4] = 0x07
+    body["certificate"] = bytes(leaf)
+    bad = tmp_path / "bad.cbor"
+    bad.write_bytes(cbor2.dumps([protected, unprotected, cbor2.dumps(body), sig]))
+    code, _ = run("attestation", str(bad), "--at", DOC4_TIME)
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(
+        "ephemeral: attestation error: A3 signature: leaf certificate is not a DER X.509 certificate (InvalidVersion: "
+    )

@@ -1068,6 +1068,27 @@ def test_tampered_document_is_invalid(kms: Any, nsm: MockNsm, rsa_key: rsa.RSAPr
         assert error_code(e) == "ValidationException"
 
 
+def test_document_with_an_unparsable_certificate_is_invalid_not_a_500(
+    kms: Any, nsm: MockNsm, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # Issue 7, finding 5: cryptography's x509.InvalidVersion escaped the verifier and
+    # the local KMS server answered 500 (KMSInternalException).
+    import cbor2
+
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    doc = nsm.get_attestation_doc(public_key=spki_of(rsa_key), user_data=None, nonce=None)
+    protected, unprotected, payload, sig = cbor2.loads(doc)
+    body = cbor2.loads(payload)
+    leaf = bytearray(body["certificate"])
+    leaf[leaf.index(b"\xa0\x03\x02\x01\x02") + 4] = 0x07
+    body["certificate"] = bytes(leaf)
+    bad = cbor2.dumps([protected, unprotected, cbor2.dumps(body), sig])
+    with pytest.raises(ClientError) as e:
+        kms.generate_data_key(KeyId=key_id, KeySpec="AES_256", Recipient=recipient(bad))
+    assert error_code(e) == "ValidationException"
+    assert "A3 signature: leaf certificate is not a DER X.509 certificate (InvalidVersion" in str(e.value)
+
+
 def test_document_freshness_is_not_checked_but_validity_is(
     kms: Any, nsm: MockNsm, clock: Clock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
