@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtensionOID
 
 from ._cbor import decode_strict, encode
+from ._cose import encode_sign1
 from ._errors import AttestationError, ConfigError, Error, PolicyError
 
 __all__ = [
@@ -499,7 +500,8 @@ def _parse_envelope(raw: object) -> tuple[bytes, _Envelope]:
         obj = decode_strict(data, what="attestation document", top_tags=_COSE_SIGN1_TAGS)
     except Error as e:
         raise _a1(str(e)) from e
-    if isinstance(obj, cbor2.CBORTag):
+    tagged = isinstance(obj, cbor2.CBORTag)
+    if tagged:
         obj = obj.value
     if not isinstance(obj, list | tuple) or len(obj) != 4:
         raise _a1("not a COSE_Sign1 array of 4 elements")
@@ -513,6 +515,13 @@ def _parse_envelope(raw: object) -> tuple[bytes, _Envelope]:
         raise _a1("payload must be a byte string")
     if not isinstance(signature, bytes) or len(signature) != _ES384_SIGNATURE_BYTES:
         raise _a1(f"signature must be {_ES384_SIGNATURE_BYTES} bytes (ES384 r||s)")
+    # protocol.md §1.2 D3: the envelope in its shortest heads. AWS sends it untagged
+    # and RFC 9052 allows tag 18, so both stay accepted (two spellings, told apart
+    # by their first byte); a longer head is a third that nothing produces.
+    if encode_sign1(protected, payload, signature, tagged=tagged) != data:
+        raise _a1(
+            "attestation document is not in its one encoding (RFC 8949 §4.2.1 shortest heads)"
+        )
     return data, _Envelope(protected=protected, payload=payload, signature=signature)
 
 

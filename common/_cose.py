@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ._cbor import decode_strict, encode
 from ._errors import DecodeError
 
-__all__ = ["Sign1", "decode_sign1", "sign_eddsa", "verify_eddsa"]
+__all__ = ["Sign1", "decode_sign1", "encode_sign1", "sign_eddsa", "verify_eddsa"]
 
 _COSE_SIGN1_TAG = 18
 #: RFC 9052 §4.2: COSE_Sign1 is tag 18 or untagged; no other tag is accepted.
@@ -39,16 +39,20 @@ class Sign1:
 
 
 def decode_sign1(data: bytes, *, what: str, max_bytes: int) -> Sign1:
-    """Strictly decode a COSE_Sign1 (tag 18 or untagged); verifies nothing.
+    """Strictly decode one of our COSE_Sign1 objects; verifies nothing.
 
-    One object, one encoding (protocol.md §1.2 D3): tag 18 or no tag at all (no 55799
-    or any other wrapper), and an unprotected header that is an empty CBOR map, since
-    everything we sign carries its headers protected. Anything keyed by the hash of
+    One object, one encoding (protocol.md §1.2 D3): tag 18 (what :func:`sign_eddsa`
+    writes; no 55799 or other wrapper, not untagged), an unprotected header that is an
+    empty CBOR map (everything we sign carries its headers protected), and the
+    shortest heads. Anything keyed by the hash of
     the bytes (audit log, stored receipts) then sees a single valid copy.
     """
     obj = decode_strict(data, what=what, max_bytes=max_bytes, top_tags=_TOP_TAGS)
-    if isinstance(obj, cbor2.CBORTag):
-        obj = obj.value
+    if not isinstance(obj, cbor2.CBORTag):
+        # Everything we sign is tagged (sign_eddsa): an untagged copy is a second
+        # encoding of the same object.
+        raise DecodeError(f"{what} is not tagged COSE_Sign1 (18)")
+    obj = obj.value
     if not isinstance(obj, list | tuple) or len(obj) != 4:
         raise DecodeError(f"{what} is not a 4-element COSE_Sign1 array")
     protected, unprotected, payload, signature = obj
@@ -58,10 +62,23 @@ def decode_sign1(data: bytes, *, what: str, max_bytes: int) -> Sign1:
         raise DecodeError(f"{what}: signature must be a byte string")
     if not isinstance(unprotected, dict) or unprotected:
         raise DecodeError(f"{what}: unprotected header must be an empty map")
+    # The signature covers the header and payload values, not how the envelope spells
+    # their lengths: only the preferred (shortest-head) spelling is accepted. The
+    # re-encode is never longer than the input.
+    if encode_sign1(protected, payload, signature) != bytes(data):
+        raise DecodeError(f"{what} is not in its one encoding (RFC 8949 §4.2.1 shortest heads)")
     pmap = decode_strict(protected, what=f"{what} protected header") if protected else {}
     if not isinstance(pmap, dict):
         raise DecodeError(f"{what}: protected header is not a map")
     return Sign1(protected, dict(pmap), {}, payload, signature)
+
+
+def encode_sign1(
+    protected: bytes, payload: bytes, signature: bytes, *, tagged: bool = True
+) -> bytes:
+    """The one encoding of a COSE_Sign1 with an empty unprotected header (D3)."""
+    body = [protected, {}, payload, signature]
+    return encode(cbor2.CBORTag(_COSE_SIGN1_TAG, body) if tagged else body)
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
@@ -79,7 +96,7 @@ def sign_eddsa(payload: bytes, key: Ed25519PrivateKey, *, kid: bytes) -> bytes:
     """
     protected = encode({1: _ALG_EDDSA, 4: kid})
     signature = key.sign(_sig_structure(protected, payload))
-    return cbor2.dumps(cbor2.CBORTag(_COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+    return encode_sign1(protected, payload, signature)
 
 
 def verify_eddsa(env: Sign1, public_key: bytes) -> bool:

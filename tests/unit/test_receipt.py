@@ -189,9 +189,14 @@ def test_envelope_checks(session, mutate, message) -> None:  # type: ignore[no-u
         verify_receipt(bad, att)
 
 
-def test_untagged_receipt_is_accepted(session) -> None:  # type: ignore[no-untyped-def]
+def test_untagged_receipt_is_refused(session) -> None:  # type: ignore[no-untyped-def]
+    # protocol.md §1.2 D3: receipts are always signed tagged; an untagged copy would be
+    # a second valid encoding (with another hash) of the same receipt.
     _, raw, r, att = session
-    assert verify_receipt(cbor2.dumps(cbor2.loads(raw).value), att).receipt == r
+    assert verify_receipt(raw, att).receipt == r
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(cbor2.dumps(cbor2.loads(raw).value), att)
+    assert str(info.value) == "R1 envelope: receipt is not tagged COSE_Sign1 (18)"
 
 
 def test_receipt_fields_checked_at_construction(session) -> None:  # type: ignore[no-untyped-def]
