@@ -13,6 +13,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+bash "$ROOT/scripts/_venv.sh"  # installs what is missing; one stamp check otherwise
 PY="$ROOT/.venv/bin/python"
 OUT="${FUZZ_OUT:-$ROOT/.fuzz-out}"
 #: Per-input limits: far above what any valid input costs (milliseconds, ~100 MB).
