@@ -39,7 +39,7 @@ if [[ "$1" == "--merge" ]]; then
     # -merge=1 does its work in a child started as argv[0] with the same flags.
     printf '#!/bin/sh\ncd "%s" && exec "%s" -m tests.fuzz.run "%s" "$@"\n' "$ROOT" "$PY" "$T" >"$NEW.run"
     chmod +x "$NEW.run"
-    # Real vectors (../shared/vectors) and inputs derived from them stay out of git.
+    # Real vectors (tests/vectors/real) and inputs derived from them stay out of the corpus.
     "$PY" -m tests.fuzz.corpus_filter "$OUT/$T/corpus" "$NEW.work"
     EPHEMERALML_FUZZ_ARGV0="$NEW.run" "$PY" -m tests.fuzz.run "$T" -merge=1 \
         -rss_limit_mb="$RSS_MB" -timeout="$TIMEOUT_S" "$NEW" "$SEEDS" "$NEW.work" \

@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-#: Real-world vectors live beside the repository, never inside it (PROVENANCE.md).
-ATT_VECTORS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+#: Real-world vectors, copied into the repository (tests/vectors/real/PROVENANCE.md).
+ATT_VECTORS_DIR = Path(__file__).resolve().parent / "vectors" / "real"
 
 
 @pytest.fixture(scope="session")
 def att_vectors_dir() -> Path:
     if not (ATT_VECTORS_DIR / "nitro_vectors.json").is_file():
-        pytest.fail(f"shared vectors not found at {ATT_VECTORS_DIR}")
+        pytest.fail(f"real-world vectors not found at {ATT_VECTORS_DIR}")
     return ATT_VECTORS_DIR
 
 

@@ -3,9 +3,8 @@
     python -m tests.fuzz.corpus_filter SRC DST
 
 Copies the files of SRC to DST, leaving out any that shares a 96-byte run with a file in
-../shared/vectors: those vectors are used in place and never copied into the
-repository (../shared/vectors/PROVENANCE.md), and an input the fuzzer derived from one
-is mostly a copy of it.
+tests/vectors/real: those vectors are seeded into every run from there, and an input the
+fuzzer derived from one is mostly a second copy of it.
 """
 
 from __future__ import annotations
@@ -14,11 +13,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from tests.vectors_path import REAL_VECTORS
+
 #: Length of a run of bytes that counts as copied from a real vector.
 WINDOW = 96
 #: A run with fewer distinct bytes (zero PCRs, padding) is not distinctive of a vector.
 MIN_DISTINCT = 32
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+SHARED = REAL_VECTORS
 
 
 def shared_windows(root: Path = SHARED) -> set[bytes]:
@@ -49,7 +50,7 @@ def main() -> None:
             continue
         shutil.copy(f, dst / f.name)
         kept += 1
-    print(f"corpus filter: kept {kept}, left out {left} derived from ../shared/vectors")
+    print(f"corpus filter: kept {kept}, left out {left} derived from tests/vectors/real")
 
 
 if __name__ == "__main__":

@@ -214,8 +214,8 @@ def make_seeds() -> None:
     # receipt: one for each document.
     _write("receipt", "fresh", _receipt(fresh, w.SESSION_ID, w.NONCE))
     _write("receipt", "cached", _receipt(cached, bytes(range(1, 17)), os.urandom(32)))
-    # attestation: the two mock documents (real AWS ones are added at run time, never
-    # committed: ../shared/vectors/PROVENANCE.md).
+    # attestation: the two mock documents (real AWS ones are added at run time from
+    # tests/vectors/real).
     _write("attestation", "fresh", fresh)
     _write("attestation", "cached", cached)
     _write("bundle", "manifest", _manifest())

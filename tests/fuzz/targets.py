@@ -40,6 +40,7 @@ from ephemeralml.common._messages import (
 from ephemeralml.common._proof import verify_session_proof
 from ephemeralml.common._receipt import Receipt, receipt_attestation_hash, verify_receipt
 from tests.fuzz import world as w
+from tests.vectors_path import REAL_VECTORS
 
 Target = Callable[[bytes], Any]
 
@@ -411,8 +412,9 @@ if os.environ.get("EPHEMERALML_FUZZ_SELFTEST") == "1":
 
 
 def shared_vector_seeds(target: str) -> list[bytes]:
-    """Real-world inputs from ../shared/vectors, used in place, never committed."""
-    root = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+    """Real-world inputs from tests/vectors/real, seeded at run time (the committed
+    corpus holds no copies of them)."""
+    root = REAL_VECTORS
     names = {
         "attestation": [f"nitro_attestation_{i}.cbor" for i in range(1, 6)],
         "cms": ["kms_cfr_1.ber", "kms_cfr_2.ber", "kms_cfr_3.ber", "kms_cfr_sdkc_1.ber"],

@@ -64,7 +64,7 @@ def test_without_arguments_it_lists_the_targets() -> None:
 
 
 def test_committed_corpus_is_small_and_holds_no_real_vectors() -> None:
-    """Real vectors are used in place (../shared/vectors/PROVENANCE.md), never committed."""
+    """Real vectors live in tests/vectors/real; the corpus holds no second copy of them."""
     from tests.fuzz.corpus_filter import copies_shared, shared_windows
 
     windows = shared_windows()

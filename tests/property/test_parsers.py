@@ -2,7 +2,7 @@
 attestation documents, manifests, bindings, session proofs, policies, CMS.
 
 Seeds are the committed fuzz corpus (valid objects of the fixed world in
-``tests/fuzz/world``) and, where present, the real vectors in ../shared/vectors.
+``tests/fuzz/world``) and the real vectors in tests/vectors/real.
 """
 
 from __future__ import annotations

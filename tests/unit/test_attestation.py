@@ -1,6 +1,6 @@
 """protocol.md §3: verification of Nitro attestation documents (checks A1 to A10).
 
-Real AWS documents come from ../shared/vectors (PROVENANCE.md); synthetic documents
+Real AWS documents come from tests/vectors/real (PROVENANCE.md); synthetic documents
 signed by throwaway chains cover what no real document shows (bad CA constraints,
 absent optional fields, millisecond edges).
 """

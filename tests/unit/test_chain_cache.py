@@ -16,10 +16,10 @@ from ephemeralml.common._attestation import (
     verify_attestation,
 )
 from ephemeralml.common._errors import AttestationError
-from tests.vectors_path import SHARED_VECTORS
+from tests.vectors_path import REAL_VECTORS
 
-DOC = (SHARED_VECTORS / "nitro_attestation_4.cbor").read_bytes()
-ROOT = TrustedRoot.aws_nitro((SHARED_VECTORS / "aws_nitro_root_g1.pem").read_bytes())
+DOC = (REAL_VECTORS / "nitro_attestation_4.cbor").read_bytes()
+ROOT = TrustedRoot.aws_nitro((REAL_VECTORS / "aws_nitro_root_g1.pem").read_bytes())
 
 
 def _policy() -> AttestationPolicy:
@@ -72,7 +72,7 @@ def test_bounded() -> None:
     cache = ChainCache(max_entries=1)
     t = parse_unverified(DOC).timestamp
     verify_attestation(DOC, _policy(), now=t, chain_cache=cache)
-    doc5 = (SHARED_VECTORS / "nitro_attestation_5.cbor").read_bytes()
+    doc5 = (REAL_VECTORS / "nitro_attestation_5.cbor").read_bytes()
     p5 = AttestationPolicy(ROOT, PcrAllowlist.from_document(parse_unverified(doc5)))
     verify_attestation(doc5, p5, now=parse_unverified(doc5).timestamp, chain_cache=cache)
     assert len(cache) == 1

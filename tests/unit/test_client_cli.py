@@ -16,10 +16,10 @@ from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._attestation import AWS_NITRO_ROOT_SHA256, PcrAllowlist, parse_unverified
 from ephemeralml.common._errors import ConfigError
 from ephemeralml.enclave._cli import main as enclave_main
-from tests.vectors_path import SHARED_VECTORS
+from tests.vectors_path import REAL_VECTORS
 
-DOC3 = SHARED_VECTORS / "nitro_attestation_3.cbor"
-DOC4 = SHARED_VECTORS / "nitro_attestation_4.cbor"
+DOC3 = REAL_VECTORS / "nitro_attestation_3.cbor"
+DOC4 = REAL_VECTORS / "nitro_attestation_4.cbor"
 DOC3_TIME = "2023-05-17T21:21:51.808Z"
 DOC4_TIME = "2023-05-24T17:07:48.582Z"
 
@@ -31,7 +31,7 @@ def run(*argv: str) -> tuple[int, str]:
 
 
 def test_embedded_aws_root_is_the_published_one() -> None:
-    shared = x509.load_pem_x509_certificate((SHARED_VECTORS / "aws_nitro_root_g1.pem").read_bytes())
+    shared = x509.load_pem_x509_certificate((REAL_VECTORS / "aws_nitro_root_g1.pem").read_bytes())
     ours = x509.load_pem_x509_certificate(AWS_NITRO_ROOT_G1_PEM)
     assert ours == shared
     der = ours.public_bytes(encoding=__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
@@ -84,7 +84,7 @@ def test_attestation_with_a_matching_policy(tmp_path: Path) -> None:
 
 def test_attestation_with_a_policy_for_another_build(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = _policy_file(tmp_path, DOC4)
-    doc5 = SHARED_VECTORS / "nitro_attestation_5.cbor"
+    doc5 = REAL_VECTORS / "nitro_attestation_5.cbor"
     code, _ = run("attestation", str(doc5), "--at", "2025-05-05T23:27:32.119Z", "--policy", str(policy))
     assert code == 1
     assert capsys.readouterr().err.startswith("ephemeral: policy error: A9")

@@ -27,7 +27,7 @@ from ephemeralml.common._cms import (
     spki_key_id,
 )
 from ephemeralml.common._errors import KeyReleaseError
-from tests.vectors_path import SHARED_VECTORS
+from tests.vectors_path import REAL_VECTORS
 
 DECRYPTABLE = ["kms_cfr_1.ber", "kms_cfr_2.ber", "kms_cfr_3.ber"]
 PARSE_ONLY = ["kms_cfr_sdkc_1.ber", "kms_cfr_sdkc_2.ber"]
@@ -40,17 +40,17 @@ _OAEP_ERROR = "CMS: key encryption must be RSAES-OAEP with SHA-256 and MGF1-SHA-
 
 @cache
 def _cases() -> dict[str, dict[str, Any]]:
-    manifest = json.loads((SHARED_VECTORS / "kms_cfr_vectors.json").read_text())
+    manifest = json.loads((REAL_VECTORS / "kms_cfr_vectors.json").read_text())
     return {case["blob_file"]: case for case in manifest["cases"]}
 
 
 def _blob(name: str) -> bytes:
-    return (SHARED_VECTORS / name).read_bytes()
+    return (REAL_VECTORS / name).read_bytes()
 
 
 @cache
 def _key(name: str) -> rsa.RSAPrivateKey:
-    raw = (SHARED_VECTORS / _cases()[name]["private_key_file"]).read_bytes()
+    raw = (REAL_VECTORS / _cases()[name]["private_key_file"]).read_bytes()
     # 1 is PKCS#1 PEM, 2 PKCS#8 DER, 3 PKCS#1 DER: cryptography reads all three.
     key = (
         load_pem_private_key(raw, None)

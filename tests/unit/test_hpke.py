@@ -13,14 +13,14 @@ from ephemeralml.common._hpke import (
     EnclaveSessionKey,
     session_info,
 )
-from tests.vectors_path import SHARED_VECTORS
+from tests.vectors_path import REAL_VECTORS
 
 # Our suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305, base mode.
 _OURS = {"mode": 0, "kem_id": 0x20, "kdf_id": 1, "aead_id": 3}
 
 
 def _vector() -> dict:  # type: ignore[type-arg]
-    vectors = json.loads((SHARED_VECTORS / "hpke_vectors.json").read_text())
+    vectors = json.loads((REAL_VECTORS / "hpke_vectors.json").read_text())
     (v,) = [v for v in vectors if all(v[k] == want for k, want in _OURS.items())]
     return v  # type: ignore[no-any-return]
 

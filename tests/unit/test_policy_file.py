@@ -32,7 +32,7 @@ from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._cose import sign_eddsa
 from ephemeralml.common._errors import ConfigError, Error, PolicyError
 from tests.pair import MockWorld, SessionPair
-from tests.vectors_path import SHARED_VECTORS
+from tests.vectors_path import REAL_VECTORS
 
 PCR = "11" * 48
 DIGEST = "ab" * 32
@@ -591,7 +591,7 @@ def test_cli_signers_from_the_home_file(tmp_path: Path, key: Ed25519PrivateKey, 
     )
 
 
-DOC4 = SHARED_VECTORS / "nitro_attestation_4.cbor"
+DOC4 = REAL_VECTORS / "nitro_attestation_4.cbor"
 DOC4_TIME = "2023-05-24T17:07:48.582Z"
 
 
