@@ -243,7 +243,23 @@ def _audit(home: Path, e: Embeddings) -> None:
         f.write(line + "\n")
 
 
+def _receipt_dir(path: Path) -> Path:
+    """``--receipt-out``, made and checked before any request is sent: an inference is
+    never lost to a path that cannot take its receipt."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--receipt-out {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--receipt-out {path}: cannot create it: {e.strerror}") from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--receipt-out {path}: not writable")
+    return path
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.receipt_out:
+        _receipt_dir(args.receipt_out)
     policy = _policy(args)
     home = args.home or default_home()
     with connect(

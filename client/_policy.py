@@ -689,7 +689,7 @@ class ClientPolicy:
     @classmethod
     def from_file(
         cls,
-        path: Path,
+        path: Path | str,
         *,
         home: Path | None = None,
         trusted_signers: Mapping[bytes, bytes] | None = None,
@@ -700,15 +700,21 @@ class ClientPolicy:
         """A policy file, unsigned JSON or signed COSE_Sign1 (protocol.md §8).
 
         In order: P3 over the bytes read (``trusted_signers``: kid → raw Ed25519 key;
-        none given means none configured, and then unsigned policies are accepted and
-        signed ones refused), parsing, the root, then P4 against ``versions``
+        by default those in ``home``'s ``policy-signers`` file, as the CLI reads them;
+        with none configured, unsigned policies are accepted and signed ones refused),
+        parsing, the root, then P4 against ``versions``
         (default: ``policy-versions.json`` in ``home``). The version is recorded only
         after all of that passed, and not at all with ``record=False``. P1 and P2
         run later, per session (:meth:`check_binding`).
         """
+        path = Path(path)
         home = home or default_home()
         where = str(path)
-        signers = _checked_signers(trusted_signers or {})
+        if trusted_signers is None:
+            # The same signers the CLI trusts: a library user must not get a weaker
+            # check than `ephemeral --policy` for the same home.
+            trusted_signers = load_policy_signers(home)
+        signers = _checked_signers(trusted_signers)
         try:
             with open(path, "rb") as f:
                 raw = f.read(_MAX_POLICY_BYTES + 1)  # open_policy refuses the +1

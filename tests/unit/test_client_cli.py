@@ -185,3 +185,15 @@ def test_attestation_with_an_unparsable_leaf_is_one_line(tmp_path: Path, capsys:
     assert err[0].startswith(
         "ephemeral: attestation error: A3 signature: leaf certificate is not a DER X.509 certificate (InvalidVersion: "
     )
+
+
+def test_receipt_out_is_checked_before_any_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 8: a --receipt-out naming a file failed only after the inference (the
+    # result was lost, with a traceback). Now it fails first, in one line, exit 2.
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    for bad, why in ((taken, "exists and is not a folder"), (taken / "sub", "cannot create it: Not a directory")):
+        code, _ = run("embed", "--mock", "--receipt-out", str(bad), "hello")
+        assert code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ephemeral: error: --receipt-out {bad}: {why}"]

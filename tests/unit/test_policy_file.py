@@ -653,3 +653,23 @@ def test_cli_verify_applies_p1_and_p2_to_the_receipts_binding(
     )
     assert verify("p1.json", models={"other-model": DIGEST}) == 1
     assert "P1 model: " in capsys.readouterr().err
+
+
+def test_library_reads_the_homes_policy_signers_like_the_cli(
+    tmp_path: Path, home: Path, key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 8: ClientPolicy.from_file accepted an unsigned policy where the CLI, reading
+    # $EPHEMERALML_HOME/policy-signers, refused it; and a str path raised AttributeError.
+    p = _json(tmp_path / "policy.json")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "policy-signers").write_text(_pub(key).hex() + "\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PolicyError) as info:
+        ClientPolicy.from_file("policy.json")
+    assert str(info.value) == (
+        "P3 policy signature: policy is not signed but signers are configured (policy.json)"
+    )
+    signed = _cose(tmp_path / "policy.cose", key)
+    assert ClientPolicy.from_file(str(signed)).version == 5
+    # An explicit empty mapping still means "no signers configured".
+    assert ClientPolicy.from_file("policy.json", trusted_signers={}).version == 5
