@@ -660,7 +660,7 @@ def test_library_reads_the_homes_policy_signers_like_the_cli(
 ) -> None:
     # Issue 8: ClientPolicy.from_file accepted an unsigned policy where the CLI, reading
     # $EPHEMERALML_HOME/policy-signers, refused it; and a str path raised AttributeError.
-    p = _json(tmp_path / "policy.json")
+    _json(tmp_path / "policy.json")
     home.mkdir(parents=True, exist_ok=True)
     (home / "policy-signers").write_text(_pub(key).hex() + "\n")
     monkeypatch.chdir(tmp_path)
