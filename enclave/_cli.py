@@ -278,9 +278,14 @@ def _make_nsm(config: EnclaveConfig, keys: dict[bytes, bytes], floors: dict[str,
         # fails with a one-line ConfigError (no /dev/nsm) rather than pretending.
         return NitroNsm.open(config.nsm_lib)
     pcrs = mock_enclave_measurements(keys.values(), floors)
-    nsm = MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
-    # Publish what a client on this machine needs to trust the mock (like an EIF
-    # build publishes its PCRs): the mock root and the measurements.
+    return MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
+
+
+def _publish_mock(config: EnclaveConfig, nsm: MockNsm) -> None:
+    """Publish what a client on this machine needs to trust the mock (as an EIF build
+    publishes its PCRs): the mock root and the measurements. Called only once the
+    enclave serves, each file written atomically: an enclave that fails to start
+    (a taken port, no host, no model) never replaces what a healthy one published."""
     nsm.publish_root(config.home / MOCK_ROOT)
     measurements = {
         "mode": "mock",
@@ -291,7 +296,6 @@ def _make_nsm(config: EnclaveConfig, keys: dict[bytes, bytes], floors: dict[str,
     write_atomic(
         config.home / MOCK_MEASUREMENTS, (json.dumps(measurements, indent=2) + "\n").encode()
     )
-    return nsm
 
 
 async def _wait_for(what: str, attempt: Any, deadline: float) -> Any:
@@ -397,6 +401,8 @@ async def _run(config: EnclaveConfig) -> int:
         )
         await server.start()
         stack.push_async_callback(server.close)
+        if isinstance(nsm, MockNsm):
+            _publish_mock(config, nsm)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -197,3 +197,22 @@ def test_receipt_out_is_checked_before_any_request(tmp_path: Path, capsys: pytes
         assert code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"ephemeral: error: --receipt-out {bad}: {why}"]
+
+
+def test_an_enclave_that_fails_to_start_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 8: a second enclave that failed to start rewrote published/measurements.json
+    # and the healthy enclave was then refused (A9). Publishing now waits until it serves.
+    published = tmp_path / "published"
+    published.mkdir()
+    healthy = '{"mode": "mock", "pcrs": {}}\n'
+    (published / "measurements.json").write_text(healthy)
+    owners = tmp_path / "owners.txt"
+    owners.write_text("cd" * 32 + "\n")
+    argv = ["--mock", "--home", str(tmp_path), "--listen", "127.0.0.1:0", "--owner-keys", str(owners),
+            "--host-services", "tcp:127.0.0.1:9", "--host-wait", "0"]  # fmt: skip
+    assert enclave_main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "ephemeral-enclave: error: cannot reach host services at tcp:127.0.0.1:9: connection refused"
+    )
+    assert (published / "measurements.json").read_text() == healthy
+    assert not (published / "mock-root.pem").exists()
