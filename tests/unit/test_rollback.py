@@ -156,15 +156,26 @@ def test_the_enclave_measures_the_floors_it_enforces(
         seen[model_id] = kw["min_release"]
         raise ManifestError(f"M11 rollback: stop here (floor {kw['min_release']})")
 
+    # The PCR0 the enclave's NSM reports (an enclave that does not serve publishes
+    # nothing, so it is read from the NSM the enclave made).
+    made: list[Any] = []
+    real_make_nsm = enclave_cli._make_nsm
+
+    def make_nsm(*a: Any, **kw: Any) -> Any:
+        made.append(real_make_nsm(*a, **kw))
+        return made[-1]
+
     monkeypatch.setattr(enclave_cli, "fetch_credentials", no_host)
     monkeypatch.setattr(enclave_cli, "load_model", loader)
+    monkeypatch.setattr(enclave_cli, "_make_nsm", make_nsm)
     assert enclave_cli.main(argv) == 2
     floor = expected.get(MODEL, 0)
     assert seen == {MODEL: floor}  # the floor measured is the floor handed to the loader
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"ephemeral-enclave: error: no model loaded ({MODEL}: M11 rollback: stop here (floor {floor}))"
     )
-    published = json.loads((home / MOCK_MEASUREMENTS).read_text())["pcrs"]
+    assert not (home / MOCK_MEASUREMENTS).exists()
+    published = {"0": made[0].describe_pcr(0).hex()}
     assert published["0"] == mock_enclave_measurements([pub], expected)[0].hex()
     if expected:
         assert published["0"] != mock_enclave_measurements([pub])[0].hex()
