@@ -71,7 +71,8 @@ def test_receipt_verifies_offline_and_only_with_mock_trust(stack: Stack, tmp_pat
     assert "R8 mode: a mock receipt verified under a non-mock root" in fake.stderr
     # A response that is not the one the receipt covers.
     other = tmp_path / "other.cbor"
-    other.write_bytes(resp.read_bytes()[:-1] + b"\x00")
+    data = resp.read_bytes()
+    other.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     bad = stack.cli("verify", str(receipt), "--mock", "--response", str(other))
     assert bad.returncode == 1 and "R11 response" in bad.stderr
     # The attestation stored beside the receipt checks offline too.

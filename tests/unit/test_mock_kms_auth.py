@@ -246,7 +246,10 @@ def test_another_principals_token_does_not_pass(server: MockKmsServer) -> None:
 
 def test_wrong_secret_is_an_invalid_signature(server: MockKmsServer) -> None:
     owner = server.credentials(MODEL_OWNER)
-    forged = {**owner.boto3_kwargs(), "aws_secret_access_key": owner.secret_access_key[:-1] + "x"}
+    # Another last character, whatever the generated secret ends with.
+    last = "y" if owner.secret_access_key.endswith("x") else "x"
+    forged = {**owner.boto3_kwargs(), "aws_secret_access_key": owner.secret_access_key[:-1] + last}
+    assert forged["aws_secret_access_key"] != owner.secret_access_key
     with pytest.raises(ClientError) as e:
         client(server.url, forged).create_key()
     assert code_and_message(e) == ("InvalidSignatureException", BAD_SIGNATURE)
