@@ -9,7 +9,6 @@ is returned.
 from __future__ import annotations
 
 import contextlib
-import math
 import socket
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import numpy as np
 
 from ephemeralml.common._attestation import ChainCache, VerifiedAttestation
 from ephemeralml.common._binding import EnclaveBinding
+from ephemeralml.common._config import positive_seconds
 from ephemeralml.common._errors import (
     ConfigError,
     InferenceError,
@@ -92,12 +92,8 @@ def _parse_address(address: str) -> tuple[str, int]:
 
 
 def _check_timeout(timeout: float) -> float:
-    # NaN fails "0 <" too; a zero or infinite deadline is no deadline at all.
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}")
-    if not 0 < timeout < math.inf:
-        raise ConfigError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
-    return float(timeout)
+    # A zero, NaN or infinite deadline is no deadline at all (L6).
+    return positive_seconds("timeout", timeout)
 
 
 class _Deadline:

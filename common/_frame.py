@@ -12,7 +12,7 @@ import struct
 
 from ._errors import LimitError, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["FRAME_HEADER_BYTES", "MAX_FRAME_BYTES", "FrameDecoder", "encode_frame"]
+__all__ = ["FRAME_HEADER_BYTES", "MAX_FRAME_BYTES", "FrameClock", "FrameDecoder", "encode_frame"]
 
 #: Hard maximum of one frame's body. The largest legitimate frame is a request of
 #: MAX_INPUTS (64) texts of 16 KiB each (1 MiB of text plus CBOR overhead) sealed by
@@ -83,3 +83,62 @@ class FrameDecoder:
         del self._buf[: self._need]
         self._need = None
         return body
+
+
+class FrameClock:
+    """Where frames start and end in one direction of a stream, from the 4-byte
+    big-endian length prefixes alone (protocol.md §1.1; the prefixes are not secret).
+
+    It keeps no payload: a partial header (at most 3 bytes, as an integer), the body
+    bytes still due, and times. The relay and the enclave use it to run a deadline per
+    frame from its first byte, and to know when the handshake's frames have passed
+    (protocol.md §7.1). It checks no limit itself: F1 and F2 stay the decoder's.
+    """
+
+    __slots__ = ("_body_left", "_hdr", "_hdr_len", "frames", "partial", "started_at")
+
+    def __init__(self) -> None:
+        self._hdr = 0
+        self._hdr_len = 0
+        self._body_left = 0
+        #: Frames completed so far.
+        self.frames = 0
+        #: Bytes of the frame in progress seen so far (header included).
+        self.partial = 0
+        #: When the first byte of the frame in progress arrived; None between frames.
+        self.started_at: float | None = None
+
+    @property
+    def in_frame(self) -> bool:
+        return self.started_at is not None
+
+    def feed(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Account for ``data``, which arrived at ``now`` (a monotonic clock)."""
+        i, n = 0, len(data)
+        while i < n:
+            if self.started_at is None:
+                self.started_at = now
+            if self._hdr_len < FRAME_HEADER_BYTES and self._body_left == 0:
+                take = min(FRAME_HEADER_BYTES - self._hdr_len, n - i)
+                for b in bytes(data[i : i + take]):
+                    self._hdr = (self._hdr << 8) | b
+                self._hdr_len += take
+                self.partial += take
+                i += take
+                if self._hdr_len < FRAME_HEADER_BYTES:
+                    return
+                self._body_left = self._hdr
+                if self._body_left == 0:
+                    self._complete()
+                continue
+            take = min(self._body_left, n - i)
+            self._body_left -= take
+            self.partial += take
+            i += take
+            if self._body_left == 0:
+                self._complete()
+
+    def _complete(self) -> None:
+        self.frames += 1
+        self._hdr = self._hdr_len = self._body_left = self.partial = 0
+        self.started_at = None

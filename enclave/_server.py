@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import sys
 import time
 from collections.abc import Mapping
@@ -25,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ephemeralml.common._attestation import parse_unverified
-from ephemeralml.common._errors import ConfigError, Error, InferenceError, LimitError
-from ephemeralml.common._frame import encode_frame
+from ephemeralml.common._config import positive_count, positive_seconds
+from ephemeralml.common._errors import Error, InferenceError, LimitError
+from ephemeralml.common._frame import FrameClock, encode_frame
 from ephemeralml.common._messages import EmbedResult, ErrorFrame
 from ephemeralml.common._session import (
     EnclaveIdentity,
@@ -37,7 +37,6 @@ from ephemeralml.common._session import (
 )
 from ephemeralml.host._transport import (
     Endpoint,
-    FrameClock,
     server_endpoint,
     set_nodelay,
     start_server,
@@ -142,19 +141,13 @@ class ServerConfig:
             ("max pending", self.max_pending),
             ("max session bytes", self.max_session_bytes),
         ):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"{name} must be an integer of at least 1, got {count!r}")
+            positive_count(name, count)
         for name, value in (
             ("idle timeout", self.idle_timeout_s),
             ("handshake timeout", self.handshake_timeout_s),
             ("frame timeout", self.frame_timeout_s),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value < math.inf
-            ):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+            positive_seconds(name, value)
 
 
 class _Conn:

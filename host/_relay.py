@@ -42,13 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ephemeralml.common._config import positive_count, positive_seconds
 from ephemeralml.common._errors import ConfigError, TransportError
-from ephemeralml.common._frame import encode_frame
+from ephemeralml.common._frame import FrameClock, encode_frame
 from ephemeralml.common._messages import ErrorFrame
 
 from ._transport import (
     Endpoint,
-    FrameClock,
     open_connection,
     server_endpoint,
     set_nodelay,
@@ -169,21 +169,14 @@ class RelayConfig:
             ("max per source", self.max_per_source),
             ("max pending per source", self.max_pending_per_source),
         ):
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise ConfigError(f"{name} must be an integer, got {count!r}")
-            if count < 1:
-                raise ConfigError(f"{name} must be at least 1, got {count}")
+            positive_count(name, count)
         for name, value in (
             ("idle timeout", self.idle_timeout_s),
             ("connect timeout", self.connect_timeout_s),
             ("handshake timeout", self.handshake_timeout_s),
             ("frame timeout", self.frame_timeout_s),
         ):
-            # NaN fails "> 0" too, which is what we want.
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-            if value == float("inf"):
-                raise ConfigError(f"{name} must be finite, got {value!r}")
+            positive_seconds(name, value)
 
 
 @dataclass(frozen=True)

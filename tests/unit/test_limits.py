@@ -28,13 +28,12 @@ from ephemeralml.client._api import Session, connect
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError, InferenceError, TransportError
-from ephemeralml.common._frame import FrameDecoder, encode_frame
+from ephemeralml.common._frame import FrameClock, FrameDecoder, encode_frame
 from ephemeralml.common._messages import EmbedRequest, ErrorFrame, decode_message
 from ephemeralml.common._session import ClientSession, ResponseReceived
 from ephemeralml.enclave._loader import LoadedModel
 from ephemeralml.enclave._server import EnclaveServer, ServerConfig
 from ephemeralml.host import Endpoint, Relay, RelayConfig, _cli
-from ephemeralml.host._transport import FrameClock
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
 
 T = TypeVar("T")
@@ -294,14 +293,14 @@ def test_enclave_limits_are_checked_when_built() -> None:
     ep = Endpoint.parse("127.0.0.1:0")
     for field, bad, message in (
         ("max_pending", 0, "max pending must be an integer of at least 1, got 0"),
-        ("max_session_bytes", True, "max session bytes must be an integer of at least 1"),
-        ("handshake_timeout_s", math.nan, "handshake timeout must be a positive number"),
-        ("frame_timeout_s", math.inf, "frame timeout must be a positive number of seconds"),
-        ("idle_timeout_s", -1.0, "idle timeout must be a positive number of seconds"),
+        ("max_session_bytes", True, "max session bytes must be an integer of at least 1, got True"),
+        ("handshake_timeout_s", math.nan, "handshake timeout must be a positive, finite number of seconds, got nan"),
+        ("frame_timeout_s", math.inf, "frame timeout must be a positive, finite number of seconds, got inf"),
+        ("idle_timeout_s", -1.0, "idle timeout must be a positive, finite number of seconds, got -1.0"),
     ):
         with pytest.raises(ConfigError) as info:
             ServerConfig(ep, **{field: bad})
-        assert str(info.value).startswith(message)
+        assert str(info.value) == message
 
 
 # -- the relay, framed --------------------------------------------------------------
@@ -542,16 +541,16 @@ def test_relay_stream_mode_has_no_frame_deadlines() -> None:
 def test_relay_limits_are_checked_when_built() -> None:
     ep = Endpoint.parse("127.0.0.1:0")
     for field, bad, message in (
-        ("max_pending", 0, "max pending must be at least 1, got 0"),
-        ("max_per_source", 1.5, "max per source must be an integer, got 1.5"),
-        ("max_pending_per_source", -1, "max pending per source must be at least 1, got -1"),
-        ("handshake_timeout_s", math.nan, "handshake timeout must be a positive number"),
-        ("frame_timeout_s", math.inf, "frame timeout must be finite, got inf"),
+        ("max_pending", 0, "max pending must be an integer of at least 1, got 0"),
+        ("max_per_source", 1.5, "max per source must be an integer of at least 1, got 1.5"),
+        ("max_pending_per_source", -1, "max pending per source must be an integer of at least 1, got -1"),
+        ("handshake_timeout_s", math.nan, "handshake timeout must be a positive, finite number of seconds, got nan"),
+        ("frame_timeout_s", math.inf, "frame timeout must be a positive, finite number of seconds, got inf"),
         ("framed", 1, "framed must be true or false, got 1"),
     ):
         with pytest.raises(ConfigError) as info:
             RelayConfig(ep, (ep,), **{field: bad})
-        assert str(info.value).startswith(message)
+        assert str(info.value) == message
 
 
 def test_host_cli_flags_reach_the_relay_config() -> None:
@@ -562,7 +561,7 @@ def test_host_cli_flags_reach_the_relay_config() -> None:
     relay = _cli.build_config(args, {}).relay
     assert (relay.max_pending, relay.max_per_source, relay.max_pending_per_source) == (7, 9, 3)
     assert (relay.handshake_timeout_s, relay.frame_timeout_s, relay.framed) == (2.5, 4.0, True)
-    with pytest.raises(ConfigError, match="^frame timeout must be a positive number of seconds"):
+    with pytest.raises(ConfigError, match=r"^frame timeout must be a positive, finite number of seconds, got 0\.0$"):
         _cli.build_config(_cli._parser().parse_args(["--frame-timeout", "0"]), {})
 
 
@@ -700,4 +699,24 @@ def test_enclave_cli_flags_reach_the_server_config() -> None:
     assert (server.frame_timeout_s, server.max_session_bytes) == (3.0, 1000)
     with pytest.raises(ConfigError) as info:
         enclave_cli._config(enclave_cli._parser().parse_args(["--mock", "--frame-timeout", "0"]))
-    assert str(info.value) == "frame timeout must be a positive number of seconds, got 0.0"
+    assert str(info.value) == "frame timeout must be a positive, finite number of seconds, got 0.0"
+
+
+def test_one_rule_for_every_limit() -> None:
+    # common/_config.py: the enclave, the relay and the client share these checks.
+    from ephemeralml.common._config import positive_count, positive_seconds
+
+    assert positive_count("n", 3) == 3
+    assert positive_seconds("t", 2) == 2.0
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ConfigError) as info:
+            positive_count("n", bad)
+        assert str(info.value) == f"n must be an integer of at least 1, got {bad!r}"
+    for bad in (0, -1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError) as info:
+            positive_seconds("t", bad)
+        assert str(info.value) == f"t must be a positive, finite number of seconds, got {bad!r}"
+    for bad in (True, "5", None):
+        with pytest.raises(ConfigError) as info:
+            positive_seconds("t", bad)
+        assert str(info.value) == f"t must be a number of seconds, got {bad!r}"
