@@ -22,6 +22,7 @@ from ephemeralml.common._errors import (
     CiphertextError,
     DecodeError,
     LimitError,
+    LocalProtocolError,
     ReceiptError,
     RemoteProtocolError,
 )
@@ -195,8 +196,11 @@ def test_client_refuses_a_big_frame_before_attestation(world: MockWorld) -> None
     pair = SessionPair(world)
     pair.client.hello()
     pair.client.receive_data((MAX_ATTEST_FRAME_BYTES + 1).to_bytes(4, "big"))
-    with pytest.raises(LimitError):
+    with pytest.raises(LimitError) as info:
         pair.client.next_event(now=pair_now())
+    assert str(info.value) == (
+        f"frame of {MAX_ATTEST_FRAME_BYTES + 1} bytes is over the limit of {MAX_ATTEST_FRAME_BYTES}"
+    )
     assert pair.client.state is ClientState.ERROR
 
 
@@ -213,7 +217,7 @@ def test_frame_limit_cannot_be_raised_past_the_maximum() -> None:
     d = FrameDecoder(max_bytes=16)
     d.max_bytes = 32
     assert d.max_bytes == 32
-    with pytest.raises(Exception, match=r"^frame limit 0 is not in 1\.\.2097152$"):
+    with pytest.raises(LocalProtocolError, match=r"^frame limit 0 is not in 1\.\.2097152$"):
         d.max_bytes = 0
 
 
