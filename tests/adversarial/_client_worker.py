@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sys
 
-from ephemeralml._home import default_home
 from ephemeralml.client._api import connect
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._errors import Error
+from ephemeralml.runtime._home import default_home
 
 #: Each connect and request; the relays in front answer in milliseconds.
 TIMEOUT_S = 10.0

@@ -168,7 +168,8 @@ def cms_envelope(key: rsa.RSAPrivateKey, plaintext: bytes = bytes(range(32))) ->
             "encrypted_content": enc.update(padded) + enc.finalize(),
         },
     }
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    der: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return der
 
 
 def make_seeds() -> None:

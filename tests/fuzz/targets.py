@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,10 @@ def frame(data: bytes) -> None:
     pieces = _frames(FrameDecoder(max_bytes=limit), chunks)
     assert whole == pieces, f"chunking changed the frames: {whole} != {pieces}"
     for body in whole[0] or [stream]:
-        errors_only(lambda b=body: decode_message(b))
-        errors_only(lambda b=body: EmbedRequest.from_cbor(b))
-        errors_only(lambda b=body: decode_response_body(b))
-        errors_only(lambda b=body: EmbedResult.from_cbor(b))
+        errors_only(partial(decode_message, body))
+        errors_only(partial(EmbedRequest.from_cbor, body))
+        errors_only(partial(decode_response_body, body))
+        errors_only(partial(EmbedResult.from_cbor, body))
 
 
 # ----------------------------------------------------------------------------- cose
@@ -192,7 +192,7 @@ def attestation(data: bytes) -> None:
     if doc is not None:
         when = errors_only(lambda: doc.timestamp) or when
     for policy in (world.policy, _aws_policy()):
-        errors_only(lambda p=policy: verify_attestation(data, p, now=when, nonce=w.NONCE))
+        errors_only(partial(verify_attestation, data, policy, now=when, nonce=w.NONCE))
     errors_only(
         lambda: verify_attestation(
             data, world.policy, now=when + timedelta(seconds=1), chain_cache=_CHAIN_CACHE
@@ -308,7 +308,12 @@ def session(data: bytes) -> list[Any]:
     a frame that is not byte-for-byte the honest one is never accepted at an
     authenticated stage (attest, request, response); a replay is never accepted."""
     from ephemeralml.common._attestation import parse_unverified as parse
-    from ephemeralml.common._session import ClientSession, EnclaveSession
+    from ephemeralml.common._session import (
+        ClientSession,
+        EnclaveSession,
+        HelloReceived,
+        RequestReceived,
+    )
     from tests.pair import MODEL, fake_result, now_ms
 
     world = _session_world()
@@ -321,7 +326,7 @@ def session(data: bytes) -> list[Any]:
         return _drain(enclave, _mutate(honest, s), client=False)
     enclave.receive_data(honest)
     hello = enclave.next_event()
-    assert hello is not None
+    assert isinstance(hello, HelloReceived)
     if mode == "cached":
         doc = world.cached_doc()
         if now_ms() - parse(doc).timestamp_ms > _CACHED_DOC_MAX_AGE_MS:
@@ -374,7 +379,7 @@ def session(data: bytes) -> list[Any]:
         return events
     enclave.receive_data(honest)
     ev = enclave.next_event()
-    assert ev is not None and ev.request is not None
+    assert isinstance(ev, RequestReceived) and ev.request is not None
     honest = enclave.respond(
         ev, fake_result(ev.request), model_digest=world.identity.models[MODEL],
         time_ms=now_ms(), duration_us=1,

@@ -225,6 +225,7 @@ def test_the_world_is_committed() -> None:
 def test_errors_only_lets_foreign_exceptions_out() -> None:
     """The harness itself: our errors are swallowed, anything else escapes."""
     assert targets.errors_only(lambda: (_ for _ in ()).throw(ReceiptError("x"))) is None
+    empty: dict[str, object] = {}
     with pytest.raises(KeyError):
-        targets.errors_only(lambda: {}["k"])
+        targets.errors_only(lambda: empty["k"])
     assert isinstance(ReceiptError("x"), Error)

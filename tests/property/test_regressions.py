@@ -45,7 +45,7 @@ def respellings(data: bytes) -> dict[str, bytes]:
         def h(name: str, major: int, arg: int) -> bytes:
             return head(major, arg, wide=1 if name == widen else 0)
 
-        out = h("tag", 6, 18) if tagged else b""
+        out: bytes = h("tag", 6, 18) if tagged else b""
         out += h("array", 4, 4)
         out += h("protected", 2, len(protected)) + protected
         out += h("unprotected", 5, 0)

@@ -132,9 +132,9 @@ def test_hpke_open_with_garbage(enc: bytes, ciphertext: bytes) -> None:
     except RemoteProtocolError as e:
         assert str(e) == "open: the encapsulated key is not valid"
         return
-    with pytest.raises(CiphertextError) as e:
+    with pytest.raises(CiphertextError) as info:
         channel.open_request(0, ciphertext, b"aad")
-    assert str(e.value) == "request 0 failed authentication"
+    assert str(info.value) == "request 0 failed authentication"
 
 
 @given(st.binary(min_size=32, max_size=32))

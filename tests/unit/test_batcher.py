@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from ephemeralml.common._errors import ConfigError, InferenceError
 from ephemeralml.enclave._batcher import BatchConfig, Batcher
+
+T = TypeVar("T")
+Rows = npt.NDArray[np.float32]
 
 
 class FakeEmbedder:
@@ -32,11 +37,13 @@ class FakeEmbedder:
         return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
-async def _with_batcher(fake: FakeEmbedder, config: BatchConfig, body):  # type: ignore[no-untyped-def]
+async def _with_batcher(
+    fake: FakeEmbedder, config: BatchConfig, body: Callable[[Batcher], Awaitable[T]]
+) -> T:
     with ThreadPoolExecutor(1) as pool:
         b = Batcher(fake, pool, config)  # type: ignore[arg-type]
         b.start()
@@ -49,7 +56,7 @@ async def _with_batcher(fake: FakeEmbedder, config: BatchConfig, body):  # type:
 def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
     fake = FakeEmbedder()
 
-    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+    async def body(b: Batcher) -> tuple[Rows, list[Rows]]:
         fake.gate.clear()  # the first batch blocks in the model...
         first = asyncio.create_task(b.embed(["a"]))
         await asyncio.to_thread(fake.entered.wait, 10)  # the model is busy with it
@@ -68,7 +75,7 @@ def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
 def test_max_batch_is_respected() -> None:
     fake = FakeEmbedder()
 
-    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+    async def body(b: Batcher) -> list[Rows]:
         fake.gate.clear()
         first = asyncio.create_task(b.embed(["x"]))
         await asyncio.to_thread(fake.entered.wait, 10)
@@ -85,7 +92,7 @@ def test_max_batch_is_respected() -> None:
 def test_a_bad_request_fails_alone() -> None:
     fake = FakeEmbedder()
 
-    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+    async def body(b: Batcher) -> tuple[Rows | BaseException, Rows | BaseException]:
         fake.gate.clear()
         blocker = asyncio.create_task(b.embed(["x"]))
         await asyncio.to_thread(fake.entered.wait, 10)
@@ -97,6 +104,7 @@ def test_a_bad_request_fails_alone() -> None:
         return await asyncio.gather(good, bad, return_exceptions=True)
 
     good, bad = run(_with_batcher(fake, BatchConfig(), body))
+    assert isinstance(good, np.ndarray)
     assert good.tolist() == [[4, 0]]
     assert isinstance(bad, InferenceError) and str(bad) == "input 1 is empty or only whitespace"
 
@@ -104,7 +112,7 @@ def test_a_bad_request_fails_alone() -> None:
 def test_wait_collects_requests_that_arrive_soon_after() -> None:
     fake = FakeEmbedder()
 
-    async def body(b: Batcher):  # type: ignore[no-untyped-def]
+    async def body(b: Batcher) -> tuple[Rows, Rows]:
         a = asyncio.create_task(b.embed(["a"]))
         await asyncio.sleep(0.02)
         c = asyncio.create_task(b.embed(["c"]))

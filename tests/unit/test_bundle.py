@@ -287,7 +287,7 @@ def test_a_manifest_is_never_built_with_a_bad_release(owner, release: object) ->
 
     _, _, m = make_bundle({"a": b"x"}, key=os.urandom(32), owner=owner)
     with pytest.raises(ManifestError) as info:
-        dataclasses.replace(m, release=release)
+        dataclasses.replace(m, release=release)  # type: ignore[arg-type]  # deliberately not an int 0..MAX
     assert str(info.value) == f"M4 format: release must be an integer 0..{MAX_RELEASE}"
 
 

@@ -285,7 +285,8 @@ def _envelope(
         mutate(enveloped, ktri)
     if not enveloped["recipient_infos"]:
         enveloped["recipient_infos"] = [cms.RecipientInfo(name="ktri", value=ktri)]
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    der: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return der
 
 
 def test_own_envelope_round_trips() -> None:
@@ -296,13 +297,13 @@ def test_own_envelope_round_trips() -> None:
     )
 
 
-class _BareDigest(core.Sequence):
+class _BareDigest(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """An AlgorithmIdentifier without parameters (asn1crypto writes NULL for SHA-256)."""
 
     _fields: ClassVar[list[Any]] = [("algorithm", algos.DigestAlgorithmId)]
 
 
-class _FullOaepParams(core.Sequence):
+class _FullOaepParams(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
     """RSAES-OAEP-params with no DEFAULTs, so that every field is written out."""
 
     _fields: ClassVar[list[Any]] = [

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -20,12 +23,33 @@ from ephemeralml.enclave._measure import (
 from tests.vectors_path import REPO_ROOT
 
 
-def test_code_digest_covers_every_folder_the_enclave_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_code_digest_covers_what_the_image_carries(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[Path]] = []
-    monkeypatch.setattr(enclave_cli, "code_digest", lambda dirs: seen.append(list(dirs)) or b"x" * 48)
+
+    def code_digest(dirs: Sequence[Path]) -> bytes:
+        seen.append(list(dirs))
+        return b"x" * 48
+
+    monkeypatch.setattr(enclave_cli, "code_digest", code_digest)
     enclave_cli.enclave_code_digest()
-    assert sorted(p.name for p in seen[0]) == ["common", "enclave", "ephemeralml", "host"]
-    assert all(p.parent == REPO_ROOT for p in seen[0])
+    top = REPO_ROOT / "ephemeralml"
+    assert seen == [[top / "__init__.py", top / "common", top / "runtime", top / "enclave"]]
+
+
+def test_the_enclave_program_loads_only_what_the_image_carries() -> None:
+    """Every project module the enclave program imports (its whole CLI, production
+    path) lies under a measured root, and nothing of the host, client or mock does."""
+    code = (
+        "import sys, ephemeralml.enclave._cli, ephemeralml.enclave.__main__\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('ephemeralml'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    ).stdout.split()
+    allowed = ("ephemeralml", *(f"ephemeralml.{p}" for p in enclave_cli.ENCLAVE_IMAGE_PACKAGES))
+    outside = [m for m in out if not any(m == a or m.startswith(a + ".") for a in allowed)]
+    assert outside == []
+    assert "ephemeralml.enclave._cli" in out and "ephemeralml.runtime._relay" in out
 
 
 # ---------------------------------------------------------------- model floors (M11)

@@ -274,7 +274,7 @@ def test_enclave_stops_reading_a_session_past_its_memory_bound(world: MockWorld)
         # read of up to 64 KiB (four more at most), never all twenty.
         assert 1 <= taken <= 8, taken
         embedder.gate.set()
-        got = set()
+        got: set[int] = set()
         while len(got) < n:
             event = proto.next_event(now=datetime.now(UTC))
             if event is None:
@@ -298,8 +298,9 @@ def test_enclave_limits_are_checked_when_built() -> None:
         ("frame_timeout_s", math.inf, "frame timeout must be a positive, finite number of seconds, got inf"),
         ("idle_timeout_s", -1.0, "idle timeout must be a positive, finite number of seconds, got -1.0"),
     ):
+        wrong: dict[str, Any] = {field: bad}  # deliberately invalid values
         with pytest.raises(ConfigError) as info:
-            ServerConfig(ep, **{field: bad})
+            ServerConfig(ep, **wrong)
         assert str(info.value) == message
 
 
@@ -548,8 +549,9 @@ def test_relay_limits_are_checked_when_built() -> None:
         ("frame_timeout_s", math.inf, "frame timeout must be a positive, finite number of seconds, got inf"),
         ("framed", 1, "framed must be true or false, got 1"),
     ):
+        wrong: dict[str, Any] = {field: bad}  # deliberately invalid values
         with pytest.raises(ConfigError) as info:
-            RelayConfig(ep, (ep,), **{field: bad})
+            RelayConfig(ep, (ep,), **wrong)
         assert str(info.value) == message
 
 
@@ -708,6 +710,7 @@ def test_one_rule_for_every_limit() -> None:
 
     assert positive_count("n", 3) == 3
     assert positive_seconds("t", 2) == 2.0
+    bad: object
     for bad in (0, -1, 1.5, True, "3"):
         with pytest.raises(ConfigError) as info:
             positive_count("n", bad)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ephemeralml._home import MOCK_OWNERS
 from ephemeralml.client._package import default_sources, load_owner_key, package_model
 from ephemeralml.client._upload import upload_local
 from ephemeralml.common._attestation import TrustedRoot
@@ -27,7 +26,8 @@ from ephemeralml.enclave._nsm import MockNsm
 from ephemeralml.host._mock_kms import ENCLAVE, MODEL_OWNER, MockKmsServer
 from ephemeralml.host._provision import ensure_mock_root, provision_mock
 from ephemeralml.host._store import LocalStore, StoreService
-from ephemeralml.host._transport import Endpoint
+from ephemeralml.runtime._home import MOCK_OWNERS
+from ephemeralml.runtime._transport import Endpoint
 
 MODEL = "all-MiniLM-L6-v2"
 

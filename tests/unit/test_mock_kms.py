@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -813,11 +813,12 @@ def test_every_key_operation_is_authorized_by_the_policy(kms: Any) -> None:
     key_id = key_with_policy(
         kms, policy({**ADMIN, "Action": ["kms:PutKeyPolicy", "kms:GetKeyPolicy"]})
     )
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: kms.describe_key(KeyId=key_id),
         lambda: kms.encrypt(KeyId=key_id, Plaintext=b"x"),
         lambda: kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as e:
             call()
         assert error_code(e) == "AccessDeniedException"
@@ -988,11 +989,12 @@ def test_other_attestation_condition_keys(
     assert open_envelope(out["CiphertextForRecipient"], rsa_key) == open_envelope(
         made["CiphertextForRecipient"], rsa_key
     )
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: enclave_kms.decrypt(CiphertextBlob=made["CiphertextBlob"]),
         lambda: enclave_kms.generate_data_key(KeyId=key_id, KeySpec="AES_256"),
         lambda: kms.decrypt(CiphertextBlob=made["CiphertextBlob"], Recipient=recipient(good)),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as e:
             call()
         assert error_code(e) == "AccessDeniedException"
@@ -1305,6 +1307,7 @@ def test_standalone_server_serves_and_stops_on_sigterm(tmp_path: Path, nsm: Mock
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+        assert proc.stderr is not None
         assert "MOCK root" in proc.stderr.read()
     finally:
         if proc.poll() is None:

@@ -13,8 +13,9 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from pycose.keys.ec2 import EC2Key
-from pycose.messages import Sign1Message
+from pycose.messages.sign1message import Sign1Message
 
 from ephemeralml.common._attestation import (
     AttestationPolicy,
@@ -198,7 +199,9 @@ def test_pycose_verifies_mock_documents(nsm: MockNsm) -> None:
     obj = cbor2.loads(_doc(nsm, nonce=b"n" * 32))
     leaf = x509.load_der_x509_certificate(cbor2.loads(obj[2])["certificate"])
     msg = Sign1Message.from_cose_obj(list(obj), True)
-    msg.key = EC2Key._from_cryptography_key(leaf.public_key())
+    leaf_key = leaf.public_key()
+    assert isinstance(leaf_key, ec.EllipticCurvePublicKey)
+    msg.key = EC2Key._from_cryptography_key(leaf_key)
     assert msg.verify_signature()
 
 
@@ -482,7 +485,7 @@ def test_code_digest(tmp_path: Path, code_dir: Path) -> None:
     assert code_digest([code_dir, copy]) != code_digest([copy, code_dir])
     with pytest.raises(ConfigError, match=r"no \*\.py files"):
         code_digest(_empty(tmp_path))
-    with pytest.raises(ConfigError, match="is not a folder"):
+    with pytest.raises(ConfigError, match="is not a file or folder"):
         code_digest(tmp_path / "nope")
 
 

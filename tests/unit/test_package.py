@@ -59,7 +59,9 @@ def test_package_then_decrypt_with_the_released_key(kms, tmp_path: Path) -> None
     files = d.finish()
     assert {k: bytes(v) for k, v in files.items()} == {s.name: s.data for s in src}
     # The ciphertext holds no plaintext.
-    assert src[2].data[:64] not in (out / MODEL_ENC_FILE).read_bytes()  # type: ignore[index]
+    onnx = src[2].data
+    assert onnx is not None
+    assert onnx[:64] not in (out / MODEL_ENC_FILE).read_bytes()
 
 
 def test_kms_refusal_leaves_nothing_behind(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -82,10 +84,10 @@ def test_unreadable_source_leaves_nothing_behind(kms, tmp_path: Path) -> None:  
 def test_refuses_to_overwrite_a_bundle(kms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     out = tmp_path / "bundle"
-    args = dict(model_id="tiny", version="1", kms=kms, kms_key_id=key_id, owner_key=Ed25519PrivateKey.generate(), out_dir=out)
-    package_model(_sources(), **args)  # type: ignore[arg-type]
+    owner = Ed25519PrivateKey.generate()
+    package_model(_sources(), model_id="tiny", version="1", kms=kms, kms_key_id=key_id, owner_key=owner, out_dir=out)
     with pytest.raises(ConfigError, match="already holds a bundle"):
-        package_model(_sources(), **args)  # type: ignore[arg-type]
+        package_model(_sources(), model_id="tiny", version="1", kms=kms, kms_key_id=key_id, owner_key=owner, out_dir=out)
 
 
 def test_owner_key_files(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import cbor2
 import pytest
@@ -38,7 +39,7 @@ def session(world: MockWorld) -> tuple[SessionPair, bytes, Receipt, VerifiedAtte
     return p, ev.receipt.raw, ev.receipt.receipt, p.client.attestation
 
 
-def _resign(world: MockWorld, r: Receipt, **changes: object) -> bytes:
+def _resign(world: MockWorld, r: Receipt, **changes: Any) -> bytes:
     """Sign a changed payload with the real key, keeping the real kid (so R2 passes)."""
     changed = dataclasses.replace(r, **changes)
     return sign_eddsa(changed.to_cbor(), world.identity.receipt_key, kid=r.attestation_hash)

@@ -17,17 +17,18 @@ from typing import Any, cast
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_OWNERS
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._bundle import Manifest, owner_key_id
 from ephemeralml.common._errors import KeyReleaseError, ManifestError, PolicyError
+from ephemeralml.common._store import AwsCredentials
 from ephemeralml.enclave import _cli as enclave_cli
 from ephemeralml.enclave._keyrelease import KmsKeyRelease
 from ephemeralml.enclave._loader import LoadedModel, load_model
 from ephemeralml.enclave._measure import MOCK_FLOORS, NITRO_FLOORS, mock_enclave_measurements
-from ephemeralml.host._store import AwsCredentials, LocalStore, StoreService
-from ephemeralml.host._transport import Endpoint
+from ephemeralml.host._store import LocalStore, StoreService
+from ephemeralml.runtime._home import MOCK_MEASUREMENTS, MOCK_OWNERS
+from ephemeralml.runtime._transport import Endpoint
 from tests.unit.test_bundle import make_bundle
 
 MODEL = "all-MiniLM-L6-v2"

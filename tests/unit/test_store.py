@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from ephemeralml.common._errors import ConfigError, LimitError, RemoteProtocolError
-from ephemeralml.host._store import (
-    STORE_CHUNK_BYTES,
-    LocalStore,
-    ModelStore,
-    S3Store,
-    StoreService,
-    fetch,
-)
-from ephemeralml.host._transport import Endpoint
+from ephemeralml.common._store import STORE_CHUNK_BYTES
+from ephemeralml.enclave._services import fetch
+from ephemeralml.host._store import LocalStore, ModelStore, S3Store, StoreService
+from ephemeralml.runtime._transport import Endpoint
 
 LISTEN = Endpoint.parse("127.0.0.1:0")
+
+T = TypeVar("T")
 
 
 async def _get(store: ModelStore, model: str, name: str, max_bytes: int = 10**9) -> bytes:
@@ -38,7 +37,7 @@ async def _get(store: ModelStore, model: str, name: str, max_bytes: int = 10**9)
         await svc.close()
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
@@ -51,19 +50,19 @@ def local(tmp_path: Path) -> tuple[LocalStore, bytes]:
     return LocalStore(tmp_path), data
 
 
-def test_local_file_streams_exactly(local) -> None:  # type: ignore[no-untyped-def]
+def test_local_file_streams_exactly(local: tuple[LocalStore, bytes]) -> None:
     store, data = local
     assert run(_get(store, "m", "model.enc")) == data
     assert run(_get(store, "m", "manifest.cose")) == b"signed"
 
 
-def test_missing_file_is_a_clear_error(local) -> None:  # type: ignore[no-untyped-def]
+def test_missing_file_is_a_clear_error(local: tuple[LocalStore, bytes]) -> None:
     store, _ = local
     with pytest.raises(ConfigError, match=r"^host model store: model store has no m/model.key$"):
         run(_get(store, "m", "model.key"))
 
 
-def test_no_more_than_the_manifest_size(local) -> None:  # type: ignore[no-untyped-def]
+def test_no_more_than_the_manifest_size(local: tuple[LocalStore, bytes]) -> None:
     store, data = local
     with pytest.raises(
         LimitError, match=f"host sent more than {len(data) - 1} bytes of m/model.enc"
@@ -74,7 +73,9 @@ def test_no_more_than_the_manifest_size(local) -> None:  # type: ignore[no-untyp
 @pytest.mark.parametrize(
     ("model", "name"), [("../etc", "model.enc"), ("m", "passwd"), ("m", "../model.enc")]
 )
-def test_only_bundle_files_are_served(local, model: str, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_only_bundle_files_are_served(
+    local: tuple[LocalStore, bytes], model: str, name: str
+) -> None:
     store, _ = local
     with pytest.raises(RemoteProtocolError):
         run(_get(store, model, name))
@@ -97,8 +98,9 @@ def test_s3_store_streams_from_moto() -> None:
             run(_get(store, "m", "model.key"))
 
 
-def test_credentials_are_handed_over_and_parsed(local) -> None:  # type: ignore[no-untyped-def]
-    from ephemeralml.host._store import AwsCredentials, fetch_credentials
+def test_credentials_are_handed_over_and_parsed(local: tuple[LocalStore, bytes]) -> None:
+    from ephemeralml.common._store import AwsCredentials
+    from ephemeralml.enclave._services import fetch_credentials
 
     store, _ = local
     creds = AwsCredentials("AKIAEXAMPLE", "secret", "token", "eu-west-1")
@@ -117,8 +119,8 @@ def test_credentials_are_handed_over_and_parsed(local) -> None:  # type: ignore[
     assert "secret" not in repr(got) and "token" not in repr(got)
 
 
-def test_no_credentials_configured(local) -> None:  # type: ignore[no-untyped-def]
-    from ephemeralml.host._store import fetch_credentials
+def test_no_credentials_configured(local: tuple[LocalStore, bytes]) -> None:
+    from ephemeralml.enclave._services import fetch_credentials
 
     store, _ = local
 

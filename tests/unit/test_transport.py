@@ -16,7 +16,7 @@ import pytest
 
 from ephemeralml.common._errors import ConfigError, TransportError
 from ephemeralml.host import Endpoint, open_connection, server_endpoint, start_server
-from ephemeralml.host._transport import VSOCK_CID_ANY
+from ephemeralml.runtime._transport import VSOCK_CID_ANY
 
 T = TypeVar("T")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from ephemeralml._home import default_home
 from ephemeralml.common._errors import ConfigError, Error
-
-from ._relay import (
+from ephemeralml.common._store import AwsCredentials
+from ephemeralml.runtime._home import default_home
+from ephemeralml.runtime._relay import (
     FRAME_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
     IDLE_TIMEOUT_S,
@@ -35,8 +35,9 @@ from ._relay import (
     Relay,
     RelayConfig,
 )
-from ._store import AwsCredentials, StoreService, instance_credentials, store_from_url
-from ._transport import Endpoint
+from ephemeralml.runtime._transport import Endpoint
+
+from ._store import StoreService, instance_credentials, store_from_url
 
 __all__ = ["HostConfig", "build_config", "main"]
 

@@ -42,8 +42,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
-from ephemeralml._strict import generate_ed25519_key, load_ed25519_key, loads_json
 from ephemeralml.common._attestation import (
     MAX_ATTESTATION_AGE_S,
     AttestationPolicy,
@@ -54,6 +52,8 @@ from ephemeralml.common._attestation import (
 from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
 from ephemeralml.common._errors import ConfigError, DecodeError, Error, PolicyError
+from ephemeralml.runtime._home import MOCK_MEASUREMENTS, MOCK_ROOT, default_home, write_atomic
+from ephemeralml.runtime._strict import generate_ed25519_key, load_ed25519_key, loads_json
 
 from ._aws_root import AWS_NITRO_ROOT_G1_PEM
 

@@ -122,8 +122,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._home import MOCK_ROOT, default_home, write_atomic
-from .._strict import loads_json
+from ephemeralml.runtime._home import MOCK_ROOT, default_home, write_atomic
+from ephemeralml.runtime._strict import loads_json
+
 from ..common._attestation import (
     AWS_NITRO_ROOT_SHA256,
     AttestationPolicy,

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ephemeralml._strict import parse_s3_url
 from ephemeralml.common._errors import ConfigError, TransportError
+from ephemeralml.runtime._strict import parse_s3_url
 
 from ._package import BUNDLE_FILES, MANIFEST_FILE
 

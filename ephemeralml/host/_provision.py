@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ephemeralml._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
 from ephemeralml.common._errors import KeyReleaseError
+from ephemeralml.runtime._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
 
 from ._mock_kms import ENCLAVE, MODEL_OWNER, PRINCIPALS
 

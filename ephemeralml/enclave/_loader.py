@@ -35,8 +35,8 @@ from ephemeralml.common._bundle import (
     verify_manifest,
 )
 from ephemeralml.common._errors import ManifestError
-from ephemeralml.host._store import fetch
-from ephemeralml.host._transport import Endpoint
+from ephemeralml.enclave._services import fetch
+from ephemeralml.runtime._transport import Endpoint
 
 from ._keyrelease import KmsKeyRelease
 from ._model import Embedder, ModelFiles

@@ -25,8 +25,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ephemeralml._home import write_atomic
-from ephemeralml._strict import generate_ed25519_key, load_ed25519_key
 from ephemeralml.common._bundle import (
     DEFAULT_CHUNK_BYTES,
     MAX_RELEASE,
@@ -37,6 +35,8 @@ from ephemeralml.common._bundle import (
     sign_manifest,
 )
 from ephemeralml.common._errors import ConfigError, KeyReleaseError
+from ephemeralml.runtime._home import write_atomic
+from ephemeralml.runtime._strict import generate_ed25519_key, load_ed25519_key
 
 __all__ = [
     "BUNDLE_FILES",

@@ -6,7 +6,7 @@ session failing (bad bytes, a peer that vanishes, a tampered frame) ends that
 connection only; every other session goes on.
 
 The socket is AF_VSOCK in production and loopback TCP in mock mode: the same code
-above :mod:`ephemeralml.host._transport`.
+above :mod:`ephemeralml.runtime._transport`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ephemeralml.common._session import (
     HelloReceived,
     RequestReceived,
 )
-from ephemeralml.host._transport import (
+from ephemeralml.runtime._transport import (
     Endpoint,
     server_endpoint,
     set_nodelay,

@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from .._home import write_atomic
+from ephemeralml.runtime._home import write_atomic
+
 from ..common._attestation import MAX_OPTIONAL_FIELD_BYTES, PCR_BYTES
 from ..common._cbor import encode
 from ..common._errors import ConfigError, LimitError, LocalProtocolError
@@ -159,7 +160,8 @@ def _skipped(rel: Path) -> bool:
 
 
 def code_digest(package_root: Path | Sequence[Path]) -> bytes:
-    """SHA-384 over every ``*.py`` file under one folder or several, deterministically.
+    """SHA-384 over every ``*.py`` file under one folder or several (or a file given
+    itself, named by its file name), deterministically.
 
     Files are taken in sorted order of (position of the folder in the argument,
     POSIX path relative to that folder); each contributes
@@ -173,8 +175,11 @@ def code_digest(package_root: Path | Sequence[Path]) -> bytes:
     entries: list[tuple[int, str, Path]] = []
     for position, root in enumerate(roots):
         root = Path(root)
+        if root.is_file():
+            entries.append((position, root.name, root))
+            continue
         if not root.is_dir():
-            raise ConfigError(f"code digest: {root} is not a folder")
+            raise ConfigError(f"code digest: {root} is not a file or folder")
         for path in root.rglob("*.py"):
             rel = path.relative_to(root)
             if path.is_file() and not _skipped(rel):

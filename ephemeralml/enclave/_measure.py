@@ -19,9 +19,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import ephemeralml as _top_pkg
-import ephemeralml.common as _common_pkg
-import ephemeralml.enclave as _enclave_pkg
-import ephemeralml.host as _host_pkg
 from ephemeralml.common._bundle import MAX_RELEASE, owner_key_id
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError
@@ -54,18 +51,23 @@ NITRO_FLOORS = "/etc/ephemeralml/model-floors.txt"
 MOCK_FLOORS = Path("published") / "model-floors.txt"
 
 
-def enclave_code_digest() -> bytes:
-    """SHA-384 of every project file the enclave program runs.
+#: The subpackages of ``ephemeralml`` an enclave image carries, beside the top-level
+#: ``__init__.py``: the protocol core, the neutral runtime and the enclave program.
+#: Nothing of the host, the client or the mock package is in the image; the import
+#: contract (``.importlinter``) keeps the enclave from needing them.
+ENCLAVE_IMAGE_PACKAGES = ("common", "runtime", "enclave")
 
-    The enclave and common packages, the transport seam it shares with the host
-    (host/), and the top-level package (ephemeralml/).
-    """
-    dirs = [
-        Path(pkg.__file__).resolve().parent
-        for pkg in (_top_pkg, _common_pkg, _host_pkg, _enclave_pkg)
-        if pkg.__file__ is not None
-    ]
-    return code_digest(dirs)
+
+def enclave_image_files() -> list[Path]:
+    """The roots :func:`enclave_code_digest` measures, in order."""
+    assert _top_pkg.__file__ is not None
+    top = Path(_top_pkg.__file__).resolve().parent
+    return [top / "__init__.py", *(top / name for name in ENCLAVE_IMAGE_PACKAGES)]
+
+
+def enclave_code_digest() -> bytes:
+    """SHA-384 of every project file the enclave image carries (:func:`enclave_image_files`)."""
+    return code_digest(enclave_image_files())
 
 
 def runtime_id() -> str:

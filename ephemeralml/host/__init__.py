@@ -3,7 +3,7 @@
 It only ever handles ciphertext: it never parses, logs or keeps what it relays.
 """
 
-from ._relay import (
+from ephemeralml.runtime._relay import (
     CHUNK_BYTES,
     CONNECT_TIMEOUT_S,
     IDLE_TIMEOUT_S,
@@ -12,7 +12,7 @@ from ._relay import (
     RelayConfig,
     RelayStats,
 )
-from ._transport import Endpoint, open_connection, server_endpoint, start_server
+from ephemeralml.runtime._transport import Endpoint, open_connection, server_endpoint, start_server
 
 __all__ = [
     "CHUNK_BYTES",

@@ -28,12 +28,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ephemeralml._home import MOCK_MEASUREMENTS, MOCK_OWNERS, MOCK_ROOT, default_home, write_atomic
 from ephemeralml.common._errors import ConfigError, Error, TransportError
 from ephemeralml.common._session import EnclaveIdentity
-from ephemeralml.host._relay import Relay, RelayConfig
-from ephemeralml.host._store import AwsCredentials, fetch_credentials
-from ephemeralml.host._transport import Endpoint
+from ephemeralml.common._store import AwsCredentials
+from ephemeralml.enclave._services import fetch_credentials
+from ephemeralml.runtime._home import (
+    MOCK_MEASUREMENTS,
+    MOCK_OWNERS,
+    MOCK_ROOT,
+    default_home,
+    write_atomic,
+)
+from ephemeralml.runtime._relay import Relay, RelayConfig
+from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
 from ._keyrelease import KmsKeyRelease, kms_client_config

@@ -34,9 +34,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from ephemeralml._home import write_atomic
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
+from ephemeralml.runtime._home import write_atomic
 
 __all__ = [
     "DIM",

@@ -16,8 +16,9 @@ from typing import Any, NoReturn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ephemeralml.common._errors import ConfigError
+
 from ._home import write_atomic
-from .common._errors import ConfigError
 
 __all__ = ["generate_ed25519_key", "load_ed25519_key", "loads_json", "parse_s3_url"]
 

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ephemeralml._home import default_home, write_atomic
 from ephemeralml.common._attestation import (
     AttestationDocument,
     AttestationPolicy,
@@ -38,6 +37,7 @@ from ephemeralml.common._receipt import (
     receipt_attestation_hash,
     verify_receipt,
 )
+from ephemeralml.runtime._home import default_home, write_atomic
 
 from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, Embeddings, connect
 from ._policy import (
