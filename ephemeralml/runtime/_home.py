@@ -13,7 +13,14 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["MOCK_MEASUREMENTS", "MOCK_OWNERS", "MOCK_ROOT", "default_home", "write_atomic"]
+__all__ = [
+    "MOCK_FLOORS",
+    "MOCK_MEASUREMENTS",
+    "MOCK_OWNERS",
+    "MOCK_ROOT",
+    "default_home",
+    "write_atomic",
+]
 
 #: Relative to the home: the mock root the enclave published.
 MOCK_ROOT = Path("published") / "mock-root.pem"
@@ -22,6 +29,8 @@ MOCK_ROOT = Path("published") / "mock-root.pem"
 MOCK_OWNERS = Path("published") / "model-owners.txt"
 #: Relative to the home: the mock enclave's measurements (PCRs).
 MOCK_MEASUREMENTS = Path("published") / "measurements.json"
+#: Relative to the home: a mock enclave's model floors (folded into its PCR0, M11).
+MOCK_FLOORS = Path("published") / "model-floors.txt"
 
 
 def default_home() -> Path:

@@ -45,7 +45,7 @@ from ephemeralml.common._messages import (
 )
 from ephemeralml.common._proof import CACHED_SESSION_ID, SessionProof
 from ephemeralml.common._receipt import RECEIPT_PCRS, Receipt, sign_receipt
-from ephemeralml.enclave._nsm import MockNsm, mock_measurements
+from ephemeralml.mock._nsm import MockNsm, mock_measurements
 from tests.fuzz import world as w
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ephemeralml.client import _bench as bench
-from ephemeralml.client._bench import (
+from ephemeralml.bench import _bench as bench
+from ephemeralml.bench._bench import (
     CONCURRENCY,
     TARGETS,
     BenchError,

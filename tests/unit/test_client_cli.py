@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from ephemeralml._edge import enclave_main
 from ephemeralml.client._aws_root import AWS_NITRO_ROOT_G1_PEM
 from ephemeralml.client._cli import main
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._attestation import AWS_NITRO_ROOT_SHA256, PcrAllowlist, parse_unverified
 from ephemeralml.common._errors import ConfigError
-from ephemeralml.enclave._cli import main as enclave_main
 from tests.vectors_path import REAL_VECTORS
 
 DOC3 = REAL_VECTORS / "nitro_attestation_3.cbor"
@@ -159,10 +159,44 @@ def test_enclave_outside_nitro_fails_on_the_nsm(tmp_path: Path, capsys: pytest.C
 
 
 def test_enclave_mock_needs_tcp(capsys: pytest.CaptureFixture[str]) -> None:
-    assert enclave_main(["--mock", "--listen", "vsock:any:5005"]) == 2
+    for flag in ("--listen", "--host-services", "--host-kms"):
+        assert enclave_main(["--mock", flag, "vsock:any:5005"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"ephemeral-enclave: error: {flag} vsock:any:5005: the mock profile uses tcp"
+        )
+
+
+def test_the_enclave_program_alone_has_no_mock_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    # What the Nitro image runs (python -m ephemeralml.enclave): no mock profile handed in.
+    from ephemeralml.enclave._cli import main
+
+    assert main(["--mock"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "ephemeral-enclave: error: --mock listens on TCP; give --listen HOST:PORT"
+        "ephemeral-enclave: error: this installation has no mock mode "
+        "(start it as ephemeral-enclave --mock)"
     )
+
+
+def test_one_base_port_moves_every_enclave_port(tmp_path: Path) -> None:
+    from ephemeralml.enclave import _cli
+    from ephemeralml.mock._profiles import enclave_profile
+
+    def endpoints(argv: list[str], env: dict[str, str]) -> list[str]:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            c = _cli._config(_cli._parser().parse_args(argv), enclave_profile)
+        return [str(c.listen), str(c.services), str(c.kms)]
+
+    mock = ["--mock", "--home", str(tmp_path)]
+    assert endpoints(mock, {}) == ["tcp:127.0.0.1:5005", "tcp:127.0.0.1:5006", "tcp:127.0.0.1:5007"]
+    assert endpoints([*mock, "--base-port", "6200"], {}) == [
+        "tcp:127.0.0.1:6205", "tcp:127.0.0.1:6206", "tcp:127.0.0.1:6207"
+    ]  # fmt: skip
+    assert endpoints(mock, {"EPHEMERALML_BASE_PORT": "6300"})[0] == "tcp:127.0.0.1:6305"
+    assert endpoints(["--base-port", "6200"], {}) == [
+        "vsock:any:6205", "vsock:3:6206", "vsock:3:6207"
+    ]  # fmt: skip
 
 
 def test_attestation_with_an_unparsable_leaf_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

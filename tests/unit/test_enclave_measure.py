@@ -16,10 +16,10 @@ from ephemeralml.common._errors import ConfigError
 from ephemeralml.enclave._measure import (
     image_config_digest,
     load_model_floors,
-    mock_enclave_measurements,
     model_floors_digest,
     owner_keys_digest,
 )
+from ephemeralml.mock._nsm import mock_enclave_measurements
 from tests.vectors_path import REPO_ROOT
 
 

@@ -34,8 +34,8 @@ from ephemeralml.enclave._keyrelease import (
     KmsKeyRelease,
     kms_client_config,
 )
-from ephemeralml.enclave._nsm import MockNsm, mock_measurements
-from ephemeralml.host._mock_kms import ENCLAVE, HOST, MODEL_OWNER, PRINCIPALS, MockKmsServer
+from ephemeralml.mock._kms import ENCLAVE, HOST, MODEL_OWNER, PRINCIPALS, MockKmsServer
+from ephemeralml.mock._nsm import MockNsm, mock_measurements
 from tests.integration.conftest import free_port
 
 PCRS = mock_measurements(code_digest=b"c" * 48, model_digest=b"m" * 32, runtime_id="build-1")

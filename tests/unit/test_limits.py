@@ -34,6 +34,7 @@ from ephemeralml.common._session import ClientSession, ResponseReceived
 from ephemeralml.enclave._loader import LoadedModel
 from ephemeralml.enclave._server import EnclaveServer, ServerConfig
 from ephemeralml.host import Endpoint, Relay, RelayConfig, _cli
+from ephemeralml.mock._profiles import host_profile
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
 
 T = TypeVar("T")
@@ -560,7 +561,7 @@ def test_host_cli_flags_reach_the_relay_config() -> None:
         ["--mock", "--max-pending", "7", "--max-per-source", "9", "--max-pending-per-source",
          "3", "--handshake-timeout", "2.5", "--frame-timeout", "4"]
     )  # fmt: skip
-    relay = _cli.build_config(args, {}).relay
+    relay = _cli.build_config(args, {}, host_profile).relay
     assert (relay.max_pending, relay.max_per_source, relay.max_pending_per_source) == (7, 9, 3)
     assert (relay.handshake_timeout_s, relay.frame_timeout_s, relay.framed) == (2.5, 4.0, True)
     with pytest.raises(ConfigError, match=r"^frame timeout must be a positive, finite number of seconds, got 0\.0$"):
@@ -691,16 +692,19 @@ def test_client_request_refused_by_the_enclave_is_one_clear_error(world: MockWor
 
 def test_enclave_cli_flags_reach_the_server_config() -> None:
     from ephemeralml.enclave import _cli as enclave_cli
+    from ephemeralml.mock._profiles import enclave_profile as enclave_mock
 
     args = enclave_cli._parser().parse_args(
         ["--mock", "--max-pending", "5", "--handshake-timeout", "2", "--frame-timeout", "3",
          "--max-session-bytes", "1000"]
     )  # fmt: skip
-    server = enclave_cli._config(args).server_config()
+    server = enclave_cli._config(args, enclave_mock).server_config()
     assert (server.max_pending, server.handshake_timeout_s) == (5, 2.0)
     assert (server.frame_timeout_s, server.max_session_bytes) == (3.0, 1000)
     with pytest.raises(ConfigError) as info:
-        enclave_cli._config(enclave_cli._parser().parse_args(["--mock", "--frame-timeout", "0"]))
+        enclave_cli._config(
+            enclave_cli._parser().parse_args(["--mock", "--frame-timeout", "0"]), enclave_mock
+        )
     assert str(info.value) == "frame timeout must be a positive, finite number of seconds, got 0.0"
 
 

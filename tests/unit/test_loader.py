@@ -22,10 +22,10 @@ from ephemeralml.common._errors import ConfigError, KeyReleaseError, ManifestErr
 from ephemeralml.enclave._keyrelease import KmsKeyRelease
 from ephemeralml.enclave._loader import LoadedModel, load_model
 from ephemeralml.enclave._measure import load_owner_keys
-from ephemeralml.enclave._nsm import MockNsm
-from ephemeralml.host._mock_kms import ENCLAVE, MODEL_OWNER, MockKmsServer
-from ephemeralml.host._provision import ensure_mock_root, provision_mock
 from ephemeralml.host._store import LocalStore, StoreService
+from ephemeralml.mock._kms import ENCLAVE, MODEL_OWNER, MockKmsServer
+from ephemeralml.mock._nsm import MockNsm
+from ephemeralml.mock._provision import ensure_mock_root, provision_mock
 from ephemeralml.runtime._home import MOCK_OWNERS
 from ephemeralml.runtime._transport import Endpoint
 

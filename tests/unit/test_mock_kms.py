@@ -42,10 +42,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._errors import ConfigError, KeyReleaseError
-from ephemeralml.enclave._nsm import MockNsm
-from ephemeralml.host import _mock_kms
-from ephemeralml.host._cms_build import CONTENT_CHUNK_BYTES, build_recipient_envelope
-from ephemeralml.host._mock_kms import (
+from ephemeralml.mock import _kms as _mock_kms
+from ephemeralml.mock._cms_build import CONTENT_CHUNK_BYTES, build_recipient_envelope
+from ephemeralml.mock._kms import (
     BLOB_VERSION,
     ENCLAVE,
     HOST,
@@ -60,6 +59,7 @@ from ephemeralml.host._mock_kms import (
     policy_decision,
     validate_policy,
 )
+from ephemeralml.mock._nsm import MockNsm
 
 START = datetime(2030, 1, 1, 8, 0, 0, tzinfo=UTC)
 PCR0 = hashlib.sha384(b"enclave image").digest()
@@ -1274,7 +1274,7 @@ def test_logs_name_operations_but_never_secrets(
 
 
 # ===========================================================================
-# Standalone: python -m ephemeralml.host._mock_kms
+# Standalone: python -m ephemeralml.mock._kms
 # ===========================================================================
 
 
@@ -1291,7 +1291,7 @@ def test_standalone_server_serves_and_stops_on_sigterm(tmp_path: Path, nsm: Mock
     root_pem = tmp_path / "mock-root.pem"
     nsm.publish_root(root_pem)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ephemeralml.host._mock_kms", "--state-dir", str(tmp_path / "state"),
+        [sys.executable, "-m", "ephemeralml.mock._kms", "--state-dir", str(tmp_path / "state"),
          "--root", str(root_pem), "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

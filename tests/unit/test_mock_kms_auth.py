@@ -4,7 +4,7 @@ Finding 8 of issue 7: in mock mode every caller was the account, and the provisi
 policy let the host call PutKeyPolicy and then Decrypt; no signature was checked. Here
 every request is signed by one of three roles (model owner, host, enclave), SigV4 is
 recomputed with botocore's own code, and the provisioned policy
-(:func:`ephemeralml.host._provision.enclave_key_policy`) is held against each role.
+(:func:`ephemeralml.mock._provision.enclave_key_policy`) is held against each role.
 
 Every server binds 127.0.0.1 on a free port and is closed by its fixture; every client
 has short timeouts and no retries; raw requests have a socket timeout. No test reads the
@@ -35,8 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._cms import open_recipient_envelope
 from ephemeralml.common._errors import ConfigError
-from ephemeralml.enclave._nsm import MockNsm
-from ephemeralml.host._mock_kms import (
+from ephemeralml.mock._kms import (
     ACCOUNT_ROOT,
     ENCLAVE,
     HOST,
@@ -49,7 +48,8 @@ from ephemeralml.host._mock_kms import (
     load_or_create_credentials,
     policy_decision,
 )
-from ephemeralml.host._provision import enclave_key_policy
+from ephemeralml.mock._nsm import MockNsm
+from ephemeralml.mock._provision import enclave_key_policy
 
 NSM_TIME = datetime(2030, 1, 1, 8, 0, 0, tzinfo=UTC)
 #: The server's SigV4 clock in the window tests (the mock NSM keeps its own, NSM_TIME).

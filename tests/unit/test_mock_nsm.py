@@ -31,12 +31,9 @@ from ephemeralml.common._errors import (
     LocalProtocolError,
     PolicyError,
 )
-from ephemeralml.enclave._nsm import (
-    MockNsm,
-    Nsm,
-    code_digest,
-    mock_measurements,
-)
+from ephemeralml.enclave._measure import code_digest
+from ephemeralml.enclave._nsm import Nsm
+from ephemeralml.mock._nsm import MockNsm, mock_measurements
 
 START = datetime(2030, 1, 1, 8, 0, 0, 123456, tzinfo=UTC)
 AWS_KEY_ORDER = [

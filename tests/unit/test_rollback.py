@@ -9,6 +9,7 @@ digests refuses an older one whatever the enclave does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -25,9 +26,13 @@ from ephemeralml.common._store import AwsCredentials
 from ephemeralml.enclave import _cli as enclave_cli
 from ephemeralml.enclave._keyrelease import KmsKeyRelease
 from ephemeralml.enclave._loader import LoadedModel, load_model
-from ephemeralml.enclave._measure import MOCK_FLOORS, NITRO_FLOORS, mock_enclave_measurements
+from ephemeralml.enclave._measure import NITRO_FLOORS
+from ephemeralml.enclave._profile import EnclaveProfile
 from ephemeralml.host._store import LocalStore, StoreService
-from ephemeralml.runtime._home import MOCK_MEASUREMENTS, MOCK_OWNERS
+from ephemeralml.mock._nsm import mock_enclave_measurements
+from ephemeralml.mock._profiles import enclave_profile as enclave_mock
+from ephemeralml.runtime._home import MOCK_FLOORS, MOCK_MEASUREMENTS, MOCK_OWNERS
+from ephemeralml.runtime._ports import Ports
 from ephemeralml.runtime._transport import Endpoint
 from tests.unit.test_bundle import make_bundle
 
@@ -119,7 +124,7 @@ def test_a_client_pinning_the_current_release_refuses_the_older_one(owner: Ed255
 
 def test_default_floors_files(tmp_path: Path) -> None:
     def floors(*argv: str) -> Path:
-        return enclave_cli._config(enclave_cli._parser().parse_args(list(argv))).floors
+        return enclave_cli._config(enclave_cli._parser().parse_args(list(argv)), enclave_mock).floors
 
     assert floors("--mock", "--home", str(tmp_path)) == tmp_path / MOCK_FLOORS
     assert floors("--home", str(tmp_path)) == Path(NITRO_FLOORS)
@@ -160,16 +165,19 @@ def test_the_enclave_measures_the_floors_it_enforces(
     # The PCR0 the enclave's NSM reports (an enclave that does not serve publishes
     # nothing, so it is read from the NSM the enclave made).
     made: list[Any] = []
-    real_make_nsm = enclave_cli._make_nsm
 
-    def make_nsm(*a: Any, **kw: Any) -> Any:
-        made.append(real_make_nsm(*a, **kw))
-        return made[-1]
+    def recording_mock(home: Path, ports: Ports) -> EnclaveProfile:
+        profile = enclave_mock(home, ports)
+
+        def make_nsm(*a: Any) -> Any:
+            made.append(profile.make_nsm(*a))
+            return made[-1]
+
+        return dataclasses.replace(profile, make_nsm=make_nsm)
 
     monkeypatch.setattr(enclave_cli, "fetch_credentials", no_host)
     monkeypatch.setattr(enclave_cli, "load_model", loader)
-    monkeypatch.setattr(enclave_cli, "_make_nsm", make_nsm)
-    assert enclave_cli.main(argv) == 2
+    assert enclave_cli.main(argv, mock_profile=recording_mock) == 2
     floor = expected.get(MODEL, 0)
     assert seen == {MODEL: floor}  # the floor measured is the floor handed to the loader
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

@@ -1,4 +1,4 @@
-"""``ephemeral bench`` / ``scripts/bench.py``: bare ONNX Runtime vs the confidential path.
+"""``scripts/bench.py``: bare ONNX Runtime vs the confidential path, side by side.
 
 One run, one process tree, one machine:
 
@@ -66,7 +66,7 @@ __all__ = [
     "summarize_ms",
 ]
 
-PROG = "ephemeral bench"
+PROG = "bench"
 SCHEMA_VERSION = 1
 MODEL = "all-MiniLM-L6-v2"
 
@@ -553,7 +553,7 @@ def _program_cmd(script: str, module: str) -> list[str]:
     found = shutil.which(script)
     if found:
         return [found]
-    return [sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"]
+    return [sys.executable, "-m", "ephemeralml._edge", module]
 
 
 def program_env(home: Path) -> dict[str, str]:
@@ -617,7 +617,7 @@ class HostInfo:
 
 def start_host(children: Children, name: str, home: Path, enclave_ports: Sequence[int]) -> HostInfo:
     cmd = [
-        *_program_cmd("ephemeral-host", "ephemeralml.host._cli"), "--mock",
+        *_program_cmd("ephemeral-host", "host"), "--mock",
         "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0",
         "--kms-listen", "127.0.0.1:0", "--mock-kms-listen", "127.0.0.1:0",
     ]  # fmt: skip
@@ -653,7 +653,7 @@ def start_enclave(
     extra_args: Sequence[str] = (),
 ) -> EnclaveInfo:
     cmd = [
-        *_program_cmd("ephemeral-enclave", "ephemeralml.enclave._cli"), "--mock",
+        *_program_cmd("ephemeral-enclave", "enclave"), "--mock",
         "--listen", f"127.0.0.1:{port}",
         "--host-services", f"tcp:127.0.0.1:{host.services}",
         "--host-kms", f"tcp:127.0.0.1:{host.kms}", "--host-wait", "60",
@@ -784,9 +784,10 @@ class Bare:
     """The bare baseline: the enclave's own :class:`Embedder`, in this process."""
 
     def __init__(self) -> None:
-        from ephemeralml.enclave._model import Embedder, ModelFiles
+        from ephemeralml.client._modeldir import default_model_files
+        from ephemeralml.enclave._model import Embedder
 
-        files = ModelFiles.default()
+        files = default_model_files()
         threads_before = thread_count()
         t0 = time.perf_counter()
         self.embedder: Any = Embedder(files)
@@ -850,7 +851,7 @@ def bench_crypto(plan: Plan, state_dir: Path) -> dict[str, Any]:
         RequestReceived,
         ResponseReceived,
     )
-    from ephemeralml.enclave._nsm import MockNsm, mock_measurements
+    from ephemeralml.mock._nsm import MockNsm, mock_measurements
 
     model_digest = hashlib.sha256(b"bench model manifest").digest()
     pcrs = mock_measurements(
@@ -948,7 +949,7 @@ def bench_crypto(plan: Plan, state_dir: Path) -> dict[str, Any]:
 def bench_attestation(plan: Plan, state_dir: Path) -> dict[str, Any]:
     """verify_attestation of mock documents: cold, and with a chain cache if there is one."""
     from ephemeralml.common import _attestation as att
-    from ephemeralml.enclave._nsm import MockNsm, mock_measurements
+    from ephemeralml.mock._nsm import MockNsm, mock_measurements
 
     pcrs = mock_measurements(
         code_digest=hashlib.sha384(b"bench code").digest(),
@@ -1011,7 +1012,7 @@ def bench_attestation(plan: Plan, state_dir: Path) -> dict[str, Any]:
 
 
 def _policy(home: Path) -> Any:
-    from ._policy import ClientPolicy
+    from ephemeralml.client._policy import ClientPolicy
 
     return ClientPolicy.unsafe_mock(home, warn=False)
 
@@ -1068,9 +1069,8 @@ def session_modes() -> list[str]:
     :func:`connect` has no ``session_mode`` (then only its default is measured)."""
     import inspect
 
+    from ephemeralml.client._api import connect
     from ephemeralml.common._messages import ClientHello
-
-    from ._api import connect
 
     if "session_mode" not in inspect.signature(connect).parameters:
         return []
@@ -1079,7 +1079,7 @@ def session_modes() -> list[str]:
 
 def _session_setup(address: str, policy: Any, n: int, mode: str | None = None) -> list[float]:
     """``n`` times connect + close; ``mode`` None is the client's default."""
-    from ._api import connect
+    from ephemeralml.client._api import connect
 
     for _ in range(3):  # warm-up (in cached mode: the enclave's first document)
         connect(address, policy=policy, session_mode=mode).close()
@@ -1097,7 +1097,7 @@ def _throughput(
 ) -> dict[str, Any]:
     """``c`` sessions in ``c`` threads, ``total // c`` one-sentence requests each,
     all opened and warmed before the clock starts."""
-    from ._api import connect
+    from ephemeralml.client._api import connect
 
     per = max(1, total // c)
     sessions = []
@@ -1384,7 +1384,7 @@ def run_benchmark(plan: Plan, work_dir: Path) -> dict[str, Any]:
         full: dict[str, Any] = {}
         r["bare"], r["full"] = b, full
         with st.stage("latency", "latency: bare, via host, direct to the enclave (interleaved)"):
-            from ._api import connect
+            from ephemeralml.client._api import connect
 
             with contextlib.ExitStack() as stack:
                 via_host = stack.enter_context(connect(host.address, policy=policy))
@@ -1596,7 +1596,7 @@ class _Interrupted(BaseException):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``ephemeral bench`` / ``scripts/bench.py``. Returns the exit code."""
+    """``scripts/bench.py``. Returns the exit code."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:

@@ -11,7 +11,7 @@ steps against the local KMS server, so three terminals need no other flags:
    ``published/model-owners.txt`` (what the enclave image would carry);
 3. a KMS key whose policy lets only an enclave with the *current* mock measurements
    decrypt (re-written at every start, as a redeploy would), done as the model owner's
-   role (:data:`~ephemeralml.host._mock_kms.MODEL_OWNER`): the policy names the owner
+   role (:data:`~ephemeralml.mock._kms.MODEL_OWNER`): the policy names the owner
    for administration and the enclave's role for ``kms:Decrypt`` under PCR conditions,
    and the host's role not at all;
 4. the packaged all-MiniLM-L6-v2 in the local store, encrypted under that key.
@@ -32,7 +32,7 @@ from typing import Any
 from ephemeralml.common._errors import KeyReleaseError
 from ephemeralml.runtime._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
 
-from ._mock_kms import ENCLAVE, MODEL_OWNER, PRINCIPALS
+from ._kms import ENCLAVE, MODEL_OWNER, PRINCIPALS
 
 __all__ = [
     "MOCK_OWNERS",
@@ -52,7 +52,7 @@ _OWNER_KEY = Path("mock-owner.pem")
 
 def ensure_mock_root(home: Path) -> bytes:
     """The mock NSM's root certificate (DER), creating the mock CA if needed."""
-    from ephemeralml.enclave._nsm import MockNsm
+    from ephemeralml.mock._nsm import MockNsm
 
     nsm = MockNsm.load_or_create(home / "mock-nsm", {})
     nsm.publish_root(home / MOCK_ROOT)
@@ -163,11 +163,10 @@ def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockPr
     from ephemeralml.client._upload import upload_local
     from ephemeralml.common._bundle import Manifest
     from ephemeralml.common._cose import decode_sign1
-    from ephemeralml.enclave._measure import (
-        MOCK_FLOORS,
-        load_model_floors,
-        mock_enclave_measurements,
-    )
+    from ephemeralml.enclave._measure import load_model_floors
+    from ephemeralml.runtime._home import MOCK_FLOORS
+
+    from ._nsm import mock_enclave_measurements
 
     store = store or home / "store"
     ensure_mock_root(home)

@@ -34,7 +34,7 @@ Principals (:data:`PRINCIPALS`)
     (``arn:aws:iam::111122223333:root``) applies to a role only where the role's IAM
     policy also allows the action, as on AWS. So a key policy that names no account
     and gives ``kms:Decrypt`` to the enclave role only under
-    ``kms:RecipientAttestation`` conditions (:mod:`ephemeralml.host._provision`)
+    ``kms:RecipientAttestation`` conditions (:mod:`ephemeralml.mock._provision`)
     leaves the host, holding every credential the enclave has, no way to decrypt
     or to rewrite the policy.
 

@@ -1,0 +1,96 @@
+"""What differs between the host on a Nitro parent and the mock: one frozen profile.
+
+The host never branches on the mode: its profile gives the default endpoints and
+store, and starts whatever stands behind the enclave's KMS forwarder. The Nitro
+profile is built here; the mock profile (local KMS server and provisioning) comes
+from :mod:`ephemeralml.mock`, handed in at the edge (:mod:`ephemeralml._edge`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ephemeralml.common._errors import ConfigError
+from ephemeralml.common._store import AwsCredentials
+from ephemeralml.runtime._ports import Ports
+from ephemeralml.runtime._transport import Endpoint
+
+from ._store import instance_credentials
+
+__all__ = ["FIRST_ENCLAVE_CID", "PRODUCTION_STORE", "HostProfile", "KmsAccess", "nitro_profile"]
+
+#: The first CID nitro-cli hands out when none is asked for.
+FIRST_ENCLAVE_CID = 16
+#: Production store of encrypted bundles when --store is not given.
+PRODUCTION_STORE = "/var/lib/ephemeralml/store"
+
+
+@dataclass(frozen=True)
+class KmsAccess:
+    """Where the enclave's KMS traffic goes, and the credentials it is handed."""
+
+    upstream: Endpoint
+    credentials: Callable[[], AwsCredentials]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KmsRequest:
+    home: Path
+    store: str
+    region: str
+    #: The profile's local KMS server, if it has one (mock).
+    local_kms: Endpoint | None
+
+
+#: Starts what stands behind the KMS forwarder; what it starts is closed by the stack.
+KmsStarter = Callable[[KmsRequest, contextlib.AsyncExitStack], Awaitable[KmsAccess]]
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    #: "nitro" or "mock".
+    name: str
+    listen: Endpoint
+    enclave: Endpoint
+    services_listen: Endpoint
+    kms_listen: Endpoint
+    store: str
+    start_kms: KmsStarter
+    #: Endpoint kinds this profile may listen and dial on.
+    kinds: frozenset[str]
+    #: A local KMS server (mock only; --mock-kms-listen moves it).
+    local_kms: Endpoint | None = None
+    #: What the start line says about the mode, if anything.
+    note: str | None = None
+
+    def check_endpoint(self, flag: str, endpoint: Endpoint) -> None:
+        if endpoint.kind not in self.kinds:
+            raise ConfigError(
+                f"{flag} {endpoint}: the {self.name} profile uses {' or '.join(sorted(self.kinds))}"
+            )
+
+
+async def _aws_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> KmsAccess:
+    # Never chosen by the enclave: one endpoint, fixed by the region.
+    return KmsAccess(
+        Endpoint.parse(f"tcp:kms.{request.region}.amazonaws.com:443"),
+        instance_credentials(request.region),
+    )
+
+
+def nitro_profile(ports: Ports) -> HostProfile:
+    """On the parent instance: clients from the network, the enclave over vsock."""
+    return HostProfile(
+        name="nitro",
+        listen=Endpoint.parse(f"tcp:0.0.0.0:{ports.client}"),
+        enclave=Endpoint.parse(f"vsock:{FIRST_ENCLAVE_CID}:{ports.enclave}"),
+        services_listen=Endpoint.parse(f"vsock:any:{ports.services}"),
+        kms_listen=Endpoint.parse(f"vsock:any:{ports.kms}"),
+        store=PRODUCTION_STORE,
+        start_kms=_aws_kms,
+        kinds=frozenset({"vsock", "tcp"}),
+    )
