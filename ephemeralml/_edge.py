@@ -41,7 +41,7 @@ def enclave_main(argv: Sequence[str] | None = None) -> int:
     return main(argv, mock_profile=_enclave_mock)
 
 
-def host_main(argv: list[str] | None = None) -> int:
+def host_main(argv: Sequence[str] | None = None) -> int:
     """Console script ``ephemeral-host``."""
     from ephemeralml.host._cli import main
 

@@ -30,7 +30,7 @@ from ephemeralml.common._attestation import (
     verify_attestation,
 )
 from ephemeralml.common._binding import EnclaveBinding
-from ephemeralml.common._errors import ConfigError, Error, ReceiptError
+from ephemeralml.common._errors import ConfigError, ReceiptError
 from ephemeralml.common._receipt import (
     ReceiptExpectations,
     VerifiedReceipt,
@@ -39,6 +39,7 @@ from ephemeralml.common._receipt import (
 )
 from ephemeralml.runtime._home import default_home, write_atomic
 from ephemeralml.runtime._ports import ENV_BASE_PORT, Ports
+from ephemeralml.runtime._runner import Parser, run_main
 
 from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, Embeddings, connect
 from ._policy import (
@@ -58,6 +59,8 @@ from ._policy import (
 __all__ = ["main"]
 
 _MAX_FILE_BYTES = 1024 * 1024
+
+PROG = "ephemeral"
 
 
 # ---------------------------------------------------------------- helpers
@@ -574,11 +577,9 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- main
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ephemeral", description="Client for attested, encrypted inference."
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+def _parser() -> Parser:
+    p = Parser(prog=PROG, description="Client for attested, encrypted inference.", version=True)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def signer(sp: argparse.ArgumentParser) -> None:
@@ -668,7 +669,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--at", metavar="TIME", help="check at this ISO 8601 time (default: now)")
     t.add_argument("--root", type=Path, help="trust this root certificate (PEM/DER)")
     t.set_defaults(fn=cmd_attestation)
-    sub.add_parser("bench", help="benchmark bare ONNX Runtime vs the full path (see docs/benchmarks.md)")
     m = sub.add_parser("model", help="package and upload encrypted models (model owners)")
     msub = m.add_subparsers(dest="model_cmd", required=True)
     mk = msub.add_parser("keygen", help="make a model-owner Ed25519 signing key")
@@ -725,27 +725,14 @@ def _default_host(base_port: int | None, env: Mapping[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    args.stdout = stdout or sys.stdout
-    try:
+    def body(args: argparse.Namespace) -> int:
         if getattr(args, "receipt_out", None) is None and getattr(args, "save_payloads", False):
             raise ConfigError("--save-payloads needs --receipt-out DIR")
         if hasattr(args, "host") and args.host is None:
             args.host = _default_host(args.base_port, os.environ)
         return int(args.fn(args))
-    except ConfigError as e:
-        if args.verbose:
-            raise
-        print(f"ephemeral: error: {e}", file=sys.stderr)
-        return 2
-    except Error as e:
-        if args.verbose:
-            raise
-        print(f"ephemeral: {e.code} error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+
+    return run_main(PROG, _parser(), argv, body, stdout=stdout)
 
 
 if __name__ == "__main__":

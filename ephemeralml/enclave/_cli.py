@@ -7,7 +7,10 @@
 At start it sets up the NSM seam, then loads each model through the host (ARCHITECTURE
 flow 1: verified manifest, attested KMS key release, in-memory decryption), and serves
 sessions until SIGINT/SIGTERM. Configuration is built from flags (defaults from the
-environment) at the edge; the library code takes it as arguments.
+environment) at the edge; the library code takes it as arguments. Errors, exit codes
+and logs follow the shared runner (:mod:`ephemeralml.runtime._runner`); once it serves
+it prints one readiness line, ``ephemeral-enclave: ready {"listen": EP, "models": [...],
+"failed": [...], "profile": NAME}``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ephemeralml.enclave._services import fetch_credentials
 from ephemeralml.runtime._home import default_home
 from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import Relay, RelayConfig
+from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
@@ -57,6 +61,8 @@ from ._server import (
 __all__ = ["EnclaveConfig", "main"]
 
 log = logging.getLogger("ephemeralml.enclave")
+
+PROG = "ephemeral-enclave"
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 #: How long to wait for the host (and, in mock mode, its provisioning) at start:
@@ -109,10 +115,11 @@ class EnclaveConfig:
         )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ephemeral-enclave",
+def _parser() -> Parser:
+    p = Parser(
+        prog=PROG,
         description="Serve attested, end-to-end encrypted inference (the enclave program).",
+        version=True,
     )
     p.add_argument(
         "--mock",
@@ -217,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("EPHEMERAL_LIBNSM", DEFAULT_LIBNSM),
         help="path of libnsm.so (production only)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-vv: debug); show tracebacks"
+    )
     return p
 
 
@@ -398,6 +407,17 @@ async def _run(config: EnclaveConfig) -> int:
             file=sys.stderr,
             flush=True,
         )
+        print(
+            ready_line(
+                PROG,
+                listen=str(server.bound),
+                models=list(loaded),
+                failed=sorted(failed),
+                profile=config.profile.name,
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         serve = asyncio.create_task(server.serve_forever())
         await stop.wait()
         serve.cancel()
@@ -409,26 +429,11 @@ def main(argv: Sequence[str] | None = None, *, mock_profile: MockProfile | None 
     """``ephemeral-enclave``; ``mock_profile`` is what ``--mock`` runs with (handed in by
     :mod:`ephemeralml._edge`; absent, as under ``python -m ephemeralml.enclave``, the
     program has no mock mode)."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="ephemeral-enclave: %(levelname)s %(message)s",
-    )
-    try:
-        config = _config(args, mock_profile)
-        return asyncio.run(_run(config))
-    except ConfigError as e:
-        if args.verbose:
-            raise
-        print(f"ephemeral-enclave: error: {e}", file=sys.stderr)
-        return 2
-    except Error as e:
-        if args.verbose:
-            raise
-        print(f"ephemeral-enclave: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+
+    def body(args: argparse.Namespace) -> int:
+        return asyncio.run(_run(_config(args, mock_profile)))
+
+    return run_main(PROG, _parser(), argv, body)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """``ephemeral-host``: the untrusted host's command line.
 
-Thin by design (STYLE.md §15): parse flags, build a frozen config, run the relay,
-turn our errors into one line and an exit code (2 for configuration, 1 for any other
-:class:`~ephemeralml.common._errors.Error`; traceback only with ``-v``).
+Thin by design (STYLE.md §15): parse flags, build a frozen config, run the relay. The
+error policy, exit codes, ``-v`` and logging are the shared runner's
+(:mod:`ephemeralml.runtime._runner`). Once it serves, it prints one readiness line:
+``ephemeral-host: ready {"relay": EP, "enclaves": [EP...], "services": EP, "kms": EP,
+"kms_upstream": EP, "profile": NAME}``.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import re
 import signal
 import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
-from ephemeralml.common._errors import ConfigError, Error
+from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._home import default_home
 from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import (
@@ -36,6 +35,7 @@ from ephemeralml.runtime._relay import (
     Relay,
     RelayConfig,
 )
+from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._profile import (
@@ -78,16 +78,11 @@ class HostConfig:
     region: str = "us-east-1"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints usage and exits; we want one line and an exit code from main().
-        raise ConfigError(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog=PROG,
         description="Blind relay between clients and enclaves: it only ever sees ciphertext.",
+        version=True,
     )
     p.add_argument(
         "--mock",
@@ -264,24 +259,14 @@ def build_config(
     )
 
 
-def main(argv: list[str] | None = None, *, mock_profile: MockProfile | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, mock_profile: MockProfile | None = None) -> int:
     """``ephemeral-host``; returns the exit code. ``mock_profile`` is what ``--mock``
     runs with, handed in by :mod:`ephemeralml._edge`."""
-    verbosity = 0
-    try:
-        try:
-            args = _parser().parse_args(argv)
-        except SystemExit as e:  # --help
-            return e.code if isinstance(e.code, int) else 0
-        verbosity = args.verbose
-        config = build_config(args, os.environ, mock_profile)
-        _setup_logging(config.verbosity)
-        return asyncio.run(_run(config))
-    except Error as e:
-        if verbosity:
-            traceback.print_exc(file=sys.stderr)
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+
+    def body(args: argparse.Namespace) -> int:
+        return asyncio.run(_run(build_config(args, os.environ, mock_profile)))
+
+    return run_main(PROG, _parser(), argv, body)
 
 
 async def _run(config: HostConfig) -> int:
@@ -300,13 +285,16 @@ async def _run(config: HostConfig) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            services = await _start_services(config, stack)
+            services, ready = await _start_services(config, stack)
             relay = Relay(config.relay)
             await relay.start()
             stack.push_async_callback(relay.close)
             for line in services:
                 print(f"{PROG}: {line}", file=sys.stderr, flush=True)
             print(f"{PROG}: {_describe(config, relay.bound)}", file=sys.stderr, flush=True)
+            ready["relay"] = str(relay.bound)
+            ready["enclaves"] = [str(u) for u in config.relay.upstreams]
+            print(ready_line(PROG, **ready), file=sys.stderr, flush=True)
             await stop.wait()
             stats = relay.stats
         finally:
@@ -322,7 +310,9 @@ async def _run(config: HostConfig) -> int:
     return 0
 
 
-async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) -> list[str]:
+async def _start_services(
+    config: HostConfig, stack: contextlib.AsyncExitStack
+) -> tuple[list[str], dict[str, object]]:
     """The enclave's model store, credentials and KMS forwarder, and whatever the
     profile puts behind the forwarder (AWS KMS; in mock mode a local KMS server with
     the provisioning a model owner would do)."""
@@ -344,7 +334,13 @@ async def _start_services(config: HostConfig, stack: contextlib.AsyncExitStack) 
     lines.append(
         f"KMS forwarder {forwarder.bound} -> {access.upstream} (the only endpoint it reaches)"
     )
-    return lines
+    ready: dict[str, object] = {
+        "profile": config.profile.name,
+        "services": str(service.bound),
+        "kms": str(forwarder.bound),
+        "kms_upstream": str(access.upstream),
+    }
+    return lines, ready
 
 
 def _describe(config: HostConfig, bound: Endpoint) -> str:
@@ -356,12 +352,6 @@ def _describe(config: HostConfig, bound: Endpoint) -> str:
         notes.append(config.profile.note)
     text = f"relaying {bound} -> {', '.join(str(u) for u in upstreams)}"
     return f"{text} ({'; '.join(notes)})" if notes else text
-
-
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(format=f"{PROG}: %(levelname)s %(message)s", stream=sys.stderr)
-    logging.getLogger("ephemeralml").setLevel(level)
 
 
 if __name__ == "__main__":

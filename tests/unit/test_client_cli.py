@@ -246,7 +246,7 @@ def test_an_enclave_that_fails_to_start_publishes_nothing(tmp_path: Path, capsys
             "--host-services", "tcp:127.0.0.1:9", "--host-wait", "0"]  # fmt: skip
     assert enclave_main(argv) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "ephemeral-enclave: error: cannot reach host services at tcp:127.0.0.1:9: connection refused"
+        "ephemeral-enclave: transport error: cannot reach host services at tcp:127.0.0.1:9: connection refused"
     )
     assert (published / "measurements.json").read_text() == healthy
     assert not (published / "mock-root.pem").exists()

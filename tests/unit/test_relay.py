@@ -571,7 +571,8 @@ def test_cli_port_in_use_exits_1_with_one_line(capsys: pytest.CaptureFixture[str
         assert host_main(["--mock", "--listen", f"127.0.0.1:{port}"]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f"ephemeral-host: error: cannot listen on tcp:127.0.0.1:{port}: address already in use\n"
+        f"ephemeral-host: transport error: cannot listen on tcp:127.0.0.1:{port}: "
+        "address already in use\n"
     )
 
 
