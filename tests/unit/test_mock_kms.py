@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._errors import ConfigError, KeyReleaseError
 from ephemeralml.mock import _kms as _mock_kms
+from ephemeralml.mock import _kms_server as _mock_kms_server
 from ephemeralml.mock._cms_build import CONTENT_CHUNK_BYTES, build_recipient_envelope
 from ephemeralml.mock._kms import (
     BLOB_VERSION,
@@ -1343,7 +1344,7 @@ def test_stalled_request_body_is_dropped(
     server: MockKmsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A peer that promises more body than it sends must not pin a thread forever.
-    monkeypatch.setattr(_mock_kms._Handler, "timeout", 0.5)
+    monkeypatch.setattr(_mock_kms_server._Handler, "timeout", 0.5)
     host, port = server.address
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(
