@@ -154,19 +154,27 @@ class SessionPair:
         self.to_enclave(self.client.data_to_send())
         return ev
 
-    def request(self, texts: tuple[str, ...] = ("hello",), model: str = MODEL) -> ResponseReceived:
-        """One request through both machines; returns the client's event."""
-        _, frame = self.client.send_request(EmbedRequest(model, texts))
+    def request(
+        self,
+        texts: tuple[str, ...] = ("hello",),
+        model: str = MODEL,
+        *,
+        truncate: bool = False,
+        truncated: tuple[int, ...] = (),
+    ) -> ResponseReceived:
+        """One request through both machines; returns the client's event. The enclave
+        reports ``truncated`` as the inputs it cut."""
+        _, frame = self.client.send_request(EmbedRequest(model, texts, truncate))
         self.to_enclave(frame)
         ev = _stalled_if_none(self.enclave.next_event())
         assert isinstance(ev, RequestReceived)
         assert ev.request is not None
-        self.to_client(self.answer(ev))
+        self.to_client(self.answer(ev, truncated=truncated))
         out = _stalled_if_none(self.client.next_event(now=now()))
         assert isinstance(out, ResponseReceived), out
         return out
 
-    def answer(self, ev: RequestReceived) -> bytes:
+    def answer(self, ev: RequestReceived, *, truncated: tuple[int, ...] = ()) -> bytes:
         assert ev.request is not None
         return self.enclave.respond(
             ev,
@@ -174,4 +182,5 @@ class SessionPair:
             model_digest=MODEL_DIGEST,
             time_ms=now_ms(),
             duration_us=123,
+            truncated=truncated,
         )

@@ -281,9 +281,16 @@ class EmbedRequest:
 
     model: str
     inputs: tuple[str, ...]
+    #: The client's explicit choice that inputs over the model's token limit are cut
+    #: to it rather than refused. On the wire only when true (``"truncate": true``),
+    #: so that each request has one encoding; the receipt records it (§5).
+    truncate: bool = False
 
     def to_map(self) -> dict[str, Any]:
-        return {"op": "embed", "model": self.model, "inputs": list(self.inputs)}
+        m: dict[str, Any] = {"op": "embed", "model": self.model, "inputs": list(self.inputs)}
+        if self.truncate:
+            m["truncate"] = True
+        return m
 
     def to_cbor(self) -> bytes:
         return encode(self.to_map())
@@ -293,14 +300,17 @@ class EmbedRequest:
         m = decode_deterministic(data, what="request")
         if not isinstance(m, dict):
             raise RemoteProtocolError("request is not a CBOR map")
-        _exact_keys(m, cls.KEYS, "request")
+        truncate = "truncate" in m
+        _exact_keys(m, cls.KEYS | ({"truncate"} if truncate else set()), "request")
         if m["op"] != "embed":
             raise RemoteProtocolError(f"unknown operation {m['op']!r}")
+        if truncate and m["truncate"] is not True:
+            raise RemoteProtocolError("request truncate must be true when present")
         model = _field(m, "model", str, "request")
         inputs = _field(m, "inputs", list, "request")
         if not all(isinstance(x, str) for x in inputs):
             raise RemoteProtocolError("request inputs must all be text")
-        return cls(model=model, inputs=tuple(inputs))
+        return cls(model=model, inputs=tuple(inputs), truncate=truncate)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._binding import MODES, EnclaveBinding
 from ._cbor import decode_deterministic, encode
-from ._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
-from ._errors import Error, ReceiptError, RemoteProtocolError
+from ._cose import decode_sign1, eddsa_kid, sign_eddsa, verify_eddsa
+from ._errors import DecodeError, Error, ReceiptError, RemoteProtocolError
 from ._messages import NONCE_BYTES, SESSION_ID_BYTES
 from ._proof import CACHED_SESSION_ID
 
@@ -41,7 +41,10 @@ __all__ = [
     "verify_receipt",
 ]
 
-RECEIPT_VERSION = 1
+#: Version 2 added ``truncate`` and ``truncated``; version 1 receipts (without them)
+#: still verify, so that a receipt stays checkable for as long as it is kept.
+RECEIPT_VERSION = 2
+RECEIPT_VERSIONS = (1, 2)
 
 #: A receipt is about 700 bytes; 8 KiB bounds what a verifier will parse.
 MAX_RECEIPT_BYTES = 8 * 1024
@@ -75,6 +78,7 @@ _KEYS = {
     "client_nonce",
     "transcript_hash",
 }
+_KEYS_V2 = _KEYS | {"truncate", "truncated"}
 
 
 def _uint(m: Mapping[str, Any], key: str) -> int:
@@ -111,6 +115,10 @@ class Receipt:
     duration_us: int
     client_nonce: bytes
     transcript_hash: bytes
+    #: The client asked that inputs over the model's token limit be cut (v2).
+    truncate: bool = False
+    #: The indices, in the request, of the inputs that were cut (v2; ascending).
+    truncated: tuple[int, ...] = ()
     version: int = RECEIPT_VERSION
 
     def __post_init__(self) -> None:
@@ -128,8 +136,18 @@ class Receipt:
             v = getattr(self, name)
             if not isinstance(v, bytes) or len(v) != n:
                 raise ReceiptError(f"R5 payload: {name} is not {n} bytes")
-        if self.version != RECEIPT_VERSION:
+        if self.version not in RECEIPT_VERSIONS:
             raise ReceiptError(f"R5 payload: unknown receipt version {self.version}")
+        if not isinstance(self.truncate, bool) or not isinstance(self.truncated, tuple):
+            raise ReceiptError("R5 payload: truncate must be a boolean, truncated a list")
+        if self.version == 1 and (self.truncate or self.truncated):
+            raise ReceiptError("R5 payload: a version 1 receipt has no truncation")
+        if self.truncated and not self.truncate:
+            raise ReceiptError("R5 payload: inputs were truncated without truncate")
+        if any(
+            not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in self.truncated
+        ) or list(self.truncated) != sorted(set(self.truncated)):
+            raise ReceiptError("R5 payload: truncated must be ascending input indices")
         if self.mode not in MODES:
             raise ReceiptError(f"R5 payload: unknown mode {self.mode!r}")
         if not self.model_id:
@@ -167,6 +185,11 @@ class Receipt:
             "duration_us": self.duration_us,
             "client_nonce": self.client_nonce,
             "transcript_hash": self.transcript_hash,
+            **(
+                {"truncate": self.truncate, "truncated": list(self.truncated)}
+                if self.version >= 2
+                else {}
+            ),
         }
 
     def to_cbor(self) -> bytes:
@@ -190,8 +213,14 @@ class Receipt:
             m = decode_deterministic(data, what="receipt payload", max_bytes=MAX_RECEIPT_BYTES)
         except RemoteProtocolError as e:  # DecodeError or LimitError
             raise ReceiptError(f"R5 payload: {e}") from e
-        if not isinstance(m, dict) or set(m) != _KEYS:
+        if not isinstance(m, dict) or set(m) not in (_KEYS, _KEYS_V2):
             raise ReceiptError("R5 payload: not a receipt (wrong fields)")
+        version = _uint(m, "v")
+        if (set(m) == _KEYS_V2) != (version >= 2):
+            raise ReceiptError(f"R5 payload: wrong fields for receipt version {version}")
+        truncate, truncated = m.get("truncate", False), m.get("truncated", [])
+        if not isinstance(truncate, bool) or not isinstance(truncated, list):
+            raise ReceiptError("R5 payload: truncate must be a boolean, truncated a list")
         pcrs = m["pcrs"]
         if not isinstance(pcrs, dict) or not all(
             isinstance(k, int) and not isinstance(k, bool) for k in pcrs
@@ -200,7 +229,9 @@ class Receipt:
         if not isinstance(m["model_id"], str) or not isinstance(m["mode"], str):
             raise ReceiptError("R5 payload: model_id and mode must be text")
         return cls(
-            version=_uint(m, "v"),
+            version=version,
+            truncate=truncate,
+            truncated=tuple(truncated),
             receipt_id=_bytes(m, "receipt_id", 16),
             session_id=_bytes(m, "session_id", SESSION_ID_BYTES),
             seq=_uint(m, "seq"),
@@ -245,6 +276,9 @@ class ReceiptExpectations:
     request_hash: bytes | None = None
     response_hash: bytes | None = None
     model_id: str | None = None
+    #: Whether the request asked for truncation, and how many inputs it had.
+    truncate: bool | None = None
+    inputs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -263,16 +297,12 @@ def _envelope(data: bytes) -> Any:
         env = decode_sign1(data, what="receipt", max_bytes=MAX_RECEIPT_BYTES)
     except RemoteProtocolError as e:  # DecodeError or LimitError
         raise ReceiptError(f"R1 envelope: {e}") from e
-    # R1: protected header exactly {alg: EdDSA, kid: 32-byte attestation hash}.
-    kid = env.protected_map.get(4)
-    if set(env.protected_map) != {1, 4} or env.protected_map[1] != ALG_EDDSA:
-        raise ReceiptError("R1 envelope: protected header must be exactly {alg: EdDSA, kid}")
-    if not isinstance(kid, bytes) or len(kid) != _HASH:
-        raise ReceiptError("R1 envelope: kid must be the 32-byte attestation hash")
-    if env.unprotected:
-        raise ReceiptError("R1 envelope: unprotected header must be empty")
-    if len(env.signature) != 64:
-        raise ReceiptError("R1 envelope: an Ed25519 signature is 64 bytes")
+    # R1: protected header exactly {alg: EdDSA, kid: 32-byte attestation hash}, a
+    # 64-byte signature (decode_sign1 has refused a non-empty unprotected header).
+    try:
+        eddsa_kid(env)
+    except DecodeError as e:
+        raise ReceiptError(f"R1 envelope: {e}") from e
     return env
 
 
@@ -359,4 +389,15 @@ def _check_expectations(r: Receipt, e: ReceiptExpectations) -> None:
         raise ReceiptError("R11 response: response_hash does not match the response")
     if e.model_id is not None and r.model_id != e.model_id:
         raise ReceiptError(f"R11 model: receipt is for {r.model_id!r}, expected {e.model_id!r}")
+    if e.truncate is not None and r.version >= 2 and r.truncate != e.truncate:
+        raise ReceiptError(
+            f"R11 truncation: the receipt says truncate={str(r.truncate).lower()}, "
+            f"the request asked truncate={str(e.truncate).lower()}"
+        )
+    if e.truncate and r.version < 2:
+        raise ReceiptError("R11 truncation: a version 1 receipt cannot record truncation")
+    if e.inputs is not None and r.truncated and r.truncated[-1] >= e.inputs:
+        raise ReceiptError(
+            f"R11 truncation: input {r.truncated[-1]} was truncated, the request had {e.inputs}"
+        )
 

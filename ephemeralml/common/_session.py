@@ -354,6 +354,8 @@ class ClientSession:
                 request_hash=request_hash,
                 response_hash=hashlib.sha256(result.to_cbor()).digest(),
                 model_id=request.model,
+                truncate=request.truncate,
+                inputs=len(request.inputs),
             ),
         )
         return ResponseReceived(msg.seq, request, result, verified)
@@ -542,8 +544,10 @@ class EnclaveSession:
         time_ms: int,
         duration_us: int,
         receipt_id: bytes | None = None,
+        truncated: tuple[int, ...] = (),
     ) -> bytes:
-        """Seal ``result`` with a signed receipt for ``event``'s request."""
+        """Seal ``result`` with a signed receipt for ``event``'s request; ``truncated``
+        names the inputs that were cut (only when the request asked for it)."""
         self._expect_state(EnclaveState.READY)
         seq = self._take(event.seq)
         assert self._channel is not None and event.request is not None
@@ -568,6 +572,8 @@ class EnclaveSession:
             duration_us=duration_us,
             client_nonce=self.nonce,
             transcript_hash=self.transcript_hash,
+            truncate=event.request.truncate,
+            truncated=truncated,
         )
         body = encode_response_body(result, sign_receipt(receipt, self.identity.receipt_key), None)
         ct = self._channel.seal_response(seq, body, _aad("resp", self.session_id, seq))

@@ -55,10 +55,15 @@ class BatchConfig:
             raise ConfigError(f"batch wait must be 0..1000 ms, not {self.max_wait_ms}")
 
 
+#: A request's embeddings, and the indices of its inputs that were cut (truncation).
+Embedded = tuple[npt.NDArray[np.float32], tuple[int, ...]]
+
+
 @dataclass
 class _Item:
     texts: Sequence[str]
-    future: asyncio.Future[npt.NDArray[np.float32]]
+    truncate: bool
+    future: asyncio.Future[Embedded]
 
 
 class Batcher:
@@ -86,11 +91,12 @@ class Batcher:
             if not item.future.done():
                 item.future.cancel()
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """The embeddings of ``texts``, computed in a batch with other sessions' requests."""
-        future: asyncio.Future[npt.NDArray[np.float32]] = asyncio.get_running_loop().create_future()
+    async def embed(self, texts: Sequence[str], *, truncate: bool = False) -> Embedded:
+        """The embeddings of ``texts``, computed in a batch with other sessions'
+        requests, and which of them were cut (only if ``truncate``)."""
+        future: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Item(texts, future))
+            self._queue.put_nowait(_Item(texts, truncate, future))
         except asyncio.QueueFull:
             raise LimitError(
                 f"the enclave is busy: {MAX_QUEUED_REQUESTS} requests are queued"
@@ -126,8 +132,11 @@ class Batcher:
             self.batches += 1
             self.requests += len(items)
             texts = [t for i in items for t in i.texts]
+            flags = [i.truncate for i in items for _ in i.texts]
             try:
-                vectors = await loop.run_in_executor(self._executor, self.embedder.embed, texts)
+                vectors, cut = await loop.run_in_executor(
+                    self._executor, self.embedder.run, texts, flags
+                )
             except Error:
                 # Some request in the batch is bad (empty, too long...): run each on
                 # its own so the error reaches its sender and only its sender.
@@ -143,14 +152,16 @@ class Batcher:
             for i in items:
                 end = start + len(i.texts)
                 if not i.future.done():
-                    i.future.set_result(vectors[start:end])
+                    i.future.set_result((vectors[start:end], _indices(cut[start:end])))
                 start = end
 
     async def _one_by_one(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         for i in items:
             try:
-                v = await loop.run_in_executor(self._executor, self.embedder.embed, i.texts)
+                v, cut = await loop.run_in_executor(
+                    self._executor, self.embedder.run, i.texts, [i.truncate] * len(i.texts)
+                )
             except Error as e:
                 if not i.future.done():
                     i.future.set_exception(e)
@@ -159,4 +170,8 @@ class Batcher:
                     i.future.set_exception(Error(f"inference failed: {type(e).__name__}"))
             else:
                 if not i.future.done():
-                    i.future.set_result(v)
+                    i.future.set_result((v, _indices(cut)))
+
+
+def _indices(cut: npt.NDArray[np.bool_]) -> tuple[int, ...]:
+    return tuple(int(j) for j in np.flatnonzero(cut))

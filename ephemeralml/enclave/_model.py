@@ -93,6 +93,10 @@ class Embedder:
         self.digest = files.digest
         self.max_seq_tokens = files.max_seq_tokens
         self._tokenizer = _load_tokenizer(files.tokenizer_json)
+        # For requests that ask for truncation: cuts at max_seq_tokens, [CLS] and [SEP]
+        # included, as sentence-transformers does for this model.
+        self._truncating = _load_tokenizer(files.tokenizer_json)
+        self._truncating.enable_truncation(max_length=self.max_seq_tokens)
         # [CLS] and [SEP]: an input with no more tokens than this has no content.
         self._n_special = len(self._tokenizer.encode("").ids)
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
@@ -113,48 +117,70 @@ class Embedder:
             )
         self._output = output.name
 
-    def check_inputs(self, texts: Sequence[str]) -> None:
+    def check_inputs(self, texts: Sequence[str], *, truncate: bool = False) -> None:
         """Raise if ``embed(texts)`` would refuse them; tokenizes, never runs the model.
 
         :class:`InferenceError`: not a list of strings, no texts, an empty (or
         whitespace-only) text, a text with no tokens. :class:`LimitError`: more
         than :data:`MAX_INPUTS` texts, a text over :data:`MAX_TEXT_BYTES` bytes or
-        over ``max_seq_tokens`` tokens. Messages name the input's index.
+        (unless ``truncate``) over ``max_seq_tokens`` tokens. Messages name the
+        input's index.
         """
-        self._encode(texts)
+        self._encode(texts, _flags(texts, truncate))
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def embed(self, texts: Sequence[str], *, truncate: bool = False) -> npt.NDArray[np.float32]:
         """Embeddings of ``texts``: float32 ``[len(texts), dim]``, unit rows, input order.
+
+        With ``truncate``, an input over ``max_seq_tokens`` tokens is cut to that many
+        (its first tokens, then [SEP]) instead of refused; :meth:`run` also says which.
+        """
+        return self.run(texts, _flags(texts, truncate))[0]
+
+    def run(
+        self, texts: Sequence[str], truncate: Sequence[bool]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Embeddings of ``texts`` and which of them were cut; ``truncate[i]`` allows
+        cutting input ``i`` (the batcher mixes requests that did and did not ask).
 
         Inputs are sorted by token count and run in sub-batches of similar
         length, each padded only to its own longest input.
         """
-        encodings, lengths = self._encode(texts)
+        encodings, lengths, cut = self._encode(texts, truncate)
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(encodings), self.dim), dtype=np.float32)
         for start, end in _plan_sub_batches(lengths[order].tolist()):
             rows = order[start:end]
             out[rows] = self._run([encodings[i] for i in rows], lengths[rows])
-        return out
+        return out, cut
 
-    def _encode(self, texts: Sequence[str]) -> tuple[list[Encoding], npt.NDArray[np.int64]]:
+    def _encode(
+        self, texts: Sequence[str], truncate: Sequence[bool]
+    ) -> tuple[list[Encoding], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Check, then tokenize once: the encodings serve the checks and the model."""
         checked = _check_texts(texts)
+        if len(truncate) != len(checked):
+            raise InferenceError("one truncation choice per input text is needed")
         try:
             encodings = self._tokenizer.encode_batch(checked)
         except Exception as e:  # tokenizers raises plain Exception subclasses
             raise InferenceError(f"cannot tokenize the input texts: {e}") from e
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-        too_long = np.flatnonzero(lengths > self.max_seq_tokens)
-        if too_long.size:
-            i = int(too_long[0])
-            raise LimitError(
-                f"input {i} is {lengths[i]} tokens; the limit is {self.max_seq_tokens}"
-            )
+        cut = np.zeros(len(encodings), dtype=np.bool_)
+        for i in np.flatnonzero(lengths > self.max_seq_tokens).tolist():
+            if not truncate[i]:
+                raise LimitError(
+                    f"input {i} is {lengths[i]} tokens; the limit is {self.max_seq_tokens}"
+                    " (ask for truncation to cut it)"
+                )
+            try:
+                encodings[i] = self._truncating.encode(checked[i])
+            except Exception as e:
+                raise InferenceError(f"cannot tokenize input {i}: {e}") from e
+            lengths[i], cut[i] = len(encodings[i]), True
         no_content = np.flatnonzero(lengths <= self._n_special)
         if no_content.size:
             raise InferenceError(f"input {int(no_content[0])} has no tokens the model can read")
-        return encodings, lengths
+        return encodings, lengths, cut
 
     def _run(
         self, encodings: list[Encoding], lengths: npt.NDArray[np.int64]
@@ -183,6 +209,10 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: npt.NDArray[np.float32] = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return unit
+
+
+def _flags(texts: Sequence[str], truncate: bool) -> list[bool]:
+    return [truncate] * (len(texts) if isinstance(texts, list | tuple) else 0)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

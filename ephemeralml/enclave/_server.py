@@ -489,7 +489,9 @@ class EnclaveServer:
             # Batched with other sessions' requests. embed() checks every input
             # (count, size, emptiness, token count) before any compute and raises our
             # typed errors: refused, not crashed, and only this request.
-            vectors: np.ndarray = await self._batchers[model.model_id].embed(texts)
+            vectors, truncated = await self._batchers[model.model_id].embed(
+                texts, truncate=event.request.truncate
+            )
         except Error as e:
             return session.respond_error(event, e)
         duration_us = int((time.perf_counter() - t0) * 1e6)
@@ -505,4 +507,5 @@ class EnclaveServer:
             model_digest=model.manifest_digest,
             time_ms=int(time.time() * 1000),
             duration_us=duration_us,
+            truncated=truncated,
         )

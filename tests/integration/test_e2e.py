@@ -164,7 +164,7 @@ def test_bad_inputs_are_refused_and_the_session_goes_on(stack: Stack) -> None:
             s.embed(["fine", "  "])
         with pytest.raises(
             LimitError,
-            match=r"enclave refused the request: input 0 is \d+ tokens; the limit is 256",
+            match=r"enclave refused the request: input 0 is \d+ tokens; the limit is 256 \(ask for truncation to cut it\)",
         ):
             s.embed(["word " * 400])
         with pytest.raises(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import Error, LimitError, RemoteProtocolError
 from ephemeralml.common._frame import MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from ephemeralml.common._messages import (
@@ -102,10 +104,23 @@ def test_a_mutated_message_is_refused_or_is_what_it_encodes(msg: Message, ops) -
     assert back.to_cbor() == data
 
 
-@given(st.text(max_size=20), st.lists(st.text(max_size=20), max_size=5))
-def test_request_body_round_trip(model: str, inputs: list[str]) -> None:
-    r = EmbedRequest(model, tuple(inputs))
+@given(st.text(max_size=20), st.lists(st.text(max_size=20), max_size=5), st.booleans())
+def test_request_body_round_trip(model: str, inputs: list[str], truncate: bool) -> None:
+    r = EmbedRequest(model, tuple(inputs), truncate)
     assert EmbedRequest.from_cbor(r.to_cbor()) == r
+    # One encoding: the truncate key is there exactly when it is true.
+    assert ("truncate" in cbor2.loads(r.to_cbor())) is truncate
+
+
+def test_request_truncate_false_on_the_wire_is_refused() -> None:
+    body = encode({"op": "embed", "model": "m", "inputs": ["a"], "truncate": False})
+    with pytest.raises(RemoteProtocolError) as info:
+        EmbedRequest.from_cbor(body)
+    assert str(info.value) == "request truncate must be true when present"
+    body = encode({"op": "embed", "model": "m", "inputs": ["a"], "cut": True})
+    with pytest.raises(RemoteProtocolError) as info:
+        EmbedRequest.from_cbor(body)
+    assert str(info.value) == "request has unexpected fields ['cut'] or lacks []"
 
 
 @given(

@@ -19,14 +19,22 @@ T = TypeVar("T")
 Rows = npt.NDArray[np.float32]
 
 
+async def rows(b: Batcher, texts: list[str]) -> Rows:
+    vectors, truncated = await b.embed(texts)
+    assert truncated == ()
+    return vectors
+
+
 class FakeEmbedder:
-    """Row i of a call is [len(text), position in call]; '' is refused like the model does."""
+    """Row i of a call is [len(text), position in call]; '' is refused like the model
+    does; a text over 8 characters is 'cut' where its request allowed truncation."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
+        self.flags: list[list[bool]] = []
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.entered.set()
@@ -35,6 +43,11 @@ class FakeEmbedder:
         if any(t == "" for t in texts):
             raise InferenceError(f"input {list(texts).index('')} is empty or only whitespace")
         return np.array([[len(t), i] for i, t in enumerate(texts)], dtype=np.float32)
+
+    def run(self, texts: Sequence[str], truncate: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        self.flags.append(list(truncate))
+        cut = np.array([f and len(t) > 8 for t, f in zip(texts, truncate, strict=True)])
+        return self.embed(texts), cut
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -58,9 +71,9 @@ def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
 
     async def body(b: Batcher) -> tuple[Rows, list[Rows]]:
         fake.gate.clear()  # the first batch blocks in the model...
-        first = asyncio.create_task(b.embed(["a"]))
+        first = asyncio.create_task(rows(b, ["a"]))
         await asyncio.to_thread(fake.entered.wait, 10)  # the model is busy with it
-        rest = [asyncio.create_task(b.embed(["bb" * (i + 1)])) for i in range(5)]  # ...these queue
+        rest = [asyncio.create_task(rows(b, ["bb" * (i + 1)])) for i in range(5)]  # ...these queue
         await asyncio.sleep(0.05)
         fake.gate.set()
         return await first, await asyncio.gather(*rest)
@@ -77,9 +90,9 @@ def test_max_batch_is_respected() -> None:
 
     async def body(b: Batcher) -> list[Rows]:
         fake.gate.clear()
-        first = asyncio.create_task(b.embed(["x"]))
+        first = asyncio.create_task(rows(b, ["x"]))
         await asyncio.to_thread(fake.entered.wait, 10)
-        rest = [asyncio.create_task(b.embed(["y", "z"])) for _ in range(3)]
+        rest = [asyncio.create_task(rows(b, ["y", "z"])) for _ in range(3)]
         await asyncio.sleep(0.05)
         fake.gate.set()
         await first
@@ -94,10 +107,10 @@ def test_a_bad_request_fails_alone() -> None:
 
     async def body(b: Batcher) -> tuple[Rows | BaseException, Rows | BaseException]:
         fake.gate.clear()
-        blocker = asyncio.create_task(b.embed(["x"]))
+        blocker = asyncio.create_task(rows(b, ["x"]))
         await asyncio.to_thread(fake.entered.wait, 10)
-        good = asyncio.create_task(b.embed(["good"]))
-        bad = asyncio.create_task(b.embed(["ok", ""]))
+        good = asyncio.create_task(rows(b, ["good"]))
+        bad = asyncio.create_task(rows(b, ["ok", ""]))
         await asyncio.sleep(0.05)
         fake.gate.set()
         await blocker
@@ -113,13 +126,34 @@ def test_wait_collects_requests_that_arrive_soon_after() -> None:
     fake = FakeEmbedder()
 
     async def body(b: Batcher) -> tuple[Rows, Rows]:
-        a = asyncio.create_task(b.embed(["a"]))
+        a = asyncio.create_task(rows(b, ["a"]))
         await asyncio.sleep(0.02)
-        c = asyncio.create_task(b.embed(["c"]))
+        c = asyncio.create_task(rows(b, ["c"]))
         return await asyncio.gather(a, c)
 
     run(_with_batcher(fake, BatchConfig(max_wait_ms=300), body))
     assert fake.calls == [["a", "c"]]
+
+
+def test_truncation_is_per_request_and_each_gets_its_own_indices() -> None:
+    fake = FakeEmbedder()
+
+    async def body(b: Batcher) -> list[tuple[list[list[float]], tuple[int, ...]]]:
+        fake.gate.clear()
+        blocker = asyncio.create_task(b.embed(["x"]))
+        await asyncio.to_thread(fake.entered.wait, 10)
+        cut = asyncio.create_task(b.embed(["short", "a long text", "another long"], truncate=True))
+        kept = asyncio.create_task(b.embed(["a long text too"]))
+        await asyncio.sleep(0.05)
+        fake.gate.set()
+        await blocker
+        return [(v.tolist(), t) for v, t in await asyncio.gather(cut, kept)]
+
+    cut, kept = run(_with_batcher(fake, BatchConfig(), body))
+    # One batch, the choice travelling per input; each request gets its own indices.
+    assert fake.flags == [[False], [True, True, True, False]]
+    assert cut == ([[5, 0], [11, 1], [12, 2]], (1, 2))
+    assert kept == ([[15, 3]], ())
 
 
 def test_config_limits() -> None:

@@ -96,8 +96,9 @@ def test_matches_reference_closely_on_average(singles: np.ndarray) -> None:
 def test_token_counts_match_reference(embedder: Embedder) -> None:
     # The reference tokenizer (transformers, as sentence-transformers drives it)
     # against ours with the shipped padding and truncation switched off.
-    _, lengths = embedder._encode(TEXTS)
+    _, lengths, cut = embedder._encode(TEXTS, [False] * len(TEXTS))
     assert lengths.tolist() == [case["tokens"] for case in CASES]
+    assert not cut.any()
 
 
 def test_long_case(embedder: Embedder) -> None:
@@ -201,13 +202,13 @@ BAD_INPUTS = [
         "too_many_tokens",
         ["ok", "ok", "ok", "hello " * 298],
         LimitError,
-        "input 3 is 300 tokens; the limit is 256",
+        "input 3 is 300 tokens; the limit is 256 (ask for truncation to cut it)",
     ),
     (
         "one_over_max_tokens",
         ["hello " * (MAX_SEQ_TOKENS - 1)],
         LimitError,
-        "input 0 is 257 tokens; the limit is 256",
+        "input 0 is 257 tokens; the limit is 256 (ask for truncation to cut it)",
     ),
 ]
 
@@ -233,6 +234,38 @@ def test_bad_inputs(
             call(texts)
         assert type(info.value) is error
         assert str(info.value) == message
+
+
+# -- truncation -------------------------------------------------------------------------
+
+LONG = " ".join(f"word{i} confidential inference" for i in range(120))  # ~600 tokens
+
+
+def test_truncation_cuts_to_the_limit_as_the_prefix_would_embed(embedder: Embedder) -> None:
+    """A long input with truncation is embedded exactly as the prefix of it that fills
+    the limit ([CLS], 254 tokens, [SEP]); without truncation it is refused."""
+    full = len(embedder._tokenizer.encode(LONG))
+    assert full > MAX_SEQ_TOKENS
+    with pytest.raises(LimitError) as info:
+        embedder.embed(["ok", LONG])
+    assert str(info.value) == (
+        f"input 1 is {full} tokens; the limit is 256 (ask for truncation to cut it)"
+    )
+    vectors, cut = embedder.run(["ok", LONG, "short"], [True, True, True])
+    assert cut.tolist() == [False, True, False]
+    # The prefix ends where the 255th token (the last before [SEP]) ends.
+    cut_encoding = embedder._truncating.encode(LONG)
+    assert len(cut_encoding) == MAX_SEQ_TOKENS and cut_encoding.tokens[-1] == "[SEP]"
+    prefix = LONG[: cut_encoding.offsets[-2][1]]
+    assert len(embedder._tokenizer.encode(prefix)) == MAX_SEQ_TOKENS
+    np.testing.assert_allclose(vectors[1], embedder.embed([prefix])[0], atol=1e-6)
+    np.testing.assert_array_equal(vectors[0], embedder.embed(["ok"])[0])
+    # The choice is per input: the same batch may cut one and refuse another.
+    with pytest.raises(LimitError, match=r"^input 1 is \d+ tokens"):
+        embedder.run([LONG, LONG], [True, False])
+    # Still bounded before any tokenizing: the byte limit holds with truncation too.
+    with pytest.raises(LimitError, match=r"^input 0 is 16385 bytes of UTF-8"):
+        embedder.embed(["x" * (MAX_TEXT_BYTES + 1)], truncate=True)
 
 
 # -- digest -----------------------------------------------------------------------------

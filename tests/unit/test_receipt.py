@@ -70,8 +70,79 @@ def test_receipt_payload_is_deterministic_cbor_with_exact_fields(session) -> Non
             "v", "receipt_id", "session_id", "seq", "model_id", "model_digest", "key_release",
             "request_hash", "response_hash", "attestation_hash", "pcrs", "policy_version",
             "mode", "time_ms", "duration_us", "client_nonce", "transcript_hash",
+            "truncate", "truncated",
         ]
     )  # fmt: skip
+    assert (r.version, r.truncate, r.truncated) == (2, False, ())
+
+
+# -- truncation (receipt version 2) and version 1 receipts -------------------------------
+
+
+def test_truncation_is_recorded_and_checked_against_the_request(world: MockWorld) -> None:
+    p = SessionPair(world)
+    p.handshake()
+    ev = p.request(("a", "b", "c"), truncate=True, truncated=(0, 2))
+    r = ev.receipt.receipt
+    assert (r.version, r.truncate, r.truncated) == (2, True, (0, 2))
+    payload = cbor2.loads(r.to_cbor())
+    assert (payload["truncate"], payload["truncated"]) == (True, [0, 2])
+    # The client checks the receipt against what it asked (R11).
+    with pytest.raises(ReceiptError) as info:
+        p.request(("a",), truncate=False, truncated=(0,))
+    assert str(info.value) == "R5 payload: inputs were truncated without truncate"
+    q = SessionPair(world)
+    q.handshake()
+    with pytest.raises(ReceiptError) as info:
+        q.request(("a", "b"), truncate=True, truncated=(2,))
+    assert str(info.value) == "R11 truncation: input 2 was truncated, the request had 2"
+
+
+def test_a_receipt_that_lies_about_the_choice_is_refused(session, world) -> None:  # type: ignore[no-untyped-def]
+    _, _, r, att = session
+    forged = _resign(world, r, truncate=True)
+    expect = ReceiptExpectations(truncate=False, inputs=1)
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(forged, att, expect=expect)
+    assert str(info.value) == (
+        "R11 truncation: the receipt says truncate=true, the request asked truncate=false"
+    )
+
+
+def test_version_1_receipts_still_verify(session, world) -> None:  # type: ignore[no-untyped-def]
+    """A receipt kept from before truncation existed (version 1, without the two
+    fields) verifies offline as before; it cannot claim truncation."""
+    _, _, r, att = session
+    v1 = dataclasses.replace(r, version=1)
+    assert "truncate" not in cbor2.loads(v1.to_cbor())
+    raw = sign_receipt(v1, world.identity.receipt_key)
+    assert verify_receipt(raw, att).receipt == v1
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(raw, att, expect=ReceiptExpectations(truncate=True))
+    assert str(info.value) == "R11 truncation: a version 1 receipt cannot record truncation"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"v": 1}, "R5 payload: wrong fields for receipt version 1"),
+        ({"truncate": 1}, "R5 payload: truncate must be a boolean, truncated a list"),
+        ({"truncate": True, "truncated": [2, 1]}, "R5 payload: truncated must be ascending input indices"),
+        ({"truncate": True, "truncated": [1, 1]}, "R5 payload: truncated must be ascending input indices"),
+        ({"truncate": True, "truncated": [-1]}, "R5 payload: truncated must be ascending input indices"),
+        ({"truncated": [0]}, "R5 payload: inputs were truncated without truncate"),
+        ({"v": 3}, "R5 payload: unknown receipt version 3"),
+    ],
+)
+def test_truncation_fields_are_checked(session, world, change, message) -> None:  # type: ignore[no-untyped-def]
+    from ephemeralml.common._cbor import encode
+
+    _, _, r, att = session
+    payload = {**r.to_map(), **change}
+    raw = sign_eddsa(encode(payload), world.identity.receipt_key, kid=r.attestation_hash)
+    with pytest.raises(ReceiptError) as info:
+        verify_receipt(raw, att)
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize(
