@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._cbor import decode_deterministic, encode
-from ._cose import decode_sign1, sign_eddsa, verify_eddsa
+from ._cose import decode_sign1, eddsa_kid, sign_eddsa, verify_eddsa
 from ._errors import DecodeError, Error, LocalProtocolError, ManifestError
 
 __all__ = [
@@ -359,12 +359,11 @@ def verify_manifest(
         env = decode_sign1(raw, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
     except DecodeError as e:
         raise ManifestError(f"M1 envelope: {e}") from e
-    kid = env.protected_map.get(4)
-    # M1: protected header exactly {alg: EdDSA, kid: 32 bytes}.
-    if set(env.protected_map) != {1, 4} or env.protected_map[1] != -8:
-        raise ManifestError("M1 envelope: protected header must be exactly {alg: EdDSA, kid}")
-    if not isinstance(kid, bytes) or len(kid) != 32 or env.unprotected or len(env.signature) != 64:
-        raise ManifestError("M1 envelope: bad kid, unprotected header or signature length")
+    # M1: protected header exactly {alg: EdDSA, kid: 32 bytes}, a 64-byte signature.
+    try:
+        kid = eddsa_kid(env)
+    except DecodeError as e:
+        raise ManifestError(f"M1 envelope: {e}") from e
     # M2: signed by an owner key the verifier trusts.
     public = owner_keys.get(kid)
     if public is None:

@@ -19,7 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from ._cbor import decode_strict, encode
 from ._errors import DecodeError
 
-__all__ = ["Sign1", "decode_sign1", "encode_sign1", "sign_eddsa", "verify_eddsa"]
+__all__ = [
+    "Sign1",
+    "decode_sign1",
+    "eddsa_kid",
+    "encode_sign1",
+    "sign_eddsa",
+    "verify_eddsa",
+]
 
 _COSE_SIGN1_TAG = 18
 #: RFC 9052 §4.2: COSE_Sign1 is tag 18 or untagged; no other tag is accepted.
@@ -97,6 +104,21 @@ def sign_eddsa(payload: bytes, key: Ed25519PrivateKey, *, kid: bytes) -> bytes:
     protected = encode({1: _ALG_EDDSA, 4: kid})
     signature = key.sign(_sig_structure(protected, payload))
     return encode_sign1(protected, payload, signature)
+
+
+def eddsa_kid(env: Sign1) -> bytes:
+    """The kid of one of our EdDSA envelopes, whose protected header is exactly
+    ``{1: -8, 4: kid}`` (kid: 32 bytes) with a 64-byte Ed25519 signature; raises
+    :class:`DecodeError` naming what is wrong. Receipts (R1), manifests (M1), signed
+    policies (P3) and session proofs (A11) all use it; verifies nothing."""
+    if set(env.protected_map) != {1, 4} or env.protected_map[1] != _ALG_EDDSA:
+        raise DecodeError("protected header must be exactly {alg: EdDSA, kid}")
+    kid = env.protected_map[4]
+    if not isinstance(kid, bytes) or len(kid) != 32:
+        raise DecodeError("kid must be 32 bytes")
+    if len(env.signature) != 64:
+        raise DecodeError("an Ed25519 signature is 64 bytes")
+    return kid
 
 
 def verify_eddsa(env: Sign1, public_key: bytes) -> bool:

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ._binding import EnclaveBinding
 from ._cbor import decode_deterministic, encode
-from ._cose import decode_sign1, sign_eddsa, verify_eddsa
-from ._errors import AttestationError, RemoteProtocolError
+from ._cose import decode_sign1, eddsa_kid, sign_eddsa, verify_eddsa
+from ._errors import AttestationError, DecodeError, RemoteProtocolError
 from ._messages import NONCE_BYTES, SESSION_ID_BYTES
 
 __all__ = ["CACHED_SESSION_ID", "MAX_PROOF_BYTES", "SessionProof", "verify_session_proof"]
@@ -72,9 +72,13 @@ def verify_session_proof(
         env = decode_sign1(raw, what="session proof", max_bytes=MAX_PROOF_BYTES)
     except RemoteProtocolError as e:  # DecodeError or LimitError
         raise AttestationError(f"A11 proof: {e}") from e
-    if env.protected_map != {1: -8, 4: attestation_sha256} or env.unprotected:
-        raise AttestationError("A11 proof: header must be {alg: EdDSA, kid: the document's hash}")
-    if len(env.signature) != 64 or not verify_eddsa(env, binding.receipt_key):
+    try:
+        kid = eddsa_kid(env)
+    except DecodeError as e:
+        raise AttestationError(f"A11 proof: {e}") from e
+    if not hmac.compare_digest(kid, attestation_sha256):
+        raise AttestationError("A11 proof: kid must be the document's hash")
+    if not verify_eddsa(env, binding.receipt_key):
         raise AttestationError("A11 proof: not signed by the attested receipt key")
     try:
         m = decode_deterministic(env.payload, what="session proof")

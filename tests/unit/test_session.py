@@ -396,6 +396,20 @@ def test_cached_proof_signed_by_another_key_is_rejected(world: MockWorld) -> Non
         p.client.next_event(now=now())
 
 
+def test_cached_proof_for_another_document_is_rejected(world: MockWorld) -> None:
+    from ephemeralml.common._messages import ServerAttest
+    from ephemeralml.common._proof import SessionProof
+
+    p = SessionPair(world, mode="cached")
+    p.to_enclave(p.client.hello())
+    p.enclave.next_event()
+    doc = world.cached_doc()
+    proof = SessionProof(p.client.nonce, p.enclave.public_key, b"\x01" * 16, b"\x02" * 32)
+    p.to_client(encode_frame(ServerAttest(1, doc, proof.sign(world.identity.receipt_key)).to_cbor()))
+    with pytest.raises(AttestationError, match=r"^A11 proof: kid must be the document's hash$"):
+        p.client.next_event(now=now())
+
+
 def test_fresh_client_refuses_a_cached_answer(world: MockWorld) -> None:
     p = SessionPair(world)  # the client asked for fresh
     p.to_enclave(p.client.hello())
