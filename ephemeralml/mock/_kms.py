@@ -98,18 +98,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from ephemeralml.runtime._home import MOCK_ROOT, default_home
+from ephemeralml.runtime._runner import Parser, ready_line, run_main
+from ephemeralml.runtime._transport import Endpoint
 
 from ..common._attestation import AWS_NITRO_ROOT_SHA256, TrustedRoot
-from ..common._errors import ConfigError, Error
+from ..common._errors import ConfigError
 from ._kms_auth import MAX_CLOCK_SKEW_S, verify_sigv4
 from ._kms_keys import BLOB_VERSION
 from ._kms_policy import (
@@ -180,16 +180,11 @@ DEFAULT_LISTEN = "127.0.0.1:4566"
 _PROG = "mock-kms"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
 def _parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    ep = Endpoint.parse(text)
+    if ep.kind != "tcp" or ep.host is None:
         raise ConfigError(f"--listen: expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    return ep.host, ep.port
 
 
 def _load_root(path: Path) -> TrustedRoot:
@@ -206,10 +201,11 @@ def _load_root(path: Path) -> TrustedRoot:
     return root
 
 
-def _build_parser() -> _Parser:
+def _build_parser() -> Parser:
     home = default_home()
-    p = _Parser(
+    p = Parser(
         prog=_PROG,
+        version=True,
         description="A local AWS KMS (JSON 1.1 protocol) for mock mode: loopback only, "
         "SigV4 checked against the principals' credentials in --state-dir, Recipient "
         "documents verified under --root.",
@@ -238,20 +234,15 @@ def _build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the mock KMS until SIGTERM or SIGINT; 0 on a clean stop, 2 on a config error."""
-    try:
-        args = _build_parser().parse_args(argv)
-        if args.verbose:
-            logging.basicConfig(
-                level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-                format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            )
-        root = _load_root(args.root)
-        server = MockKmsServer(args.state_dir, trusted_root=root, listen=_parse_listen(args.listen))
-        server.start()
-    except Error as e:
-        print(f"{_PROG}: error: {e}", file=sys.stderr)
-        return 2
+    """Run the mock KMS until SIGTERM or SIGINT; 0 on a clean stop, 2 on a config error
+    (the shared runner's error policy, :mod:`ephemeralml.runtime._runner`)."""
+    return run_main(_PROG, _build_parser(), argv, _serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    root = _load_root(args.root)
+    server = MockKmsServer(args.state_dir, trusted_root=root, listen=_parse_listen(args.listen))
+    server.start()
     if root.is_mock:
         print(
             f"{_PROG}: WARNING: Recipient documents are verified under a MOCK root "
@@ -266,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         print(f"{_PROG}: listening on {server.url}", flush=True)
+        print(ready_line(_PROG, url=server.url), file=sys.stderr, flush=True)
         print(
             f"{_PROG}: credentials of {', '.join(sorted(PRINCIPALS))} "
             f"(region {server.region}) in {args.state_dir / _CREDENTIALS_FILE}",
