@@ -12,7 +12,12 @@ cryptography, ``KeyError``...) is translated into :class:`AttestationError` (or
 (A9) before the signature (A3) and the chain (A4, A5) have passed.
 
 Sans-IO: no files, sockets, clocks or environment. The caller passes the root
-certificate bytes and ``now``.
+certificate bytes and ``now``. What is trusted (:class:`TrustedRoot`, the
+:class:`Measurements` policies) is :mod:`._trust`, re-exported here.
+
+Longer than our usual 600 lines on purpose: the whole A1-A10 sequence, the document
+model it produces and the chain cache that shortcuts A4/A5 are read together, top to
+bottom, in the order the checks run.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ import contextlib
 import hashlib
 import hmac
 import math
-from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -31,15 +35,26 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtensionOID
 
 from ._cbor import decode_strict, encode
 from ._cose import encode_sign1
-from ._errors import AttestationError, ConfigError, Error, PolicyError
+from ._errors import AttestationError, ConfigError, Error
+from ._trust import (
+    AWS_NITRO_ROOT_SHA256,
+    MAX_PCRS,
+    PCR_BYTES,
+    Measurements,
+    PcrAllowlist,
+    TrustedRoot,
+    UnsafeAnyMeasurements,
+    basic_constraints,
+    key_usage,
+)
 
 __all__ = [
     "AWS_NITRO_ROOT_SHA256",
@@ -61,10 +76,6 @@ __all__ = [
     "parse_unverified",
     "verify_attestation",
 ]
-
-#: SHA-256 of the DER of "AWS Nitro Enclaves Root-G1" (CN=aws.nitro-enclaves), as
-#: published by AWS in the Nitro Enclaves user guide ("Verifying the root of trust").
-AWS_NITRO_ROOT_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
 
 #: Oldest document a live verifier accepts, in seconds. AWS KMS does not check the
 #: freshness of a Recipient document at all (a replayed one is accepted), so the
@@ -90,12 +101,6 @@ MAX_ATTESTATION_BYTES = 16 * 1024
 
 #: Most certificates in ``cabundle``. AWS sends 4 (root and three intermediates).
 MAX_CABUNDLE_CERTS = 8
-
-#: Most PCR entries: the NSM has 32 PCRs (AWS documents carry 16 of them).
-MAX_PCRS = 32
-
-#: Size of one PCR value: SHA-384, the only ``digest`` the NSM reports.
-PCR_BYTES = 48
 
 #: Largest timestamp a ``datetime`` can hold (9999-12-31T23:59:59.999Z), in ms.
 _MAX_TIMESTAMP_MS = 253_402_300_799_999
@@ -124,110 +129,6 @@ _PAYLOAD_KEYS = (
 )
 _REQUIRED_KEYS = frozenset(_PAYLOAD_KEYS[:6])
 _OPTIONAL_KEYS = frozenset(_PAYLOAD_KEYS[6:])
-
-
-# ---------------------------------------------------------------------------
-# Trusted roots
-# ---------------------------------------------------------------------------
-
-
-def _load_certificate(data: bytes, *, what: str) -> x509.Certificate:
-    """Parse one certificate given as PEM or DER, for configuration (ConfigError)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ConfigError(f"{what}: expected certificate bytes, got {type(data).__name__}")
-    data = bytes(data)
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            certs = x509.load_pem_x509_certificates(data)
-            if len(certs) != 1:
-                raise ConfigError(f"{what}: expected exactly one PEM certificate, got {len(certs)}")
-            return certs[0]
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise ConfigError(f"{what}: not a PEM or DER X.509 certificate ({e})") from e
-
-
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-@dataclass(frozen=True)
-class TrustedRoot:
-    """A root certificate that documents must chain to (``cabundle[0]``, byte for byte).
-
-    Build it with :meth:`aws_nitro` (pinned by fingerprint), :meth:`from_pem_or_der`
-    (a root the user names explicitly) or :meth:`unsafe_mock` (the development mock's
-    root; ``is_mock`` is then true and callers warn every time it is used).
-    """
-
-    name: str
-    certificate_der: bytes
-    is_mock: bool
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError("trusted root: name must be a non-empty string")
-        if not isinstance(self.certificate_der, bytes):
-            raise ConfigError("trusted root: certificate_der must be bytes")
-        cert = _load_certificate(self.certificate_der, what=f"trusted root {self.name!r}")
-        if cert.public_bytes(serialization.Encoding.DER) != self.certificate_der:
-            raise ConfigError(f"trusted root {self.name!r}: certificate_der is not plain DER")
-        try:
-            bc = _basic_constraints(cert)
-        except ValueError as e:
-            raise ConfigError(f"trusted root {self.name!r}: malformed extensions ({e})") from e
-        if bc is None or not bc.ca:
-            raise ConfigError(f"trusted root {self.name!r}: certificate is not a CA")
-        try:
-            cert.verify_directly_issued_by(cert)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as e:
-            raise ConfigError(f"trusted root {self.name!r}: certificate is not self-signed") from e
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the certificate's DER, lowercase hex."""
-        return hashlib.sha256(self.certificate_der).hexdigest()
-
-    @classmethod
-    def aws_nitro(cls, certificate: bytes) -> TrustedRoot:
-        """The AWS Nitro Enclaves root (PEM or DER), refused unless its SHA-256 is
-        :data:`AWS_NITRO_ROOT_SHA256`."""
-        der = _load_certificate(certificate, what="AWS Nitro root").public_bytes(
-            serialization.Encoding.DER
-        )
-        got = hashlib.sha256(der).hexdigest()
-        if not hmac.compare_digest(got, AWS_NITRO_ROOT_SHA256):
-            raise ConfigError(
-                f"AWS Nitro root: certificate fingerprint {got} is not the AWS Nitro "
-                f"Enclaves Root-G1 ({AWS_NITRO_ROOT_SHA256})"
-            )
-        return cls(name="aws-nitro-root-g1", certificate_der=der, is_mock=False)
-
-    @classmethod
-    def unsafe_mock(cls, certificate: bytes) -> TrustedRoot:
-        """The development mock's root (PEM or DER). Proves nothing about hardware."""
-        der = _load_certificate(certificate, what="mock root").public_bytes(
-            serialization.Encoding.DER
-        )
-        return cls(name="UNSAFE-mock-root", certificate_der=der, is_mock=True)
-
-    @classmethod
-    def from_pem_or_der(cls, certificate: bytes, *, name: str = "custom") -> TrustedRoot:
-        """A root named explicitly by the user (``--root PEM``); not a mock."""
-        der = _load_certificate(certificate, what=f"root {name!r}").public_bytes(
-            serialization.Encoding.DER
-        )
-        return cls(name=name, certificate_der=der, is_mock=False)
 
 
 # ---------------------------------------------------------------------------
@@ -329,105 +230,6 @@ def _pcr_sort_key(item: tuple[Any, Any]) -> tuple[int, int]:
     # Sort ints first by value; anything else is rejected right after.
     k = item[0]
     return (0, k) if type(k) is int else (1, 0)
-
-
-# ---------------------------------------------------------------------------
-# Measurement policies (A9)
-# ---------------------------------------------------------------------------
-
-
-class Measurements(ABC):
-    """What the enclave must be running: checked after the document has verified."""
-
-    @abstractmethod
-    def check(self, doc: AttestationDocument) -> None:
-        """Return if ``doc``'s measurements are acceptable, else raise :class:`PolicyError`."""
-
-
-class PcrAllowlist(Measurements):
-    """Accept a document whose PCRs equal every value of at least one allowed entry.
-
-    Each entry maps PCR index to expected 48-byte value. An empty allowlist, or an
-    entry that names no PCR, is a configuration error: never allow-all. Debug-mode
-    documents (PCR0 all zero: anyone can run any code there) are refused unless
-    ``allow_debug`` is set.
-    """
-
-    def __init__(
-        self, allowed: Sequence[Mapping[int, bytes]], *, allow_debug: bool = False
-    ) -> None:
-        if isinstance(allowed, Mapping) or not isinstance(allowed, Sequence):
-            raise ConfigError("PCR allowlist: expected a sequence of {index: value} entries")
-        if not allowed:
-            raise ConfigError("PCR allowlist is empty; it would allow nothing (never allow-all)")
-        entries: list[Mapping[int, bytes]] = []
-        for n, entry in enumerate(allowed):
-            if not isinstance(entry, Mapping) or not entry:
-                raise ConfigError(f"PCR allowlist entry {n} names no PCR (never allow-all)")
-            checked: dict[int, bytes] = {}
-            for index, value in entry.items():
-                if type(index) is not int or not 0 <= index < MAX_PCRS:
-                    raise ConfigError(f"PCR allowlist entry {n}: index {index!r} not in 0..31")
-                if not isinstance(value, bytes) or len(value) != PCR_BYTES:
-                    raise ConfigError(
-                        f"PCR allowlist entry {n}: PCR{index} must be {PCR_BYTES} bytes"
-                    )
-                checked[index] = value
-            entries.append(MappingProxyType(dict(sorted(checked.items()))))
-        self._allowed: tuple[Mapping[int, bytes], ...] = tuple(entries)
-        self._allow_debug = bool(allow_debug)
-
-    @property
-    def allowed(self) -> tuple[Mapping[int, bytes], ...]:
-        return self._allowed
-
-    @property
-    def allow_debug(self) -> bool:
-        return self._allow_debug
-
-    @classmethod
-    def from_document(cls, doc: AttestationDocument) -> PcrAllowlist:
-        """The document's own PCRs 0, 1, 2, 3, 4 and 8 (those present), debug allowed.
-
-        For archived documents in tests and for pinning what a first run reported.
-        """
-        entry = {i: doc.pcrs[i] for i in (0, 1, 2, 3, 4, 8) if i in doc.pcrs}
-        return cls([entry], allow_debug=True)
-
-    def check(self, doc: AttestationDocument) -> None:
-        # protocol.md §3 A9: a debug-mode enclave's PCRs say nothing about its code.
-        if doc.is_debug and not self._allow_debug:
-            raise PolicyError(
-                "A9 measurements: debug-mode enclave (PCR0 all zero) refused; "
-                "allow_debug is not set"
-            )
-        reasons: list[str] = []
-        for n, entry in enumerate(self._allowed):
-            mismatch = next(
-                (
-                    i
-                    for i, want in entry.items()
-                    if not hmac.compare_digest(doc.pcrs.get(i, b""), want)
-                ),
-                None,
-            )
-            if mismatch is None:
-                return
-            got = doc.pcrs.get(mismatch)
-            reasons.append(
-                f"entry {n} differs at PCR{mismatch} (got {got.hex()[:16] if got else 'none'}...)"
-            )
-        raise PolicyError(
-            f"A9 measurements: PCRs match none of the {len(self._allowed)} allowed entries: "
-            + "; ".join(reasons)
-        )
-
-
-class UnsafeAnyMeasurements(Measurements):
-    """Accepts any measurements. Only for inspecting a document without a policy."""
-
-    def check(self, doc: AttestationDocument) -> None:
-        return None
 
 
 # ---------------------------------------------------------------------------
@@ -668,8 +470,8 @@ def _verify_chain(
     n_ca = len(doc.cabundle)
     for i, (name, cert) in enumerate(chain):
         try:
-            bc = _basic_constraints(cert)
-            ku = _key_usage(cert)
+            bc = basic_constraints(cert)
+            ku = key_usage(cert)
         except Exception as e:
             raise AttestationError(
                 f"A4 chain: {name} has malformed extensions ({type(e).__name__}: {e})"

@@ -31,6 +31,10 @@ Failure modes designed against (FACTS.md, "vsock and relays"), and where:
 * one slow handshake blocking accepts: every connection, its dial included, runs in
   its own task; accepting never waits on a dial. In framed mode the enclave is
   dialled only once the client has sent a byte.
+
+About 770 lines on purpose: one class whose accept path, pumps, pools and counters
+share per-connection state; each limit above is enforced where that state changes,
+and splitting the class would scatter L1-L4 across modules that must agree.
 """
 
 from __future__ import annotations
