@@ -4,9 +4,10 @@
     .venv/bin/python scripts/bench.py --quick          # about a minute: table
     .venv/bin/python scripts/bench.py --json > b.json  # full run (a few minutes): JSON
 
-The same as ``python -m ephemeralml.bench``; the implementation is ``ephemeralml.bench._bench``
-(what is measured and the targets: docs/benchmarks.md). Run with another Python, this
-script re-runs itself with the repository's ``.venv`` if it has one.
+The same as ``python -m ephemeralml.bench``; the implementation is the package
+``ephemeralml.bench``, its command line ``ephemeralml.bench._cli`` (what is measured and
+the targets: docs/benchmarks.md). Run with another Python, this script re-runs itself
+with the repository's ``.venv`` if it has one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 try:
-    from ephemeralml.bench._bench import main
+    from ephemeralml.bench._cli import main
 except ImportError:
     venv_python = ROOT / ".venv" / "bin" / "python"
     if venv_python.exists() and Path(sys.executable).resolve() != venv_python.resolve():

@@ -10,7 +10,8 @@ What it does, in order, bounded in time and count throughout:
 
 1. raises the open-file limit (soft to hard; the programs inherit it), starts
    ``ephemeral-host --mock`` and ``ephemeral-enclave --mock`` on kernel-chosen ports
-   in a private state folder;
+   in a private state folder (with ``ephemeralml.bench._processes``, the harness the
+   benchmark and the tests use: the ports come from each program's readiness line);
 2. with ``--latency-idle N``: the legitimate client's p50 latency (connect, and one
    request) with no hostile connection, then with N hostile idle connections held
    open against the relay (from many source addresses; refused or evicted ones come
@@ -39,7 +40,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import resource
 import signal
 import socket
@@ -53,11 +53,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ephemeralml.bench._processes import (
+    ENCLAVE,
+    HOST,
+    ProgramError,
+    Running,
+    enclave_argv,
+    free_port,
+    host_argv,
+    program_env,
+    start_program,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 #: How long a program may take to start (the mock host packages the model first).
 START_TIMEOUT_S = 180.0
+#: How long each of SIGTERM and SIGKILL is given when the programs are stopped.
+STOP_TIMEOUT_S = 20.0
 #: RSS may grow this much between warm-up and the end and still count as flat:
 #: allocator and interpreter caches settle in tens of MiB; a leak of one buffer
 #: per request or connection over minutes is far more.
@@ -75,64 +88,6 @@ HOSTILE_SOURCES = 250
 # ------------------------------------------------------------------ the programs
 
 
-@dataclass
-class Program:
-    name: str
-    cmd: list[str]
-    proc: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        return self.proc.returncode
-
-
-def start(name: str, cmd: list[str], env: dict[str, str], pattern: str) -> tuple[Program, Any]:
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    prog = Program(name, cmd, proc)
-    found: list[Any] = []
-    ready = threading.Event()
-    rx = re.compile(pattern)
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if len(prog.lines) < 2000:
-                prog.lines.append(line)
-            if not found and (m := rx.search(line)):
-                found.append(m)
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(START_TIMEOUT_S) or not found:
-        proc.kill()
-        raise SystemExit(f"soak: {name} did not start: {''.join(prog.lines)[-2000:]}")
-    return prog, found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -142,46 +97,36 @@ def rss_mb(pid: int) -> float:
 
 
 class Stack:
+    """Host and enclave, started the one way (``ephemeralml.bench._processes``): ports
+    come from their readiness lines."""
+
     def __init__(self, home: Path, host_args: list[str], enclave_args: list[str]) -> None:
         self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("EPHEMERAL")}
-        self.env["EPHEMERALML_HOME"] = str(home)
-        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env = program_env(home)
         self.enclave_port = free_port()
         self.enclave_args = enclave_args
-        self.host, m = start(
-            "host",
-            [str(BIN / "ephemeral-host"), "--mock", "--listen", "127.0.0.1:0",
-             "--enclave", f"tcp:127.0.0.1:{self.enclave_port}", "--services-listen",
-             "127.0.0.1:0", "--kms-listen", "127.0.0.1:0", "--mock-kms-listen", "127.0.0.1:0",
-             *host_args],
-            self.env, r"relaying tcp:127\.0\.0\.1:(\d+)",
-        )  # fmt: skip
-        self.port = int(m.group(1))
-        text = "".join(self.host.lines)
-        self.services = int(
-            re.findall(r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)", text)[0]
+        self.host = start_program(
+            HOST, host_argv([self.enclave_port], *host_args), self.env, timeout_s=START_TIMEOUT_S
         )
-        self.kms = int(re.findall(r"KMS forwarder tcp:127\.0\.0\.1:(\d+)", text)[0])
-        self.enclave = self.start_enclave()
+        self.port = self.host.port("relay")
+        self.services = self.host.port("services")
+        self.kms = self.host.port("kms")
+        try:
+            self.enclave = self.start_enclave()
+        except BaseException:
+            self.host.stop()
+            raise
 
-    def start_enclave(self) -> Program:
-        prog, _ = start(
-            "enclave",
-            [str(BIN / "ephemeral-enclave"), "--mock", "--listen",
-             f"127.0.0.1:{self.enclave_port}", "--host-services",
-             f"tcp:127.0.0.1:{self.services}", "--host-kms", f"tcp:127.0.0.1:{self.kms}",
-             "--host-wait", "60", *self.enclave_args],
-            self.env, r"serving .* on tcp:127\.0\.0\.1:\d+ \(MOCK mode",
-        )  # fmt: skip
-        return prog
+    def start_enclave(self) -> Running:
+        argv = enclave_argv(self.enclave_port, self.services, self.kms, *self.enclave_args)
+        return start_program(ENCLAVE, argv, self.env, timeout_s=START_TIMEOUT_S)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> tuple[int, int]:
-        return self.host.stop(), self.enclave.stop()
+        return self.host.stop(STOP_TIMEOUT_S), self.enclave.stop(STOP_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ legitimate clients
@@ -499,7 +444,10 @@ def main(argv: list[str]) -> int:
     checks: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         home = Path(tmp)
-        stack = Stack(home, a.host_arg, a.enclave_arg)
+        try:
+            stack = Stack(home, a.host_arg, a.enclave_arg)
+        except ProgramError as e:
+            raise SystemExit(f"soak: {e}") from None
         try:
             summary["startup_s"] = round(time.monotonic() - t_start, 1)
             print(
@@ -600,7 +548,7 @@ def run_soak(
         try:
             stack.enclave = stack.start_enclave()
             restarted = True
-        except SystemExit as e:  # reported as a failed check, with why
+        except ProgramError as e:  # reported as a failed check, with why
             summary["restart_error"] = str(e)[-600:]
             restarted = False
         checks["enclave restarted after SIGKILL"] = restarted

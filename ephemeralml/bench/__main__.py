@@ -1,6 +1,6 @@
 """``python -m ephemeralml.bench``: the same as ``scripts/bench.py``."""
 
-from ._bench import main
+from ._cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,9 +1,11 @@
 """The adversarial tier: the real programs on loopback, with a hostile relay between them.
 
-Reuses the integration tier's process helpers (``tests/integration/conftest.py``). The
-enclave runs under an address-space limit (:data:`ENCLAVE_MEMORY_LIMIT_BYTES`), so an
-input that makes it allocate without bound ends it quickly (and the test fails) instead
-of eating the machine. Every wait is bounded; every process is stopped at the end with
+Reuses the integration tier's process helpers (``tests/integration/conftest.py``, on
+the one harness, ``ephemeralml.bench._processes``: a program is ready when it prints
+its readiness line, whose fields give its ports). The enclave runs under an
+address-space limit (:data:`ENCLAVE_MEMORY_LIMIT_BYTES`), so an input that makes it
+allocate without bound ends it quickly (and the test fails) instead of eating the
+machine. Every wait is bounded; every process is stopped at the end with
 its exit code checked.
 """
 
@@ -20,20 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ephemeralml.bench._processes import ENCLAVE, enclave_argv, start_program
 from ephemeralml.client._api import connect
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._errors import TransportError
 from ephemeralml.common._messages import EmbedRequest
 from ephemeralml.common._session import Attested, ClientSession, RequestFailed, ResponseReceived
-from tests.integration.conftest import (
-    BIN,
-    Program,
-    Stack,
-    free_port,
-    host_port_of,
-    program_env,
-    start,
-)
+from tests.integration.conftest import BIN, Program, Stack, free_port, program_env, start_host
+from tests.integration.conftest import kms_port as kms_port  # re-exported for the tests
+from tests.integration.conftest import services_port as services_port
 
 from .hostile import HostileRelay
 
@@ -60,50 +57,28 @@ def limited(cmd: Sequence[str], limit_bytes: int) -> list[str]:
     return [sys.executable, "-c", _LIMIT_PRELUDE, str(limit_bytes), *cmd]
 
 
-def host_cmd(listen_port: int, enclave_port: int, *extra: str) -> list[str]:
-    return [
-        str(BIN / "ephemeral-host"), "--mock", "--listen", f"127.0.0.1:{listen_port}",
-        "--enclave", f"tcp:127.0.0.1:{enclave_port}", "--services-listen", "127.0.0.1:0",
-        "--kms-listen", "127.0.0.1:0", "--mock-kms-listen", "127.0.0.1:0", *extra,
-    ]  # fmt: skip
-
-
 def launch_host(
     env: dict[str, str], enclave_port: int, listen_port: int = 0, *extra: str
 ) -> tuple[Program, int]:
-    cmd = host_cmd(listen_port, enclave_port, *extra)
-    host, m = start(cmd, env, r"relaying tcp:127\.0\.0\.1:(\d+)")
-    return host, int(m.group(1))
+    """The host in mock mode relaying to ``enclave_port``; and the port it relays on."""
+    return start_host(env, enclave_port, listen_port, *extra)
 
 
 def enclave_cmd(
     port: int, services: int, kms: int, *extra: str, host_wait_s: float = 30.0
 ) -> list[str]:
-    cmd = [
-        str(BIN / "ephemeral-enclave"), "--mock", "--listen", f"127.0.0.1:{port}",
-        "--host-services", f"tcp:127.0.0.1:{services}", "--host-kms", f"tcp:127.0.0.1:{kms}",
-        "--host-wait", str(host_wait_s), *extra,
-    ]  # fmt: skip
-    return limited(cmd, ENCLAVE_MEMORY_LIMIT_BYTES)
-
-
-def services_port(host: Program) -> int:
-    return host_port_of(host, r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)")
-
-
-def kms_port(host: Program) -> int:
-    return host_port_of(host, r"KMS forwarder tcp:127\.0\.0\.1:(\d+)")
+    """The enclave's command line, memory-limited (see :func:`limited`)."""
+    argv = enclave_argv(port, services, kms, *extra, host_wait_s=host_wait_s)
+    return limited(argv, ENCLAVE_MEMORY_LIMIT_BYTES)
 
 
 def launch_enclave(
     env: dict[str, str], port: int, host: Program, *extra: str, kms: int | None = None
 ) -> Program:
-    enclave, _ = start(
-        enclave_cmd(port, services_port(host), kms if kms is not None else kms_port(host), *extra),
-        env,
-        r"serving .* on tcp:127\.0\.0\.1:\d+ \(MOCK mode",
-    )
-    return enclave
+    """A memory-limited enclave on ``port`` using ``host``'s services and (unless
+    ``kms`` is given) its KMS forwarder; returns once it serves."""
+    cmd = enclave_cmd(port, services_port(host), kms if kms is not None else kms_port(host), *extra)
+    return start_program(ENCLAVE, cmd, env)
 
 
 def launch(home: Path, host_extra: Sequence[str] = (), enclave_extra: Sequence[str] = ()) -> Stack:

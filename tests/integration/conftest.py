@@ -3,14 +3,16 @@
 The enclave and the host are started once per module with their own state
 directory (``EPHEMERALML_HOME``) and kernel-chosen ports, and stopped (SIGTERM,
 checked exit code) at the end. Every wait is bounded.
+
+Programs start the one way the benchmark and ``scripts/soak.py`` start them
+(:func:`ephemeralml.bench._processes.start_program`): each says it serves in one
+machine-readable readiness line, and the ports come from its fields. Tests that
+check a human log line (an enclave's error line) read it from ``Program.lines``.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,54 +23,37 @@ from pathlib import Path
 
 import pytest
 
+from ephemeralml.bench._processes import (
+    ENCLAVE,
+    HOST,
+    Running,
+    enclave_argv,
+    free_port,
+    host_argv,
+    program_env,
+    start_program,
+)
+
+__all__ = [
+    "BIN",
+    "Program",
+    "Stack",
+    "TamperProxy",
+    "free_port",
+    "host_port_of",
+    "kms_port",
+    "program_env",
+    "services_port",
+    "start",
+    "start_enclave",
+    "start_host",
+]
+
 BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 90.0
 
-
-@dataclass
-class Program:
-    proc: subprocess.Popen[str]
-    lines: list[str]
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        return self.proc.returncode
-
-
-def start(cmd: list[str], env: dict[str, str], pattern: str) -> tuple[Program, re.Match[str]]:
-    """Start ``cmd`` and wait (bounded) for a stderr line matching ``pattern``."""
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    q: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            q.put(line)
-        q.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    rx = re.compile(pattern)
-    while True:
-        try:
-            line = q.get(timeout=START_TIMEOUT_S)
-        except queue.Empty:
-            proc.kill()
-            raise RuntimeError(f"{cmd[0]} did not start: {''.join(lines)}") from None
-        if line is None:
-            raise RuntimeError(f"{cmd[0]} exited {proc.wait()}: {''.join(lines)}")
-        if m := rx.search(line):
-            return Program(proc, lines), m
+#: A started program: ``proc``, ``lines`` (its stderr), ``ready`` (the fields of its
+#: readiness line), ``port(field)``, ``stop()`` (the exit code).
+Program = Running
 
 
 @dataclass
@@ -92,29 +77,63 @@ class Stack:
         )  # fmt: skip
 
 
-def program_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EPHEMERAL")}
-    env["EPHEMERALML_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+def start_host(
+    env: dict[str, str], enclave_port: int, listen_port: int = 0, *extra: str
+) -> tuple[Program, int]:
+    """The host in mock mode on kernel-chosen ports (its local KMS included), relaying
+    to ``enclave_port``; and the port it relays on."""
+    host = start_program(HOST, host_argv([enclave_port], *extra, listen_port=listen_port), env)
+    return host, host.port("relay")
 
 
-def start_host(env: dict[str, str], enclave_port: int) -> tuple[Program, int]:
-    """The host in mock mode on kernel-chosen ports (its local KMS included)."""
-    host, m = start(
-        [str(BIN / "ephemeral-host"), "--mock", "--listen", "127.0.0.1:0",
-         "--enclave", f"tcp:127.0.0.1:{enclave_port}", "--services-listen", "127.0.0.1:0",
-         "--kms-listen", "127.0.0.1:0", "--mock-kms-listen", "127.0.0.1:0"],
-        env, r"relaying tcp:127\.0\.0\.1:(\d+)",
-    )  # fmt: skip
-    return host, int(m.group(1))
+def services_port(host: Program) -> int:
+    """The port of the host's model store and credentials for the enclave."""
+    return host.port("services")
+
+
+def kms_port(host: Program) -> int:
+    """The port of the host's KMS forwarder."""
+    return host.port("kms")
+
+
+def start_enclave(env: dict[str, str], port: int, host: Program, *extra: str) -> Program:
+    """The enclave in mock mode on ``port``, using ``host``'s services and KMS."""
+    enclave = start_program(
+        ENCLAVE, enclave_argv(port, services_port(host), kms_port(host), *extra), env
+    )
+    if enclave.ready.get("profile") != "mock":
+        enclave.stop()
+        raise AssertionError(f"not a mock enclave: {enclave.ready}")
+    return enclave
 
 
 def host_port_of(host: Program, pattern: str) -> int:
+    """The port in group 1 of the first of ``host``'s lines matching ``pattern`` (for
+    a test that checks a human line; ports are better read with ``host.port(field)``)."""
     for line in host.lines:
         if m := re.search(pattern, line):
             return int(m.group(1))
     raise AssertionError(f"no line matches {pattern!r}: {''.join(host.lines)}")
+
+
+def _prog_of(cmd: list[str]) -> str:
+    for i, part in enumerate(cmd):
+        if Path(part).name in (HOST, ENCLAVE):
+            return Path(part).name
+        if part == "ephemeralml._edge" and i + 1 < len(cmd):
+            return {"host": HOST, "enclave": ENCLAVE}[cmd[i + 1]]
+    raise AssertionError(f"which program does {cmd} run?")
+
+
+def start(cmd: list[str], env: dict[str, str], pattern: str) -> tuple[Program, re.Match[str]]:
+    """Start ``cmd`` (bounded, until its readiness line), then check that one of the
+    lines it printed by then matches ``pattern``: the match."""
+    prog = start_program(_prog_of(cmd), cmd, env)
+    for line in prog.lines:
+        if m := re.search(pattern, line):
+            return prog, m
+    prog.stop()
+    raise AssertionError(f"{cmd[0]} is ready, but no line matches {pattern!r}: {prog.lines}")
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     enclave_port = free_port()
     host, host_port = start_host(env, enclave_port)
     try:
-        services = host_port_of(host, r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)")
-        kms = host_port_of(host, r"KMS forwarder tcp:127\.0\.0\.1:(\d+)")
-        enclave, _ = start(
-            [str(BIN / "ephemeral-enclave"), "--mock", "--listen", f"127.0.0.1:{enclave_port}",
-             "--host-services", f"tcp:127.0.0.1:{services}", "--host-kms", f"tcp:127.0.0.1:{kms}",
-             "--host-wait", "60"],
-            env,
-            r"serving .* on tcp:127\.0\.0\.1:\d+ \(MOCK mode",
-        )  # fmt: skip
+        enclave = start_enclave(env, enclave_port, host)
     except BaseException:
         host.stop()
         raise
@@ -140,12 +151,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield s
     codes = (host.stop(), enclave.stop())
     assert codes == (0, 0), "".join(host.lines + enclave.lines)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 Tamper = Callable[[str, int, bytes], bytes]

@@ -1,7 +1,9 @@
 """The benchmark's pure parts: statistics, log-line parsing, targets, JSON and table.
 
 Nothing here times anything or starts a program; the benchmark itself is run by
-hand (``scripts/bench.py``, docs/benchmarks.md).
+hand (``scripts/bench.py``, docs/benchmarks.md). More exact values per module in
+``test_bench_stats.py``, ``test_bench_targets.py``, ``test_bench_report.py``; the
+process harness in ``test_bench_processes.py``.
 """
 
 from __future__ import annotations
@@ -12,19 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ephemeralml.bench import _bench as bench
-from ephemeralml.bench._bench import (
-    CONCURRENCY,
-    TARGETS,
-    BenchError,
-    evaluate_targets,
-    finalize,
-    find_port,
-    format_table,
-    parse_loaded_line,
-    percentile,
-    summarize_ms,
-)
+from ephemeralml.bench import _cli, _procfs, _report, _stats
+from ephemeralml.bench._plan import CONCURRENCY, MODEL, SCHEMA_VERSION
+from ephemeralml.bench._processes import HOST, endpoint_port
+from ephemeralml.bench._report import finalize, format_table, parse_loaded_line
+from ephemeralml.bench._stats import percentile, summarize_ms
+from ephemeralml.bench._targets import TARGETS, evaluate_targets
+from ephemeralml.runtime._runner import parse_ready, ready_line
 
 # ----------------------------------------------------------------- percentile
 
@@ -67,7 +63,7 @@ def test_summarize_ms_converts_seconds() -> None:
 
 def test_round_p50s() -> None:
     samples = [0.001] * 10 + [0.002] * 10
-    assert bench._round_p50s(samples, 2) == [1.0, 2.0]
+    assert _stats.round_p50s(samples, 2) == [1.0, 2.0]
 
 
 # ------------------------------------------------------------- log lines
@@ -101,51 +97,43 @@ def test_parse_loaded_line_keeps_what_it_can_read() -> None:
     assert got["mb"] is None and got["fetch_decrypt_ms"] is None
 
 
-HOST_LINES = [
-    "ephemeral-host: mock KMS at http://127.0.0.1:37315 (key e54e; policy: …)\n",
-    "ephemeral-host: model store /tmp/x/store and credentials for the enclave on tcp:127.0.0.1:35935\n",
-    "ephemeral-host: KMS forwarder tcp:127.0.0.1:34215 -> tcp:127.0.0.1:37315 (the only endpoint it reaches)\n",
-    "ephemeral-host: relaying tcp:127.0.0.1:44275 -> tcp:127.0.0.1:5005 (mock mode: loopback TCP instead of vsock)\n",
-]
+def test_ports_come_from_the_host_readiness_line() -> None:
+    # What the harness reads instead of the human lines ("relaying tcp:…", "KMS forwarder …").
+    line = ready_line(
+        HOST, relay="tcp:127.0.0.1:44275", enclaves=["tcp:127.0.0.1:5005"],
+        services="tcp:127.0.0.1:35935", kms="tcp:127.0.0.1:34215",
+        kms_upstream="http://127.0.0.1:37315", profile="mock",
+    )  # fmt: skip
+    ready = parse_ready(line + "\n", HOST)
+    assert ready is not None
+    assert endpoint_port(ready["services"]) == 35935
+    assert endpoint_port(ready["kms"]) == 34215
+    assert endpoint_port(ready["relay"]) == 44275
 
 
-def test_find_port_in_host_lines() -> None:
-    assert find_port(HOST_LINES, bench.HOST_SERVICES_RE) == 35935
-    assert find_port(HOST_LINES, bench.HOST_KMS_RE) == 34215
-    assert find_port(HOST_LINES, bench.HOST_RELAY_RE) == 44275
-
-
-def test_find_port_missing_line() -> None:
-    with pytest.raises(BenchError, match="no line matches"):
-        find_port(HOST_LINES[:1], bench.HOST_RELAY_RE)
-
-
-def test_serving_line_pattern() -> None:
-    import re
-
-    line = (
-        "ephemeral-enclave: serving all-MiniLM-L6-v2 on tcp:127.0.0.1:40001 "
-        "(MOCK mode: loopback TCP, mock NSM, NOT a real enclave)\n"
+def test_human_lines_are_not_readiness_lines() -> None:
+    human = (
+        "ephemeral-host: relaying tcp:127.0.0.1:44275 -> tcp:127.0.0.1:5005 "
+        "(mock mode: loopback TCP instead of vsock)\n"
     )
-    m = re.search(bench.SERVING_RE, line)
-    assert m is not None and m.group(1) == "40001"
+    assert parse_ready(human, HOST) is None
 
 
 def test_transfer_rate() -> None:
-    assert bench.transfer_mb_s(23.4, 176.0) == pytest.approx(23.4 / 0.176, abs=0.1)
-    assert bench.transfer_mb_s(1.0, 0.0) == 2000.0  # "0 ms" is under half a millisecond
-    assert bench.transfer_mb_s(None, 10.0) is None
-    assert bench.transfer_mb_s(1.0, None) is None
+    assert _report.transfer_mb_s(23.4, 176.0) == pytest.approx(23.4 / 0.176, abs=0.1)
+    assert _report.transfer_mb_s(1.0, 0.0) == 2000.0  # "0 ms" is under half a millisecond
+    assert _report.transfer_mb_s(None, 10.0) is None
+    assert _report.transfer_mb_s(1.0, None) is None
 
 
 def test_cpu_usage() -> None:
     # user nice system idle iowait irq softirq steal
     before = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     after = [300, 0, 100, 500, 0, 0, 0, 100, 0, 0]
-    got = bench.cpu_usage(before, after)
+    got = _procfs.cpu_usage(before, after)
     assert got["busy_fraction"] == pytest.approx(0.4)
     assert got["steal_fraction"] == pytest.approx(0.1)
-    assert bench.cpu_usage(None, after) == {}
+    assert _procfs.cpu_usage(None, after) == {}
 
 
 # --------------------------------------------------------------- targets
@@ -154,9 +142,9 @@ def test_cpu_usage() -> None:
 def fake_result(**over: Any) -> dict[str, Any]:
     """A result with every measured field the targets read, all of them passing."""
     r: dict[str, Any] = {
-        "schema": bench.SCHEMA_VERSION,
+        "schema": SCHEMA_VERSION,
         "mode": "quick",
-        "model": bench.MODEL,
+        "model": MODEL,
         "machine": {"cpu_count": 2, "affinity": 2, "python": "3.11.7", "onnxruntime": "1.31.1"},
         "git": {"commit": "0" * 40, "commit_short": "0" * 10, "dirty": False},
         "inputs": {"sentences": 24, "mean_tokens": 13.0},
@@ -297,8 +285,11 @@ def test_table_of_a_partial_result() -> None:
 
 
 def test_help_and_bad_arguments_start_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--help"]) == 0
+    assert _cli.main(["--help"]) == 0
     assert "--quick" in capsys.readouterr().out
-    assert bench.main(["--enclaves", "0"]) == 2
-    assert bench.main(["--idle-connections", "0"]) == 2
-    assert bench.main(["--no-such-flag"]) == 2
+    assert _cli.main(["--enclaves", "0"]) == 2
+    assert capsys.readouterr().err == "bench: error: --enclaves must be 1 to 8\n"
+    assert _cli.main(["--idle-connections", "0"]) == 2
+    assert capsys.readouterr().err == "bench: error: --idle-connections must be 1 to 4000\n"
+    assert _cli.main(["--no-such-flag"]) == 2
+    assert capsys.readouterr().err == "bench: error: unrecognized arguments: --no-such-flag\n"

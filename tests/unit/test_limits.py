@@ -74,6 +74,9 @@ class StallingEmbedder:
         self.gate.wait(20)
         return np.ones((len(texts), 4), dtype=np.float32) / 2
 
+    def run(self, texts: Sequence[str], truncate: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        return self.embed(texts), np.zeros(len(texts), dtype=np.bool_)
+
 
 def loaded(embedder: StallingEmbedder) -> LoadedModel:
     return LoadedModel(
