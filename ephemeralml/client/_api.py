@@ -2,13 +2,15 @@
 
 A blocking socket drives the sans-IO :class:`~ephemeralml.common._session.ClientSession`.
 Nothing but the hello (a random nonce) is sent before the enclave's attestation has
-verified under the policy; every response's receipt is verified before its result
-is returned.
+verified under the policy; every response's receipt is verified, and recorded in the
+audit log (:mod:`._audit`), before its result is returned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -23,8 +25,9 @@ from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._config import positive_seconds
 from ephemeralml.common._errors import (
     ConfigError,
-    InferenceError,
+    Error,
     LocalProtocolError,
+    RemoteError,
     RemoteProtocolError,
     TransportError,
     error_from_code,
@@ -38,6 +41,8 @@ from ephemeralml.common._session import (
     ResponseReceived,
 )
 
+from ._audit import AuditChoice, audit_log
+from ._inputs import check_texts
 from ._policy import ClientPolicy
 
 __all__ = [
@@ -45,7 +50,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT_S",
     "MAX_TEXTS_PER_REQUEST",
+    "EmbedIncomplete",
     "Embeddings",
+    "PeerReportedError",
     "Session",
     "connect",
 ]
@@ -81,6 +88,67 @@ class Embeddings:
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+
+class EmbedIncomplete(Error):
+    """:meth:`Session.embed` stopped part-way through a list of several requests.
+
+    Raised only when something was embedded (a failure in the first request raises
+    its own error: nothing is lost). What was done is kept:
+
+    * ``completed``: the :class:`Embeddings` of every request answered before the
+      failure, in order, each with its verified receipt (already in the audit log);
+      they cover texts ``0 .. failed.start - 1`` of the list;
+    * ``failed``: the list-wide indices of the texts of the request that failed; the
+      texts after it were not sent;
+    * ``error``: why (also ``__cause__``); ``code`` is its code, so the CLI's
+      one-line error and JSON error object read as the cause's.
+    """
+
+    def __init__(
+        self, error: Error, *, completed: Sequence[Embeddings], failed: range, total: int
+    ) -> None:
+        super().__init__(
+            f"texts 0..{failed.start - 1} of {total} embedded, then texts "
+            f"{failed.start}..{failed.stop - 1} failed: {error.message}"
+        )
+        self.code = error.code
+        self.error = error
+        self.completed = tuple(completed)
+        self.failed = failed
+        self.total = total
+
+
+class PeerReportedError(RemoteError):
+    """An error frame, attributed as far as the client can tell.
+
+    Error frames are not authenticated (protocol.md §6): any hop can send or forge
+    one. The host relay marks its own (``host relay: ``, the L1–L4 limits), so
+    those read ``the host relay reported limit: …``; any other frame came from the
+    enclave or from something between us, and reads ``the peer reported …``.
+    """
+
+    def __init__(self, remote_code: str, message: str, *, sender: str) -> None:
+        Error.__init__(self, f"{sender} reported {remote_code}: {message}")
+        self.remote_code = remote_code
+        self.sender = sender
+        self.remote_message = message
+
+    @classmethod
+    def attribute(cls, e: RemoteError) -> PeerReportedError:
+        # RemoteError keeps the peer's line only inside its own message.
+        message = e.message.removeprefix(f"enclave reported {e.remote_code}: ")
+        if message.startswith(_RELAY_PREFIX):
+            return cls(e.remote_code, message.removeprefix(_RELAY_PREFIX), sender="the host relay")
+        return cls(e.remote_code, message, sender="the peer")
+
+
+#: How the host relay starts the line of every error frame it sends (runtime/_relay.py).
+_RELAY_PREFIX = "host relay: "
+#: An enclave's per-request refusal that names one of the request's texts.
+_INPUT_INDEX = re.compile(r"^input (\d+)\b")
+#: What a peer that hangs up does to a blocking socket: EOF, or one of these.
+_HANG_UPS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
 
 
 def _parse_address(address: str) -> tuple[str, int]:
@@ -121,7 +189,7 @@ class Session:
     """One attested, encrypted session with an enclave (through the host).
 
     ``timeout`` is the deadline of each request, from sending it to its verified
-    answer (L6).
+    answer (L6). ``audit``: where each verified receipt is recorded (:func:`connect`).
     """
 
     def __init__(
@@ -132,12 +200,14 @@ class Session:
         address: str,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
+        audit: AuditChoice = True,
     ):
         self._sock = sock
         self._proto = proto
         self.policy = policy
         self.address = address
         self.timeout = _check_timeout(timeout)
+        self.audit = audit_log(audit)
         self._closed = False
 
     @property
@@ -155,28 +225,42 @@ class Session:
         return dict(self.binding.models)
 
     def embed(self, texts: Sequence[str], *, model: str = DEFAULT_MODEL) -> list[Embeddings]:
-        """Embed ``texts``; one :class:`Embeddings` per request of ≤ 64 texts."""
-        if isinstance(texts, str):
-            raise InferenceError("embed() takes a list of texts, not one string")
-        texts = list(texts)
-        if not texts:
-            raise InferenceError("no input texts")
+        """Embed ``texts``; one :class:`Embeddings` per request of ≤ 64 texts, in order.
+
+        Before anything is sent: the model against the policy (P1), and every text
+        against the checks the enclave runs without a tokenizer, so a bad text fails
+        at once as ``input N`` with N its index in ``texts``. Each answer's receipt is
+        verified and recorded in the audit log before the next request goes out.
+        Errors name list-wide indices. If a request fails after others were answered,
+        :class:`EmbedIncomplete` carries their results; if the first fails, its own
+        error is raised.
+        """
+        texts = check_texts(texts)
         self.policy.check_model(self.binding, model)
         out: list[Embeddings] = []
-        for i in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
-            out.append(
-                self._request(EmbedRequest(model, tuple(texts[i : i + MAX_TEXTS_PER_REQUEST])))
-            )
+        for start in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
+            chunk = tuple(texts[start : start + MAX_TEXTS_PER_REQUEST])
+            try:
+                e = self._request(EmbedRequest(model, chunk), offset=start)
+                self.audit.record(e.receipt)
+            except Error as err:
+                if not out:
+                    raise
+                failed = range(start, start + len(chunk))
+                raise EmbedIncomplete(err, completed=out, failed=failed, total=len(texts)) from err
+            out.append(e)
         return out
 
-    def _request(self, request: EmbedRequest) -> Embeddings:
+    def _request(self, request: EmbedRequest, *, offset: int = 0) -> Embeddings:
+        """One request; ``offset``: the list-wide index of its first text."""
         deadline = _Deadline("request", self.timeout)
         seq, frame = self._proto.send_request(request)
         self._send(frame, deadline)
         while True:
             event = self._next_event(deadline, "no verified answer from " + self.address)
             if isinstance(event, RequestFailed):
-                raise error_from_code(event.code)(f"enclave refused the request: {event.message}")
+                why = _list_wide(event.message, offset, len(request.inputs))
+                raise error_from_code(event.code)(f"enclave refused the request: {why}")
             if isinstance(event, ResponseReceived):
                 if event.seq != seq:  # pragma: no cover - one request in flight
                     raise LocalProtocolError("response for another request")
@@ -192,6 +276,8 @@ class Session:
         except TimeoutError as e:
             raise deadline.passed(doing) from e
         except OSError as e:
+            if e.errno in _HANG_UPS:
+                raise self._hung_up() from e
             raise TransportError(
                 f"connection to {self.address} lost while sending: {_why(e)}"
             ) from e
@@ -200,7 +286,10 @@ class Session:
         self, deadline: _Deadline, doing: str
     ) -> Attested | ResponseReceived | RequestFailed:
         while True:
-            event = self._proto.next_event(now=datetime.now(UTC))
+            try:
+                event = self._proto.next_event(now=datetime.now(UTC))
+            except RemoteError as e:
+                raise PeerReportedError.attribute(e) from e
             if event is not None:
                 return event
             try:
@@ -211,13 +300,25 @@ class Session:
             except TimeoutError as e:
                 raise deadline.passed(doing) from e
             except OSError as e:
+                if e.errno in _HANG_UPS:
+                    raise self._hung_up() from e
                 raise TransportError(f"connection to {self.address} lost: {_why(e)}") from e
             if not data:
-                raise TransportError(
-                    f"{self.address} closed the connection mid-session "
-                    "(is the enclave behind the host running?)"
-                )
+                raise self._hung_up()
             self._proto.receive_data(data)
+
+    def _hung_up(self) -> TransportError:
+        """The peer closed (or reset) the connection. Through a host this is what a
+        relay does when it cannot reach the enclave, or when the enclave goes away."""
+        if self._proto.attestation is None:  # still connecting: no attestation yet
+            return TransportError(
+                f"{self.address} closed the connection before the enclave answered "
+                "(is the enclave behind the host running?)"
+            )
+        return TransportError(
+            f"{self.address} closed the connection mid-session "
+            "(is the enclave behind the host running?)"
+        )
 
     def close(self) -> None:
         if not self._closed:
@@ -236,6 +337,15 @@ class Session:
 
 def _why(e: OSError) -> str:
     return e.strerror or type(e).__name__
+
+
+def _list_wide(message: str, offset: int, count: int) -> str:
+    """An enclave's refusal of one request, with the text it names (``input N``,
+    N within the request) renamed by its index in the caller's whole list."""
+    m = _INPUT_INDEX.match(message)
+    if offset and m is not None and int(m.group(1)) < count:
+        return f"input {offset + int(m.group(1))}{message[m.end() :]}"
+    return message
 
 
 def _embeddings(event: ResponseReceived) -> Embeddings:
@@ -257,16 +367,28 @@ def connect(
     timeout: float = DEFAULT_TIMEOUT_S,
     nonce: bytes | None = None,
     session_mode: str | None = None,
+    audit: AuditChoice = True,
 ) -> Session:
     """Open a session: send a nonce, verify the attestation, set up HPKE.
 
     ``timeout`` is the deadline of the whole connect (dial, hello, attestation,
-    open) and then of each request (L6). Raises :class:`TransportError` if nothing
+    open) and then of each request (L6). ``audit``: where every verified receipt
+    of the session is recorded: True (the default), ``$EPHEMERALML_HOME/audit.jsonl``;
+    a path, that file; an :class:`AuditLog`; False, nowhere. It is checked for
+    writing before anything is sent. Raises :class:`TransportError` if nothing
     answers in time, :class:`AttestationError` / :class:`PolicyError` if the enclave
     does not verify. Nothing but the hello has been sent when those are raised.
     """
     timeout = _check_timeout(timeout)
+    if policy.offline_only:
+        raise ConfigError(
+            f"policy {policy.source} is for offline checks only (it skipped P4 rollback "
+            "or checks no measurements); a session needs ClientPolicy.from_file or "
+            "trust_policy(offline=False)"
+        )
     host, port = _parse_address(address)
+    log = audit_log(audit)
+    log.check()
     deadline = _Deadline("connect", timeout)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -279,7 +401,7 @@ def connect(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     mode = session_mode or policy.session_mode
     proto = ClientSession(policy.attestation, nonce=nonce, chain_cache=_CHAIN_CACHE, mode=mode)
-    session = Session(sock, proto, policy, address, timeout=timeout)
+    session = Session(sock, proto, policy, address, timeout=timeout, audit=log)
     try:
         session._send(proto.hello(), deadline)
         event = session._next_event(deadline, f"no attestation from {address}")

@@ -5,6 +5,9 @@ ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + recei
 ephemeral verify RECEIPT [--mock]         offline receipt verification
 ephemeral attestation FILE [--at TIME]    offline attestation document check
 ephemeral policy keygen|sign|show         make a policy-signing key, sign, inspect
+ephemeral policy from-measurements        a policy.json from published measurements
+ephemeral model keygen|package|upload     package and upload encrypted models (owners)
+ephemeral model show BUNDLE               verify a bundle's manifest, print its release
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,39 +26,43 @@ from typing import Any
 
 from ephemeralml.common._attestation import (
     AttestationDocument,
-    AttestationPolicy,
-    Measurements,
     TrustedRoot,
-    UnsafeAnyMeasurements,
     VerifiedAttestation,
-    parse_unverified,
     verify_attestation,
 )
-from ephemeralml.common._binding import EnclaveBinding
-from ephemeralml.common._errors import ConfigError, ReceiptError
-from ephemeralml.common._receipt import (
-    ReceiptExpectations,
-    VerifiedReceipt,
-    receipt_attestation_hash,
-    verify_receipt,
-)
+from ephemeralml.common._config import positive_count, positive_seconds
+from ephemeralml.common._errors import ConfigError, Error
 from ephemeralml.runtime._home import default_home, write_atomic
 from ephemeralml.runtime._ports import ENV_BASE_PORT, Ports
-from ephemeralml.runtime._runner import Parser, run_main
+from ephemeralml.runtime._runner import Parser, error_line, run_main
 
-from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S, Embeddings, connect
+from ._api import (
+    DEFAULT_ADDRESS,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT_S,
+    Embeddings,
+    EmbedIncomplete,
+    connect,
+)
+from ._audit import AuditLog
+from ._inputs import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_TEXTS,
+    InputLimits,
+    read_texts,
+    texts_from_args,
+)
+from ._offline import read_stored, verify_stored_receipt
 from ._policy import (
     POLICY_SIGNERS_FILE,
     ClientPolicy,
-    aws_root,
     generate_signer_key,
     load_policy_signers,
     load_signer_key,
-    mock_root,
     parse_signer_keys,
     policy_signer_kid,
     sign_policy,
-    warn_mock,
+    trust_policy,
 )
 
 __all__ = ["main"]
@@ -77,22 +86,22 @@ def _signers(args: argparse.Namespace, home: Path) -> dict[bytes, bytes]:
     return signers
 
 
-def _policy_file(args: argparse.Namespace, home: Path) -> ClientPolicy:
-    return ClientPolicy.from_file(args.policy, home=home, trusted_signers=_signers(args, home))
-
-
-def _policy(args: argparse.Namespace) -> ClientPolicy:
-    home = args.home or default_home()
-    if args.mock and args.policy:
-        raise ConfigError("give either --mock or --policy, not both")
-    if args.mock:
-        return ClientPolicy.unsafe_mock(home)
-    if args.policy:
-        return _policy_file(args, home)
-    raise ConfigError(
-        "no trust policy: give --policy FILE (allowed PCRs for a real enclave) "
-        "or --mock to trust a local mock enclave"
+def _trust(args: argparse.Namespace, *, offline: bool) -> ClientPolicy:
+    """The trust choice of every command (--mock, --policy FILE, --root PEM), made by
+    the library's one function, so the CLI and the library apply the same rules."""
+    return trust_policy(
+        mock=args.mock,
+        policy=args.policy,
+        root=getattr(args, "root", None),
+        offline=offline,
+        home=args.home or default_home(),
+        policy_signers=args.policy_signer or (),
     )
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    # Checked before the policy is read (P4 records a version) and before any request.
+    return positive_seconds("--timeout", args.timeout)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -177,9 +186,14 @@ def _print_doc(
 
 
 def cmd_attest(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    timeout = _timeout(args)
+    policy = _trust(args, offline=False)
     with connect(
-        args.host, policy=policy, timeout=args.timeout, session_mode=args.session_mode
+        args.host,
+        policy=policy,
+        timeout=timeout,
+        session_mode=args.session_mode,
+        audit=False,  # no receipts in an attest
     ) as s:
         v, b = s.attestation, s.binding
         d = _doc_json(v, root=v.root)
@@ -226,27 +240,6 @@ def _store(out_dir: Path, e: Embeddings, *, payloads: bool) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
-def _audit(home: Path, e: Embeddings) -> None:
-    """Append one line per verified receipt: ids and hashes only, never payloads."""
-    r = e.receipt.receipt
-    line = json.dumps(
-        {
-            "verified_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "receipt_id": r.receipt_id.hex(),
-            "session_id": r.session_id.hex(),
-            "seq": r.seq,
-            "model_id": r.model_id,
-            "attestation_hash": r.attestation_hash.hex(),
-            "request_hash": r.request_hash.hex(),
-            "response_hash": r.response_hash.hex(),
-            "mode": r.mode,
-        }
-    )
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "audit.jsonl", "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-
-
 def _receipt_dir(path: Path) -> Path:
     """``--receipt-out``, made and checked before any request is sent: an inference is
     never lost to a path that cannot take its receipt."""
@@ -256,43 +249,102 @@ def _receipt_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--receipt-out {path}: cannot create it: {e.strerror}") from e
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--receipt-out {path}: not writable")
+    # A real write, not os.access: that says yes to root for any folder, and knows
+    # nothing of read-only mounts.
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".ephemeral-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"--receipt-out {path}: not writable: {e.strerror}") from e
     return path
 
 
+def _texts(args: argparse.Namespace) -> list[str]:
+    """What to embed: TEXT arguments, or one a line from ``-`` / ``--file PATH``
+    (``--jsonl``: one JSON text a line), within ``--max-texts`` and ``--max-bytes``."""
+    limits = InputLimits(
+        max_texts=positive_count("--max-texts", args.max_texts),
+        max_bytes=positive_count("--max-bytes", args.max_bytes),
+    )
+    source: str | None = args.file
+    texts: list[str] = args.texts
+    if "-" in texts:
+        if len(texts) > 1 or source is not None:
+            raise ConfigError("- reads the texts from stdin: give no other TEXT and no --file")
+        source, texts = "-", []
+    if source is not None:
+        if texts:
+            raise ConfigError("give texts as arguments or with --file PATH, not both")
+        if source == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise ConfigError("no stdin to read the texts from")
+            return read_texts(stdin, "stdin", jsonl=args.jsonl, limits=limits)
+        try:
+            with open(source, "rb") as f:
+                return read_texts(f, source, jsonl=args.jsonl, limits=limits)
+        except FileNotFoundError as e:
+            raise ConfigError(f"--file {source} does not exist") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read --file {source}: {e.strerror}") from e
+    if args.jsonl:
+        raise ConfigError("--jsonl reads - (stdin) or --file PATH")
+    if not texts:
+        raise ConfigError("nothing to embed: give TEXT arguments, or - / --file PATH (one a line)")
+    return texts_from_args(texts, limits)
+
+
+def _failed(args: argparse.Namespace, e: Error) -> int:
+    """The one-line error of a run that also printed what it did (the runner would
+    print it too, but under --json it would add a second JSON document)."""
+    if args.verbose:
+        traceback.print_exception(e, file=sys.stderr)
+    print(error_line(PROG, e), file=sys.stderr, flush=True)
+    return 2 if isinstance(e, ConfigError) else 1
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    timeout = _timeout(args)
     if args.receipt_out:
         _receipt_dir(args.receipt_out)
-    policy = _policy(args)
+    texts = _texts(args)
     home = args.home or default_home()
+    policy = _trust(args, offline=False)
+    failure: EmbedIncomplete | None = None
     with connect(
-        args.host, policy=policy, timeout=args.timeout, session_mode=args.session_mode
+        args.host,
+        policy=policy,
+        timeout=timeout,
+        session_mode=args.session_mode,
+        audit=AuditLog.in_home(home),  # every verified receipt, by the library
     ) as s:
-        results = s.embed(args.texts, model=args.model)
+        try:
+            results = s.embed(texts, model=args.model)
+        except EmbedIncomplete as incomplete:
+            # Keep what was done: its receipts verified and audited; print it, then fail.
+            results, failure = list(incomplete.completed), incomplete
     receipts: list[dict[str, Any]] = []
-    for e in results:
-        _audit(home, e)
-        rj = e.receipt.receipt.to_json()
+    for done in results:
+        rj = done.receipt.receipt.to_json()
         if args.receipt_out:
-            rj["files"] = _store(args.receipt_out, e, payloads=args.save_payloads)
+            rj["files"] = _store(args.receipt_out, done, payloads=args.save_payloads)
         receipts.append(rj)
-    vectors = [row for e in results for row in e.vectors.tolist()]
+    vectors = [row for done in results for row in done.vectors.tolist()]
     if args.json:
-        _out(
-            args,
-            json.dumps(
-                {
-                    "model": results[0].model,
-                    "dim": results[0].dim,
-                    "embeddings": vectors,
-                    "receipts": receipts,
-                }
-            ),
-        )
-        return 0
-    _out(args, f"{results[0].model}: {len(vectors)} embedding(s) of dimension {results[0].dim}")
-    for text, vec in zip(args.texts, vectors, strict=True):
+        doc: dict[str, Any] = {
+            "model": results[0].model,
+            "dim": results[0].dim,
+            "embeddings": vectors,
+            "receipts": receipts,
+        }
+        if failure is not None:
+            doc["error"] = {"code": failure.code, "message": failure.message}
+        _out(args, json.dumps(doc))
+        return 0 if failure is None else _failed(args, failure)
+    of = "" if failure is None else f" of {len(texts)}"
+    _out(args, f"{results[0].model}: {len(vectors)}{of} embedding(s) of dimension {results[0].dim}")
+    for text, vec in zip(texts, vectors, strict=False):
         head = ", ".join(f"{x:+.4f}" for x in vec[:6])
         _out(args, f"  {text[:40]!r:<44} [{head}, … {len(vec) - 6} more]")
     for rj in receipts:
@@ -301,76 +353,38 @@ def cmd_embed(args: argparse.Namespace) -> int:
             args,
             f"receipt {rj['receipt_id']} VERIFIED (seq {rj['seq']}, session {rj['session_id'][:16]}…){where}",
         )
-    return 0
+    return 0 if failure is None else _failed(args, failure)
 
 
 # ---------------------------------------------------------------- verify
 
 
-def _offline_policy(
-    args: argparse.Namespace, doc: AttestationDocument
-) -> tuple[AttestationPolicy, ClientPolicy | None]:
-    """The policy for offline checks: the document is checked at its own time."""
-    home = args.home or default_home()
-    if args.mock and (args.policy or args.root):
-        raise ConfigError("give one of --mock, --policy or --root")
-    if args.policy:
-        client_policy = _policy_file(args, home)
-        return client_policy.attestation, client_policy
-    if args.mock:
-        root, path = mock_root(home)
-        warn_mock(path)
-        measurements: Measurements = _published_or_any(home)
-        return AttestationPolicy(root, measurements), None
-    root = (
-        TrustedRoot.from_pem_or_der(_read(args.root, "root"), name=str(args.root))
-        if args.root
-        else aws_root()
-    )
-    return AttestationPolicy(root, UnsafeAnyMeasurements()), None
-
-
-def _published_or_any(home: Path) -> Measurements:
-    try:
-        return ClientPolicy.unsafe_mock(home, warn=False).attestation.measurements
-    except ConfigError:
-        return UnsafeAnyMeasurements()
+def _pcr_policy(args: argparse.Namespace, policy: ClientPolicy) -> str:
+    if not policy.checks_measurements:
+        return "not checked (no --policy)"
+    return "checked (the measurements the mock enclave published)" if args.mock else "checked"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    raw = _read(args.receipt, "receipt")
-    try:
-        kid = receipt_attestation_hash(raw)
-    except ReceiptError:
-        raise
-    att_path = args.attestation or args.receipt.parent / f"{kid.hex()}.attestation.cbor"
-    doc_raw = _read(att_path, "attestation document")
-    if hashlib.sha256(doc_raw).digest() != kid:
-        raise ReceiptError(f"R2 attestation: {att_path} is not the document this receipt refers to")
-    doc = parse_unverified(doc_raw)
     if not args.policy and not args.mock and args.root is None:
         raise ConfigError(
-            "verify needs --policy FILE (allowed measurements), or --mock for a mock receipt"
+            "verify needs --policy FILE (allowed measurements), --mock for a mock receipt, "
+            "or --root PEM (PCRs then not checked)"
         )
-    policy, client_policy = _offline_policy(args, doc)
-    # The document is verified at its own timestamp: its chain was valid then;
-    # the receipt's time must fall inside the session's lifetime (R10).
-    verified = verify_attestation(doc_raw, policy, now=doc.timestamp)
-    expect = ReceiptExpectations(
-        request_hash=hashlib.sha256(_read(args.request, "request")).digest()
-        if args.request
-        else None,
-        response_hash=hashlib.sha256(_read(args.response, "response")).digest()
-        if args.response
-        else None,
+    home = args.home or default_home()
+    read_stored(args.receipt, "receipt")  # a missing receipt is the first thing to say
+    # The policy of the receipt's time, for an audit: P3 and its root, never P4.
+    policy = _trust(args, offline=True)
+    stored = verify_stored_receipt(
+        args.receipt,
+        policy=policy,
+        attestation=args.attestation,
+        request=args.request,
+        response=args.response,
+        audit=AuditLog.in_home(home),
     )
-    vr: VerifiedReceipt = verify_receipt(raw, verified, expect=expect)
-    binding = EnclaveBinding.from_user_data(verified.document.user_data)
-    r = vr.receipt
-    if client_policy is not None:
-        # The same policy checks a live session runs: P1 for the receipt's model, P2.
-        client_policy.check_binding(binding)
-        client_policy.check_model(binding, r.model_id)
+    verified, att_path, binding = stored.verified.attestation, stored.attestation_path, stored.binding
+    r = stored.verified.receipt
     if args.json:
         _out(
             args,
@@ -379,8 +393,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "verified": True,
                     "receipt": r.to_json(),
                     "attestation": _doc_json(verified, root=verified.root),
-                    "checked_request": bool(args.request),
-                    "checked_response": bool(args.response),
+                    "checked_request": stored.checked_request,
+                    "checked_response": stored.checked_response,
+                    "pcr_policy": _pcr_policy(args, policy),
                 },
                 indent=2,
             ),
@@ -410,6 +425,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
     for i in sorted(r.pcrs):
         _out(args, f"  PCR{i:<2}         {r.pcrs[i].hex()}")
+    _out(args, f"  PCR policy    {_pcr_policy(args, policy)}")
     return 0
 
 
@@ -417,29 +433,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_attestation(args: argparse.Namespace) -> int:
-    raw = _read(args.file, "attestation document")
-    home = args.home or default_home()
-    if sum(bool(x) for x in (args.root, args.mock)) > 1:
-        raise ConfigError("give --root PEM or --mock, not both")
-    if args.policy:
-        if args.root or args.mock:
-            raise ConfigError("--policy names its own root; drop --root/--mock")
-        policy = _policy_file(args, home).attestation
-    else:
-        if args.mock:
-            root, path = mock_root(home)
-            warn_mock(path)
-        elif args.root:
-            root = TrustedRoot.from_pem_or_der(_read(args.root, "root"), name=str(args.root))
-        else:
-            root = aws_root()
-        # Without a policy: signature, chain, time and format only; PCRs are shown.
-        policy = AttestationPolicy(root, UnsafeAnyMeasurements())
+    raw = read_stored(args.file, "attestation document")
+    # Without --policy: signature, chain, time and format only; PCRs are shown.
+    policy = _trust(args, offline=True)
     now = _parse_time(args.at) if args.at else datetime.now(UTC)
-    verified = verify_attestation(raw, policy, now=now)
+    verified = verify_attestation(raw, policy.attestation, now=now)
     d = _doc_json(verified, root=verified.root)
     d["verified_at"] = now.isoformat()
-    d["pcr_policy"] = "checked" if args.policy else "not checked (no --policy)"
+    d["pcr_policy"] = _pcr_policy(args, policy)
     if args.json:
         _out(args, json.dumps({"verified": True, **d}, indent=2))
         return 0
@@ -471,8 +472,27 @@ def cmd_model_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_model_package(args: argparse.Namespace) -> int:
-    from ._package import default_sources, dir_sources, load_owner_key, package_model
+    from ephemeralml.common._errors import KeyReleaseError, TransportError
 
+    from ._package import MockKms, default_sources, dir_sources, load_owner_key, package_model
+
+    mock: MockKms | None = None
+    if args.mock:
+        # The local KMS of the mock deployment, as its model owner: no AWS credentials.
+        home = args.home or default_home()
+        mock = MockKms.find(home, Ports.choose(args.base_port, os.environ), url=args.kms_endpoint)
+        kms_key_id = args.kms_key_id or mock.kms_key_id()
+        owner_path = args.owner_key or mock.owner_key_path()
+    elif args.owner_key is None or args.kms_key_id is None:
+        raise ConfigError("model package needs --owner-key and --kms-key-id (or --mock, for the local mock deployment's)")
+    elif args.base_port is not None:
+        raise ConfigError("--base-port needs --mock (it finds the mock deployment's local KMS)")
+    else:
+        kms_key_id, owner_path = args.kms_key_id, args.owner_key
+    owner_key = load_owner_key(owner_path)
+    if mock is not None and not mock.trusts_owner(owner_key.public_key().public_bytes_raw()):
+        print(f"{PROG}: warning: {owner_path} is not an owner key the mock enclave trusts "
+              "($EPHEMERALML_HOME/published/model-owners.txt): it will refuse this bundle (M2)", file=sys.stderr, flush=True)  # fmt: skip
     if args.model_dir:
         if not args.model_id:
             raise ConfigError("--model-dir needs --model-id")
@@ -480,38 +500,77 @@ def cmd_model_package(args: argparse.Namespace) -> int:
     else:
         model_id, sources = default_sources()
         model_id = args.model_id or model_id
-    kms = _aws_client("kms", args.kms_endpoint, args.region)
-    m = package_model(
-        sources,
-        model_id=model_id,
-        version=args.version,
-        kms=kms,
-        kms_key_id=args.kms_key_id,
-        owner_key=load_owner_key(args.owner_key),
-        out_dir=args.out,
-        chunk_size=args.chunk_size,
-        release=args.release,
-    )
+    region = args.region or os.environ.get("AWS_REGION") or "us-east-1"
+    kms = mock.client(region) if mock else _aws_client("kms", args.kms_endpoint, args.region)
+    try:
+        m = package_model(
+            sources,
+            model_id=model_id,
+            version=args.version,
+            kms=kms,
+            kms_key_id=kms_key_id,
+            owner_key=owner_key,
+            out_dir=args.out,
+            chunk_size=args.chunk_size,
+            release=args.release,
+        )
+    except (KeyReleaseError, TransportError) as e:
+        if mock is None:
+            raise
+        raise mock.explain(e, kms_key_id) from e
     if args.json:
-        _out(args, json.dumps({"model_id": m.model_id, "version": m.version, "release": m.release, "manifest_digest": m.digest.hex(), "kms_key_id": m.kms_key_id, "plaintext_size": m.plaintext_size, "ciphertext_size": m.ciphertext_size, "out": str(args.out)}))
+        _out(args, json.dumps({"model_id": m.model_id, "version": m.version, "release": m.release, "manifest_digest": m.digest.hex(), "kms_key_id": m.kms_key_id, "plaintext_size": m.plaintext_size, "ciphertext_size": m.ciphertext_size, "out": str(args.out), "mock": mock is not None}))
         return 0
     _out(args, f"packaged {m.model_id} {m.version} release {m.release}: {m.plaintext_size} bytes in {m.chunk_count} chunk(s) -> {args.out}")
     _out(args, f"  manifest digest  {m.digest.hex()}")
-    _out(args, f"  KMS key          {m.kms_key_id}")
+    _out(args, f"  KMS key          {m.kms_key_id}{f' (MOCK: the local KMS at {mock.url})' if mock else ''}")
     return 0
 
 
 def cmd_model_upload(args: argparse.Namespace) -> int:
+    from ephemeralml.runtime._home import MOCK_STORE
+
     from ._upload import upload_local, upload_s3
 
-    if bool(args.to) == bool(args.s3):
-        raise ConfigError("give exactly one of --to DIR or --s3 s3://bucket/prefix")
-    if args.to:
-        dest = upload_local(args.bundle, args.to, args.model_id)
-        _out(args, f"uploaded {args.model_id} to {dest}")
+    if sum(bool(x) for x in (args.to, args.s3, args.mock)) != 1:
+        raise ConfigError("give exactly one of --to DIR, --s3 s3://bucket/prefix or --mock (the mock host's store)")
+    if args.to or args.mock:
+        store = args.to or (args.home or default_home()) / MOCK_STORE
+        dest = upload_local(args.bundle, store, args.model_id)
+        model_id, where, keys = dest.name, str(dest), None
     else:
         keys = upload_s3(args.bundle, args.s3, args.model_id, s3=_aws_client("s3", args.s3_endpoint, args.region))
-        _out(args, f"uploaded {args.model_id} to {keys[-1].rsplit('/', 1)[0]}/")
+        where = keys[-1].rsplit("/", 1)[0] + "/"
+        model_id = where.rstrip("/").rsplit("/", 1)[1]
+    if args.json:
+        _out(args, json.dumps({"model_id": model_id, "to": where, **({"keys": keys} if keys else {})}))
+    else:
+        _out(args, f"uploaded {model_id} to {where}")
+    return 0
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from ._model_show import (
+        owner_keys_for_show,
+        parse_digest_prefix,
+        show_bundles,
+        show_json,
+        show_lines,
+    )
+
+    home = args.home or default_home()
+    digest = parse_digest_prefix(args.digest) if args.digest is not None else None
+    keys, where = owner_keys_for_show(args.owner_key or (), home)
+    shown = show_bundles(args.bundles, keys, where, model_id=args.model_id, digest=digest)
+    if args.json:
+        for s in shown:  # one JSON object a line, one line a manifest
+            _out(args, json.dumps(show_json(s)))
+        return 0
+    for i, s in enumerate(shown):
+        if i:
+            _out(args)
+        for line in show_lines(s):
+            _out(args, line)
     return 0
 
 
@@ -571,6 +630,34 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
     for key in d["owner_keys"] or ():
         _out(args, f"  owner key     {key}")
     _out(args, f"  min enclave policy version {d['min_enclave_policy_version']}")
+    return 0
+
+
+def cmd_policy_from_measurements(args: argparse.Namespace) -> int:
+    from ._policy_make import (
+        MOCK_POLICY_WARNING,
+        make_policy,
+        parse_model_pins,
+        read_measurements,
+        summary_lines,
+        write_policy,
+    )
+
+    home = args.home or default_home()
+    out: Path | None = None if str(args.out) == "-" else args.out
+    if out is not None and not args.force and (out.exists() or out.is_symlink()):
+        raise ConfigError(f"{out} exists; give --force to replace it")
+    sets = read_measurements(args.files, home)
+    made = make_policy(sets, out=out, root_pem=args.root, models=parse_model_pins(args.model or ()), version=args.version)
+    if made.mode == "mock":
+        print(MOCK_POLICY_WARNING.format(files=", ".join(p.where for p in sets)), file=sys.stderr, flush=True)
+    if out is None:
+        _out(args, made.data.decode().rstrip("\n"))
+        return 0
+    write_policy(out, made.data, force=args.force)
+    for line in summary_lines(made, str(out)):
+        _out(args, line)
+    _out(args, f"check it: ephemeral policy show {out}; sign it: ephemeral policy sign {out} --key KEY.pem --out policy.cose")
     return 0
 
 
@@ -635,7 +722,29 @@ def _parser() -> Parser:
 
     e = sub.add_parser("embed", help="embed texts in the enclave; receipts verified")
     online(e)
-    e.add_argument("texts", nargs="+", metavar="TEXT")
+    e.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="texts to embed; a lone - reads them from stdin"
+    )
+    e.add_argument(
+        "--file", metavar="PATH", help="read the texts from PATH (- for stdin), one a line (UTF-8)"
+    )
+    e.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='with - or --file: one JSON text a line, a string or an object with a "text" string',
+    )
+    e.add_argument(
+        "--max-texts",
+        type=int,
+        default=DEFAULT_MAX_TEXTS,
+        help="refuse more texts than this, before any work (default %(default)d)",
+    )
+    e.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DEFAULT_MAX_INPUT_BYTES,
+        help="refuse more input bytes than this, before any work (default %(default)d)",
+    )
     e.add_argument("--model", default=DEFAULT_MODEL)
     e.add_argument(
         "--receipt-out",
@@ -679,9 +788,12 @@ def _parser() -> Parser:
     mp.add_argument("--model-id", help="model id (default: the packaged model's)")
     mp.add_argument("--version", default="1", help="model version label (free text, shown, never compared)")
     mp.add_argument("--release", type=int, default=0, help="ordered release number ≥ 1: raise it with every bundle; an enclave refuses releases below its floor (M11). Default 0: unordered, refused by any floor")
-    mp.add_argument("--owner-key", type=Path, required=True, help="model owner's Ed25519 key (PEM)")
-    mp.add_argument("--kms-key-id", required=True, help="KMS key id or ARN")
-    mp.add_argument("--kms-endpoint", default=os.environ.get("EPHEMERAL_KMS_ENDPOINT"), help="KMS endpoint URL (mock: the local KMS server)")
+    mp.add_argument("--owner-key", type=Path, help="model owner's Ed25519 key (PEM); with --mock default $EPHEMERALML_HOME/mock-owner.pem, the key the mock enclave trusts")
+    mp.add_argument("--kms-key-id", help="KMS key id or ARN; with --mock default the key mock provisioning made ($EPHEMERALML_HOME/mock-provision.json)")
+    mp.add_argument("--mock", action="store_true", help="package under the local KMS of the mock deployment (127.0.0.1:BASE+9) as its model owner, with the credentials `ephemeral-host --mock` made: no AWS credentials")
+    mp.add_argument("--base-port", type=int, help=f"with --mock: the deployment's base port (default ${ENV_BASE_PORT}, else 5000)")
+    mp.add_argument("--home", type=Path, help="with --mock: the mock deployment's state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+    mp.add_argument("--kms-endpoint", default=os.environ.get("EPHEMERAL_KMS_ENDPOINT"), help="KMS endpoint URL (with --mock default http://127.0.0.1:BASE+9)")
     mp.add_argument("--region", help="AWS region (default $AWS_REGION or us-east-1)")
     mp.add_argument("--chunk-size", type=int, default=1024 * 1024, help="bytes per encrypted chunk")
     mp.add_argument("--out", type=Path, required=True, help="folder for manifest.cose, model.key, model.enc")
@@ -689,12 +801,23 @@ def _parser() -> Parser:
     mp.set_defaults(fn=cmd_model_package)
     mu = msub.add_parser("upload", help="put a bundle into a local store or S3")
     mu.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
-    mu.add_argument("--model-id", required=True)
+    mu.add_argument("--model-id", help="the store entry to write; must be the model its manifest names (default: that model)")
     mu.add_argument("--to", type=Path, metavar="DIR", help="local model store")
     mu.add_argument("--s3", metavar="URL", help="s3://bucket/prefix")
+    mu.add_argument("--mock", action="store_true", help="the mock host's store ($EPHEMERALML_HOME/store)")
+    mu.add_argument("--home", type=Path, help="with --mock: state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
     mu.add_argument("--s3-endpoint", default=os.environ.get("EPHEMERAL_S3_ENDPOINT"), help="S3 endpoint URL")
     mu.add_argument("--region")
+    mu.add_argument("--json", action="store_true")
     mu.set_defaults(fn=cmd_model_upload)
+    ms = msub.add_parser("show", help="verify a bundle's signed manifest and print it (model, release, manifest digest)")
+    ms.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE", help="a bundle folder, a store's <store>/<model id> folder, or a manifest.cose")
+    ms.add_argument("--owner-key", action="append", metavar="HEX", help="trusted model-owner key (64 hex raw Ed25519, as `model keygen` prints it; repeatable); default the keys in $EPHEMERALML_HOME/published/model-owners.txt")
+    ms.add_argument("--model-id", help="refuse a manifest for another model (M5)")
+    ms.add_argument("--digest", metavar="HEX", help="show only bundles whose manifest digest starts with HEX (16-64 hex; a receipt's model_digest); none is an error")
+    ms.add_argument("--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+    ms.add_argument("--json", action="store_true", help="one JSON object a line, one line a manifest")
+    ms.set_defaults(fn=cmd_model_show)
 
     pol = sub.add_parser("policy", help="make, sign and inspect trust policies (policy owners)")
     psub = pol.add_subparsers(dest="policy_cmd", required=True)
@@ -714,6 +837,15 @@ def _parser() -> Parser:
     )
     pw.add_argument("--json", action="store_true", help="machine-readable output")
     pw.set_defaults(fn=cmd_policy_show)
+    pf = psub.add_parser("from-measurements", help="make a policy.json from published measurements (a mock enclave's, or nitro-cli build-enclave's JSON)")
+    pf.add_argument("files", type=Path, nargs="*", metavar="FILE", help="measurements; several make several allowed sets (default $EPHEMERALML_HOME/published/measurements.json)")
+    pf.add_argument("-o", "--out", type=Path, required=True, help="policy file to write atomically (- for stdout)")
+    pf.add_argument("--force", action="store_true", help="replace --out if it exists")
+    pf.add_argument("--root", type=Path, metavar="PEM", help="trust this root certificate (pinned by SHA-256) instead of the built-in AWS Nitro root; mock measurements always get the mock root")
+    pf.add_argument("--model", action="append", metavar="ID=DIGEST", help="pin a model's manifest digest (P1; repeatable, twice for one id pins both); default: any attested model")
+    pf.add_argument("--version", type=int, default=1, help="the policy's version (P4; default %(default)s)")
+    pf.add_argument("--home", type=Path, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+    pf.set_defaults(fn=cmd_policy_from_measurements)
     return p
 
 

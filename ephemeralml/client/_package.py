@@ -6,6 +6,11 @@ from KMS ``GenerateDataKey`` and writes the three bundle files of protocol.md §
 (signed by the owner's Ed25519 key). Memory use is one chunk, whatever the model's
 size. Everything is written into a temporary folder beside the output and moved
 into place at the end, so a failure leaves nothing half-written.
+
+In mock mode (``ephemeral model package --mock``) the KMS is the local one of the mock
+deployment, reached as the model owner with the credentials ``ephemeral-host --mock``
+made (:class:`MockKms`): no AWS credentials, and a missing host is a one-line
+``config``/``transport`` error that says what to start.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,17 @@ from ephemeralml.common._bundle import (
     owner_key_id,
     sign_manifest,
 )
-from ephemeralml.common._errors import ConfigError, KeyReleaseError
+from ephemeralml.common._errors import ConfigError, Error, KeyReleaseError, TransportError
 from ephemeralml.common._modelfiles import MODEL_ID
-from ephemeralml.runtime._home import write_atomic
-from ephemeralml.runtime._strict import generate_ed25519_key, load_ed25519_key
+from ephemeralml.runtime._home import (
+    MOCK_KMS_CREDENTIALS,
+    MOCK_OWNER_KEY,
+    MOCK_OWNERS,
+    MOCK_PROVISION,
+    write_atomic,
+)
+from ephemeralml.runtime._ports import Ports
+from ephemeralml.runtime._strict import generate_ed25519_key, load_ed25519_key, loads_json
 
 from ._modeldir import default_model_files
 
@@ -46,6 +58,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_ENC_FILE",
     "MODEL_KEY_FILE",
+    "MockKms",
     "Source",
     "default_sources",
     "generate_owner_key",
@@ -132,10 +145,15 @@ def load_owner_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _generate_data_key(kms: Any, key_id: str) -> tuple[bytearray, bytes, str]:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     try:
         r = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    except (BotoConnectionError, HTTPClientError) as e:
+        # No answer at all is the network's fault, not a refusal to release a key.
+        where = getattr(getattr(kms, "meta", None), "endpoint_url", None) or "KMS"
+        raise TransportError(f"KMS GenerateDataKey: cannot reach {where}: {e}") from e
     except ClientError as e:
         err = e.response.get("Error", {})
         raise KeyReleaseError(
@@ -220,3 +238,151 @@ def package_model(
         data_key[:] = bytes(len(data_key))
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
+
+
+# ---------------------------------------------------------------- mock mode
+
+#: What ``mock/_kms_principals.py`` writes in :data:`MOCK_KMS_CREDENTIALS` (the client
+#: never imports the mock package; a unit test holds the two to the same values).
+MOCK_CREDENTIALS_FORMAT = "ephemeralml-mock-kms-credentials/1"
+#: The model owner's entry in that file (the mock's ``MODEL_OWNER``).
+MOCK_OWNER_PRINCIPAL = "model-owner"
+#: What every mock-mode error tells the user to start.
+START_MOCK_HOST = "start `ephemeral-host --mock` first"
+#: KMS error codes that mean "these credentials are not that server's".
+_CREDENTIAL_CODES = frozenset(
+    {"UnrecognizedClientException", "InvalidSignatureException", "MissingAuthenticationToken",
+     "MissingAuthenticationTokenException"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MockKms:
+    """The local KMS of a mock deployment, as the model owner reaches it.
+
+    ``url`` is the local KMS server (``http://127.0.0.1:BASE+9``); the credentials are
+    the model owner's, from ``$EPHEMERALML_HOME/mock-kms/credentials.json`` (made by
+    ``ephemeral-host --mock``). Nothing here asks for AWS credentials.
+    """
+
+    home: Path
+    url: str
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.home / MOCK_KMS_CREDENTIALS
+
+    @classmethod
+    def find(cls, home: Path, ports: Ports, *, url: str | None = None) -> MockKms:
+        """The model owner's credentials in ``home``; ``url`` defaults to the base
+        port's local KMS. Raises :class:`ConfigError` saying what to start."""
+        path = home / MOCK_KMS_CREDENTIALS
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"no mock KMS credentials at {path}: {START_MOCK_HOST} (it makes them), "
+                "or set EPHEMERALML_HOME to the host's home"
+            ) from e
+        except OSError as e:
+            raise ConfigError(f"cannot read mock KMS credentials {path}: {e.strerror}") from e
+        try:
+            data = loads_json(raw)
+            if not isinstance(data, dict) or data.get("format") != MOCK_CREDENTIALS_FORMAT:
+                raise ValueError(f"not a {MOCK_CREDENTIALS_FORMAT} file")
+            entry = data["principals"][MOCK_OWNER_PRINCIPAL]
+            fields = [entry[k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")]
+            if not all(isinstance(f, str) and f for f in fields):
+                raise ValueError(f"the entry for {MOCK_OWNER_PRINCIPAL} is malformed")
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            detail = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise ConfigError(
+                f"mock KMS credentials {path} are unreadable or corrupt ({detail}): "
+                "restart `ephemeral-host --mock`, which checks and keeps them"
+            ) from e
+        return cls(home, url or f"http://127.0.0.1:{ports.mock_kms}", *fields)
+
+    def kms_key_id(self) -> str:
+        """The KMS key mock provisioning made (``mock-provision.json``)."""
+        path = self.home / MOCK_PROVISION
+        try:
+            key_id = loads_json(path.read_bytes())["kms_key_id"]
+            if not isinstance(key_id, str) or not key_id:
+                raise ValueError("kms_key_id is not a key id")
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"no mock KMS key at {path}: {START_MOCK_HOST} (it makes the key), "
+                "or give --kms-key-id"
+            ) from e
+        except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"cannot read the mock KMS key id from {path} ({e}): restart "
+                "`ephemeral-host --mock`, or give --kms-key-id"
+            ) from e
+        return key_id
+
+    def owner_key_path(self) -> Path:
+        """The mock model owner's signing key: the only one a mock enclave trusts."""
+        path = self.home / MOCK_OWNER_KEY
+        if not path.is_file():
+            raise ConfigError(
+                f"no mock model-owner key at {path}: {START_MOCK_HOST} (it makes it), "
+                "or give --owner-key"
+            )
+        return path
+
+    def trusts_owner(self, public_key: bytes) -> bool:
+        """Whether a mock enclave of this home would accept manifests signed by that
+        key (it is listed in ``published/model-owners.txt``)."""
+        try:
+            text = (self.home / MOCK_OWNERS).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return False
+        return public_key.hex() in {ln.split("#", 1)[0].strip().lower() for ln in text.splitlines()}
+
+    def client(self, region: str) -> Any:
+        """A boto3 KMS client of the local server, signed as the model owner. One try
+        per call and a short connect timeout: a missing server fails at once."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "kms", region_name=region, endpoint_url=self.url,
+            aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key,
+            aws_session_token=self.session_token,
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=30),
+        )  # fmt: skip
+
+    def explain(self, e: Error, kms_key_id: str) -> Error:
+        """A packaging error from this KMS, said as what to do about it."""
+        if isinstance(e, TransportError):
+            return TransportError(
+                f"mock KMS at {self.url} is not reachable: {START_MOCK_HOST} (it serves the "
+                "local KMS on 127.0.0.1:BASE+9; give this command the host's --base-port "
+                "or EPHEMERALML_BASE_PORT)"
+            )
+        code = kms_error_code(e)
+        if code in _CREDENTIAL_CODES:
+            return ConfigError(
+                f"the mock KMS at {self.url} does not know the credentials in "
+                f"{self.credentials_path} ({code}): is it the host of this home? Start "
+                f"`ephemeral-host --mock` with EPHEMERALML_HOME={self.home}"
+            )
+        if code == "NotFoundException":
+            return ConfigError(
+                f"the mock KMS at {self.url} has no key {kms_key_id}: restart "
+                "`ephemeral-host --mock` (it makes the key), or give --kms-key-id"
+            )
+        return e
+
+
+def kms_error_code(e: BaseException) -> str | None:
+    """The AWS error code behind one of our errors (its ``__cause__``), if any."""
+    response = getattr(e.__cause__, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return str(code) if code else None

@@ -32,7 +32,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TextIO
@@ -48,6 +48,7 @@ from ephemeralml.common._attestation import (
     Measurements,
     PcrAllowlist,
     TrustedRoot,
+    UnsafeAnyMeasurements,
 )
 from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._cose import ALG_EDDSA, decode_sign1, sign_eddsa, verify_eddsa
@@ -75,6 +76,7 @@ __all__ = [
     "parse_signer_keys",
     "policy_signer_kid",
     "sign_policy",
+    "trust_policy",
     "warn_mock",
 ]
 
@@ -579,6 +581,10 @@ class ClientPolicy:
     signer: bytes | None = None
     #: Session mode the client asks for: "fresh" or "cached" (protocol.md §2.2.1).
     session_mode: str = "fresh"
+    #: Built for offline checks only (:meth:`for_offline`, ``trust_policy(offline=True)``):
+    #: its file skipped P4, or it checks no measurements. ``connect()`` refuses it:
+    #: auditing old evidence is not accepting that policy for a new session.
+    offline_only: bool = False
     _warned: list[bool] = field(default_factory=lambda: [False], repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -592,6 +598,11 @@ class ClientPolicy:
     @property
     def is_mock(self) -> bool:
         return self.attestation.root.is_mock
+
+    @property
+    def checks_measurements(self) -> bool:
+        """Whether A9 compares PCRs (False: an offline check that only shows them)."""
+        return isinstance(self.attestation.measurements, PcrAllowlist)
 
     def check_binding(self, binding: EnclaveBinding) -> None:
         """Policy checks on a *verified* attestation's binding: P1, then P2.
@@ -697,7 +708,8 @@ class ClientPolicy:
         record: bool = True,
         stream: TextIO | None = None,
     ) -> ClientPolicy:
-        """A policy file, unsigned JSON or signed COSE_Sign1 (protocol.md §8).
+        """A policy file, unsigned JSON or signed COSE_Sign1 (protocol.md §8), for
+        new sessions.
 
         In order: P3 over the bytes read (``trusted_signers``: kid → raw Ed25519 key;
         by default those in ``home``'s ``policy-signers`` file, as the CLI reads them;
@@ -706,9 +718,50 @@ class ClientPolicy:
         (default: ``policy-versions.json`` in ``home``). The version is recorded only
         after all of that passed, and not at all with ``record=False``. P1 and P2
         run later, per session (:meth:`check_binding`).
+
+        To check old evidence (a stored receipt) against the policy of its time, use
+        :meth:`for_offline`: that runs no P4 and records nothing.
         """
-        path = Path(path)
         home = home or default_home()
+        policy, identity = cls._load(path, home, trusted_signers, stream)
+        # P4 policy version (online rule): adopting a policy for new sessions.
+        store = versions or PolicyVersionStore.in_home(home)
+        if record:
+            store.check_and_record(identity, policy.version)
+        else:
+            store.check(identity, policy.version)
+        return policy
+
+    @classmethod
+    def for_offline(
+        cls,
+        path: Path | str,
+        *,
+        home: Path | None = None,
+        trusted_signers: Mapping[bytes, bytes] | None = None,
+        stream: TextIO | None = None,
+    ) -> ClientPolicy:
+        """A policy file for checking stored evidence (``ephemeral verify``).
+
+        P3, parsing and the root as :meth:`from_file`, but no P4 (offline rule): an
+        auditor checks an old receipt against the policy of its time, which may well
+        be older than one already accepted, and that is not accepting the old policy
+        for a new session, so the rollback state is neither read nor written. The
+        result is marked :attr:`offline_only`; ``connect()`` refuses it.
+        """
+        policy, _ = cls._load(path, home or default_home(), trusted_signers, stream)
+        return replace(policy, offline_only=True)
+
+    @classmethod
+    def _load(
+        cls,
+        path: Path | str,
+        home: Path,
+        trusted_signers: Mapping[bytes, bytes] | None,
+        stream: TextIO | None,
+    ) -> tuple[ClientPolicy, str]:
+        """P3, parsing and the root; the policy and its P4 identity (not checked here)."""
+        path = Path(path)
         where = str(path)
         if trusted_signers is None:
             # The same signers the CLI trusts: a library user must not get a weaker
@@ -723,15 +776,10 @@ class ClientPolicy:
         payload, kid = open_policy(raw, where=where, trusted_signers=signers)
         doc = PolicyDocument.from_json(payload, where=where, signed=kid is not None)
         policy = cls._resolve(doc, path, home, stream, signer=kid)
-        # P4 policy version: identity is the signer for a signed policy (one signer,
-        # one series of versions), the file itself for an unsigned one.
+        # P4's identity: the signer for a signed policy (one signer, one series of
+        # versions), the file itself for an unsigned one.
         identity = kid.hex() if kid is not None else str(path.resolve())
-        store = versions or PolicyVersionStore.in_home(home)
-        if record:
-            store.check_and_record(identity, doc.version)
-        else:
-            store.check(identity, doc.version)
-        return policy
+        return policy, identity
 
     @classmethod
     def _resolve(
@@ -774,3 +822,94 @@ class ClientPolicy:
             signer=signer,
             session_mode=doc.session_mode,
         )
+
+
+# ---------------------------------------------------------------- the trust choice
+
+#: A root certificate file is small; anything bigger is a mistake.
+_MAX_ROOT_BYTES = 64 * 1024
+
+
+def trust_policy(
+    *,
+    mock: bool = False,
+    policy: Path | str | None = None,
+    root: Path | str | None = None,
+    offline: bool = False,
+    home: Path | None = None,
+    policy_signers: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> ClientPolicy:
+    """The one trust choice, for the CLI and the library alike: what ``--mock``,
+    ``--policy FILE`` and ``--root PEM`` mean, for a session (``offline=False``) or
+    for checking stored evidence (``offline=True``). At most one of the three.
+
+    ==============  ===========================================  ================================
+    choice          session                                      offline
+    ==============  ===========================================  ================================
+    ``policy``      :meth:`ClientPolicy.from_file`: P3, the      :meth:`ClientPolicy.for_offline`:
+                    root, P4 enforced and recorded               P3, the root, no P4
+    ``mock``        the mock root and the measurements the       the mock root; the published
+                    mock enclave published (both required)       measurements if there are any,
+                                                                 else PCRs are not checked
+    ``root``        refused: a session needs measurements        that root; PCRs not checked
+    none            refused                                      the AWS Nitro root; PCRs not
+                                                                 checked
+    ==============  ===========================================  ================================
+
+    ``policy_signers``: raw Ed25519 public keys (hex) trusted to sign policies, on
+    top of ``home``'s ``policy-signers`` file (``--policy-signer``). Every offline
+    result is :attr:`~ClientPolicy.offline_only`; :attr:`~ClientPolicy.checks_measurements`
+    says whether A9 compares PCRs. A mock root warns on ``stream`` (stderr) every time.
+    """
+    home = home or default_home()
+    extra = parse_signer_keys(policy_signers)
+    if sum((bool(mock), policy is not None, root is not None)) > 1:
+        raise ConfigError("give one of --mock, --policy FILE or --root PEM, not several")
+    if policy is not None:
+        signers = {**load_policy_signers(home), **extra}
+        if offline:
+            return ClientPolicy.for_offline(
+                policy, home=home, trusted_signers=signers, stream=stream
+            )
+        return ClientPolicy.from_file(policy, home=home, trusted_signers=signers, stream=stream)
+    if not offline:
+        if root is not None:
+            raise ConfigError(
+                "--root PEM is for offline checks; a session needs --policy FILE "
+                "(the measurements to expect) or --mock"
+            )
+        if not mock:
+            raise ConfigError(
+                "no trust policy: give --policy FILE (allowed PCRs for a real enclave) "
+                "or --mock to trust a local mock enclave"
+            )
+        return ClientPolicy.unsafe_mock(home, stream=stream)
+    measurements: Measurements = UnsafeAnyMeasurements()
+    if mock:
+        trusted, root_path = mock_root(home)
+        # A mock enclave that published its measurements is held to them; without
+        # them the document's PCRs are shown, not checked.
+        if (home / MOCK_MEASUREMENTS).exists():
+            measurements, _ = _measurements_from_published(home)
+        warn_mock(root_path, stream)
+        source = f"--mock ({home})"
+    elif root is not None:
+        trusted = TrustedRoot.from_pem_or_der(_read_root(Path(root)), name=str(root))
+        source = f"--root {root}"
+    else:
+        trusted, source = aws_root(), "the AWS Nitro root"
+    return ClientPolicy(AttestationPolicy(trusted, measurements), None, source, offline_only=True)
+
+
+def _read_root(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_ROOT_BYTES + 1)
+    except FileNotFoundError as e:
+        raise ConfigError(f"root {path} does not exist") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read root {path}: {e.strerror}") from e
+    if len(data) > _MAX_ROOT_BYTES:
+        raise ConfigError(f"root {path} is over {_MAX_ROOT_BYTES} bytes")
+    return data

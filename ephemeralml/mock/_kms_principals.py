@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ephemeralml.runtime._home import write_atomic
+from ephemeralml.runtime._home import MOCK_KMS_CREDENTIALS, write_atomic
 
 from ..common._errors import ConfigError
 from ._kms_requests import _load_json
@@ -94,7 +94,10 @@ PRINCIPALS: Mapping[str, MockPrincipal] = {
     ),
 }
 
-_CREDENTIALS_FILE = "credentials.json"
+#: The file's name in the server's state folder; ``ephemeral-host --mock`` keeps that
+#: folder at ``$EPHEMERALML_HOME/mock-kms``, where ``ephemeral model package --mock``
+#: reads the model owner's credentials (the runtime's ``MOCK_KMS_CREDENTIALS``).
+_CREDENTIALS_FILE = MOCK_KMS_CREDENTIALS.name
 _CREDENTIALS_FORMAT = "ephemeralml-mock-kms-credentials/1"
 _ACCESS_KEY_ALPHABET = string.ascii_uppercase + "234567"
 

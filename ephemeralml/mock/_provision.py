@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from ephemeralml.common._errors import KeyReleaseError
-from ephemeralml.runtime._home import MOCK_OWNERS, MOCK_ROOT, write_atomic
+from ephemeralml.runtime._home import (
+    MOCK_OWNER_KEY,
+    MOCK_OWNERS,
+    MOCK_PROVISION,
+    MOCK_ROOT,
+    MOCK_STORE,
+    write_atomic,
+)
 
 from ._kms import ENCLAVE, MODEL_OWNER, PRINCIPALS
 
@@ -45,9 +52,10 @@ __all__ = [
 
 log = logging.getLogger("ephemeralml.host.provision")
 
-#: Relative to the home: what provisioning created (the KMS key id).
-MOCK_STATE = Path("mock-provision.json")
-_OWNER_KEY = Path("mock-owner.pem")
+#: Relative to the home: what provisioning created (the KMS key id). The path is
+#: shared with ``ephemeral model package --mock`` through the runtime's home constants.
+MOCK_STATE = MOCK_PROVISION
+_OWNER_KEY = MOCK_OWNER_KEY
 
 
 def ensure_mock_root(home: Path) -> bytes:
@@ -168,7 +176,7 @@ def provision_mock(home: Path, kms: Any, *, store: Path | None = None) -> MockPr
 
     from ._nsm import mock_enclave_measurements
 
-    store = store or home / "store"
+    store = store or home / MOCK_STORE
     ensure_mock_root(home)
     owner = _owner(home)
     pub = owner.public_key().public_bytes_raw()

@@ -15,9 +15,14 @@ from pathlib import Path
 
 __all__ = [
     "MOCK_FLOORS",
+    "MOCK_KMS_CREDENTIALS",
+    "MOCK_KMS_STATE",
     "MOCK_MEASUREMENTS",
     "MOCK_OWNERS",
+    "MOCK_OWNER_KEY",
+    "MOCK_PROVISION",
     "MOCK_ROOT",
+    "MOCK_STORE",
     "default_home",
     "write_atomic",
 ]
@@ -31,6 +36,19 @@ MOCK_OWNERS = Path("published") / "model-owners.txt"
 MOCK_MEASUREMENTS = Path("published") / "measurements.json"
 #: Relative to the home: a mock enclave's model floors (folded into its PCR0, M11).
 MOCK_FLOORS = Path("published") / "model-floors.txt"
+#: Relative to the home: the local KMS server's state (its keys and its principals'
+#: credentials), made by ``ephemeral-host --mock``.
+MOCK_KMS_STATE = Path("mock-kms")
+#: Relative to the home: the mock KMS principals' SigV4 credentials (0600). The model
+#: owner's are what ``ephemeral model package --mock`` signs with.
+MOCK_KMS_CREDENTIALS = MOCK_KMS_STATE / "credentials.json"
+#: Relative to the home: the mock model owner's Ed25519 signing key (PEM, 0600); its
+#: public half is what :data:`MOCK_OWNERS` lists.
+MOCK_OWNER_KEY = Path("mock-owner.pem")
+#: Relative to the home: what mock provisioning made (``{"kms_key_id": ...}``).
+MOCK_PROVISION = Path("mock-provision.json")
+#: Relative to the home: the mock host's local model store.
+MOCK_STORE = Path("store")
 
 
 def default_home() -> Path:

@@ -292,7 +292,7 @@ def test_cbor_amplification(
     err = _to_enclave_in_session(stack, a.body, secret_vector)
     assert (err.remote_code, str(err)) == (
         a.error.code,
-        f"enclave reported {a.error.code}: {a.message}",
+        f"the peer reported {a.error.code}: {a.message}",
     )
     # The client, before and after attestation: its own process survived (the fixture
     # checks) and reported exactly the decoder's error.

@@ -132,7 +132,7 @@ def test_enclave_killed_mid_request(site: Site) -> None:
         with pytest.raises(TransportError) as ei:
             connect(stack.address, policy=policy(stack), timeout=10)
         assert str(ei.value) == (
-            f"{stack.address} closed the connection mid-session "
+            f"{stack.address} closed the connection before the enclave answered "
             "(is the enclave behind the host running?)"
         )
         # A restarted enclave serves new sessions through the same host.

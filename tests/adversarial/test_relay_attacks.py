@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ephemeralml.client._api import Session, connect
+from ephemeralml.client._api import PeerReportedError, Session, connect
 from ephemeralml.common._errors import (
     AttestationError,
     CiphertextError,
@@ -119,8 +119,8 @@ def test_flip_bit_in_attestation(stack: Stack, secret_vector: bytes) -> None:
 def test_flip_bit_in_open(stack: Stack, secret_vector: bytes) -> None:
     # Another encapsulated key: the enclave derives another context, and the first
     # request does not open.
-    _run(stack, {("up", 1): Flip(-1)}, RemoteError,
-         "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+    _run(stack, {("up", 1): Flip(-1)}, PeerReportedError,
+         "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
 
 
 #: In a req or resp frame ({"t", "ct", "seq"}, seq < 24) the ciphertext's last byte
@@ -129,14 +129,14 @@ CT_LAST = -6
 
 
 def test_flip_bit_in_request(stack: Stack, secret_vector: bytes) -> None:
-    _run(stack, {("up", 2): Flip(CT_LAST)}, RemoteError,
-         "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+    _run(stack, {("up", 2): Flip(CT_LAST)}, PeerReportedError,
+         "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
 
 
 def test_flip_bit_in_request_seq(stack: Stack, secret_vector: bytes) -> None:
     # {"t", "ct", "seq"} in deterministic order: the last byte is seq's value.
-    _run(stack, {("up", 2): Flip(-1)}, RemoteError,
-         "enclave reported ciphertext: request 1 out of order (expected 0)", secret_vector)  # fmt: skip
+    _run(stack, {("up", 2): Flip(-1)}, PeerReportedError,
+         "the peer reported ciphertext: request 1 out of order (expected 0)", secret_vector)  # fmt: skip
 
 
 def test_flip_bit_in_response(stack: Stack, secret_vector: bytes) -> None:
@@ -158,8 +158,8 @@ def test_drop_hello(stack: Stack, secret_vector: bytes) -> None:
 
 
 def test_drop_open(stack: Stack, secret_vector: bytes) -> None:
-    _run(stack, {("up", 1): Drop()}, RemoteError,
-         "enclave reported remote_protocol: unexpected SealedRequest in state await_open",
+    _run(stack, {("up", 1): Drop()}, PeerReportedError,
+         "the peer reported remote_protocol: unexpected SealedRequest in state await_open",
          secret_vector)  # fmt: skip
 
 
@@ -190,14 +190,14 @@ def test_drop_first_request_then_send_second(stack: Stack, secret_vector: bytes)
 def test_duplicate_hello(stack: Stack, secret_vector: bytes) -> None:
     # The attest frame goes out first, so connect() succeeds; the error frame the
     # duplicate earned ends the session at the first request.
-    _run(stack, {("up", 0): Duplicate()}, RemoteError,
-         "enclave reported remote_protocol: unexpected ClientHello in state await_open",
+    _run(stack, {("up", 0): Duplicate()}, PeerReportedError,
+         "the peer reported remote_protocol: unexpected ClientHello in state await_open",
          secret_vector)  # fmt: skip
 
 
 def test_duplicate_request(stack: Stack, secret_vector: bytes) -> None:
-    _run(stack, {("up", 2): Duplicate()}, RemoteError,
-         "enclave reported ciphertext: request 0 out of order (expected 1)", secret_vector)  # fmt: skip
+    _run(stack, {("up", 2): Duplicate()}, PeerReportedError,
+         "the peer reported ciphertext: request 0 out of order (expected 1)", secret_vector)  # fmt: skip
 
 
 def test_duplicate_response(stack: Stack, secret_vector: bytes) -> None:
@@ -314,8 +314,8 @@ def _recorded(
 
 
 def test_replay_request_within_session(stack: Stack, secret_vector: bytes) -> None:
-    _run(stack, {("up", 3): Replace(lambda c: c.frames["up"][2])}, RemoteError,
-                 "enclave reported ciphertext: request 0 out of order (expected 1)",
+    _run(stack, {("up", 3): Replace(lambda c: c.frames["up"][2])}, PeerReportedError,
+                 "the peer reported ciphertext: request 0 out of order (expected 1)",
                  secret_vector, requests=2)  # fmt: skip
 
 
@@ -342,8 +342,8 @@ def test_replay_attestation_across_sessions(stack: Stack, secret_vector: bytes) 
 def test_replay_request_across_sessions(stack: Stack, secret_vector: bytes) -> None:
     old, _ = _recorded(stack)
     req = old.frames("up")[2]
-    _run(stack, {("up", 2): Replace(lambda _: req)}, RemoteError,
-         "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+    _run(stack, {("up", 2): Replace(lambda _: req)}, PeerReportedError,
+         "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
 
 
 def test_splice_attestation_between_sessions(stack: Stack, secret_vector: bytes) -> None:
@@ -361,7 +361,7 @@ def test_splice_attestation_between_sessions(stack: Stack, secret_vector: bytes)
                 assert b.attestation.document.raw == a.attestation.document.raw
                 with pytest.raises(RemoteError) as ei:
                     b.embed([SECRET + " B"])
-        assert str(ei.value) == "enclave reported ciphertext: request 0 failed authentication"
+        assert str(ei.value) == "the peer reported ciphertext: request 0 failed authentication"
         assert a.embed([SECRET + " A"])[0].receipt.receipt.seq == 1  # A is unharmed
     finally:
         a.close()
@@ -377,8 +377,8 @@ def test_splice_key_between_sessions(stack: Stack, secret_vector: bytes) -> None
     assert a is not None
     try:
         open_a = a_relay.frames("up")[1]
-        _run(stack, {("up", 1): Replace(lambda _: open_a)}, RemoteError,
-             "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+        _run(stack, {("up", 1): Replace(lambda _: open_a)}, PeerReportedError,
+             "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
         assert a.embed([SECRET])[0].receipt.receipt.seq == 1
     finally:
         a.close()
@@ -390,8 +390,8 @@ def test_splice_request_between_sessions(stack: Stack, secret_vector: bytes) -> 
     assert a is not None
     try:
         req_a = a_relay.frames("up")[2]
-        _run(stack, {("up", 2): Replace(lambda _: req_a)}, RemoteError,
-             "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+        _run(stack, {("up", 2): Replace(lambda _: req_a)}, PeerReportedError,
+             "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
     finally:
         a.close()
         a_relay.close()
@@ -419,8 +419,8 @@ def _error_frame(code: str, msg: str) -> bytes:
 def test_inject_error_frame(stack: Stack, secret_vector: bytes) -> None:
     # Unauthenticated by design (protocol.md §6): it can end the session, nothing more.
     forged = _error_frame("attestation", "forged by the relay: trust me")
-    _run(stack, {("down", 0): Inject(forged, instead=True)}, RemoteError,
-         "enclave reported attestation: forged by the relay: trust me", secret_vector)  # fmt: skip
+    _run(stack, {("down", 0): Inject(forged, instead=True)}, PeerReportedError,
+         "the peer reported attestation: forged by the relay: trust me", secret_vector)  # fmt: skip
 
 
 def test_inject_error_frame_mid_session(stack: Stack, secret_vector: bytes) -> None:
@@ -429,7 +429,7 @@ def test_inject_error_frame_mid_session(stack: Stack, secret_vector: bytes) -> N
         with _session(relay, stack) as s:
             with pytest.raises(RemoteError) as ei:
                 s.embed([SECRET])
-            assert str(ei.value) == "enclave reported inference: forged by the relay"
+            assert str(ei.value) == "the peer reported inference: forged by the relay"
             assert ei.value.remote_code == "inference"
             # The session is over: nothing more is sealed or sent.
             with pytest.raises(LocalProtocolError, match=r"^cannot do that in state error$"):
@@ -489,8 +489,8 @@ def test_attestation_unprotected_header_not_an_empty_map(
 def test_attestation_retagged_18(stack: Stack, secret_vector: bytes) -> None:
     # Tag 18 is allowed (A1), but the client then binds HPKE to the hash of other
     # bytes than the enclave attested: the first request cannot open.
-    _run(stack, {("down", 0): _rewrite_document(lambda d: b"\xd2" + d)}, RemoteError,
-         "enclave reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
+    _run(stack, {("down", 0): _rewrite_document(lambda d: b"\xd2" + d)}, PeerReportedError,
+         "the peer reported ciphertext: request 0 failed authentication", secret_vector)  # fmt: skip
 
 
 # ------------------------------------------------------------------------ size and volume

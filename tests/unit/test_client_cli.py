@@ -233,6 +233,60 @@ def test_receipt_out_is_checked_before_any_request(tmp_path: Path, capsys: pytes
         assert err == [f"ephemeral: error: --receipt-out {bad}: {why}"]
 
 
+def test_receipt_out_that_cannot_be_written_is_refused_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # os.access said yes to root for any folder; now a real write decides.
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    code, _ = run("embed", "--mock", "--receipt-out", str(folder), "hello")
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ephemeral: error: --receipt-out {folder}: not writable: Permission denied"
+    ]
+
+
+def test_receipt_out_in_a_read_only_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into any folder")
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    try:
+        assert run("embed", "--mock", "--receipt-out", str(folder), "hello")[0] == 2
+    finally:
+        folder.chmod(0o700)
+    assert capsys.readouterr().err.strip() == (
+        f"ephemeral: error: --receipt-out {folder}: not writable: Permission denied"
+    )
+
+
+@pytest.mark.parametrize("command", ["attest", "embed"])
+@pytest.mark.parametrize(("value", "shown"), [("0", "0.0"), ("-1", "-1.0"), ("nan", "nan"), ("inf", "inf"), ("-inf", "-inf")])
+def test_a_timeout_that_is_no_deadline_is_refused_first(
+    tmp_path: Path, command: str, value: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # First: before the policy (which may record its version) and before any request.
+    # This home has no mock root; an error that came later would say so.
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"version": 4, "measurements": [{"PCR0": "' + "11" * 48 + '"}]}')
+    texts = ("hello",) if command == "embed" else ()
+    for trust in (("--mock",), ("--policy", str(policy))):
+        code, out = run(command, *trust, "--home", str(tmp_path), "--host", "127.0.0.1:1",
+                        f"--timeout={value}", "--json", *texts)  # fmt: skip
+        assert code == 2
+        message = f"--timeout must be a positive, finite number of seconds, got {shown}"
+        assert capsys.readouterr().err.strip().splitlines() == [f"ephemeral: error: {message}"]
+        assert json.loads(out) == {"error": {"code": "config", "message": message}}
+    assert not (tmp_path / "policy-versions.json").exists()
+
+
 def test_an_enclave_that_fails_to_start_publishes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Issue 8: a second enclave that failed to start rewrote published/measurements.json
     # and the healthy enclave was then refused (A9). Publishing now waits until it serves.
