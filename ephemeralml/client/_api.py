@@ -84,10 +84,18 @@ class Embeddings:
     receipt: VerifiedReceipt
     request_cbor: bytes  # the exact bytes whose hash is the receipt's request_hash
     response_cbor: bytes  # the exact bytes whose hash is the receipt's response_hash
+    #: The list-wide index of this request's first text (requests carry ≤ 64 texts).
+    first: int = 0
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
+
+    @property
+    def truncated(self) -> tuple[int, ...]:
+        """List-wide indices of the texts the enclave cut to the token limit, as its
+        verified receipt records them (only when ``embed(..., truncate=True)``)."""
+        return tuple(self.first + i for i in self.receipt.receipt.truncated)
 
 
 class EmbedIncomplete(Error):
@@ -224,8 +232,15 @@ class Session:
     def models(self) -> dict[str, bytes]:
         return dict(self.binding.models)
 
-    def embed(self, texts: Sequence[str], *, model: str = DEFAULT_MODEL) -> list[Embeddings]:
+    def embed(
+        self, texts: Sequence[str], *, model: str = DEFAULT_MODEL, truncate: bool = False
+    ) -> list[Embeddings]:
         """Embed ``texts``; one :class:`Embeddings` per request of ≤ 64 texts, in order.
+
+        ``truncate``: a text over the model's token limit is cut to it (its first
+        tokens) instead of refused; the choice and the texts cut are in each receipt
+        (:attr:`Embeddings.truncated`), and the client checks that the receipt records
+        the choice it made (R11).
 
         Before anything is sent: the model against the policy (P1), and every text
         against the checks the enclave runs without a tokenizer, so a bad text fails
@@ -241,7 +256,7 @@ class Session:
         for start in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
             chunk = tuple(texts[start : start + MAX_TEXTS_PER_REQUEST])
             try:
-                e = self._request(EmbedRequest(model, chunk), offset=start)
+                e = self._request(EmbedRequest(model, chunk, truncate), offset=start)
                 self.audit.record(e.receipt)
             except Error as err:
                 if not out:
@@ -264,7 +279,7 @@ class Session:
             if isinstance(event, ResponseReceived):
                 if event.seq != seq:  # pragma: no cover - one request in flight
                     raise LocalProtocolError("response for another request")
-                return _embeddings(event)
+                return _embeddings(event, first=offset)
             raise RemoteProtocolError(f"unexpected {type(event).__name__}")
 
     def _send(self, data: bytes, deadline: _Deadline) -> None:
@@ -348,7 +363,7 @@ def _list_wide(message: str, offset: int, count: int) -> str:
     return message
 
 
-def _embeddings(event: ResponseReceived) -> Embeddings:
+def _embeddings(event: ResponseReceived, *, first: int = 0) -> Embeddings:
     r: EmbedResult = event.result
     vectors = np.frombuffer(r.vectors, dtype="<f4").reshape(r.count, r.dim)
     return Embeddings(
@@ -357,6 +372,7 @@ def _embeddings(event: ResponseReceived) -> Embeddings:
         receipt=event.receipt,
         request_cbor=event.request.to_cbor(),
         response_cbor=r.to_cbor(),
+        first=first,
     )
 
 

@@ -320,7 +320,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         audit=AuditLog.in_home(home),  # every verified receipt, by the library
     ) as s:
         try:
-            results = s.embed(texts, model=args.model)
+            results = s.embed(texts, model=args.model, truncate=args.truncate)
         except EmbedIncomplete as incomplete:
             # Keep what was done: its receipts verified and audited; print it, then fail.
             results, failure = list(incomplete.completed), incomplete
@@ -331,6 +331,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             rj["files"] = _store(args.receipt_out, done, payloads=args.save_payloads)
         receipts.append(rj)
     vectors = [row for done in results for row in done.vectors.tolist()]
+    truncated = [i for done in results for i in done.truncated]
     if args.json:
         doc: dict[str, Any] = {
             "model": results[0].model,
@@ -338,6 +339,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
             "embeddings": vectors,
             "receipts": receipts,
         }
+        if args.truncate:
+            doc["truncated"] = truncated
         if failure is not None:
             doc["error"] = {"code": failure.code, "message": failure.message}
         _out(args, json.dumps(doc))
@@ -347,6 +350,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for text, vec in zip(texts, vectors, strict=False):
         head = ", ".join(f"{x:+.4f}" for x in vec[:6])
         _out(args, f"  {text[:40]!r:<44} [{head}, … {len(vec) - 6} more]")
+    if truncated:
+        _out(
+            args,
+            f"truncated to the model's token limit (recorded in the receipts): "
+            f"text(s) {', '.join(map(str, truncated))}",
+        )
     for rj in receipts:
         where = f" -> {rj['files']['receipt']}" if "files" in rj else ""
         _out(
@@ -746,6 +755,12 @@ def _parser() -> Parser:
         help="refuse more input bytes than this, before any work (default %(default)d)",
     )
     e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut a text over the model's token limit to it instead of refusing it "
+        "(the choice and the texts cut are recorded in each receipt)",
+    )
     e.add_argument(
         "--receipt-out",
         type=Path,

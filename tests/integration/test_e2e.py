@@ -178,6 +178,28 @@ def test_bad_inputs_are_refused_and_the_session_goes_on(stack: Stack) -> None:
         assert s.embed(["still serving"])[0].vectors.shape == (1, 384)
 
 
+def test_truncation_is_the_clients_choice_and_is_in_the_receipt(stack: Stack) -> None:
+    long = "confidential inference " * 200  # ~400 tokens
+    with connect(stack.address, policy=_policy(stack)) as s:
+        kept = s.embed(["short", long, "also short"], truncate=True)[0]
+        assert kept.truncated == (1,)
+        r = kept.receipt.receipt
+        assert (r.version, r.truncate, r.truncated) == (2, True, (1,))
+        # The cut text embeds as the same text cut by the enclave's tokenizer would:
+        # twice the same request, the same vector; and unlike the first 100 words.
+        again = s.embed([long], truncate=True)[0]
+        assert again.truncated == (0,)
+        np.testing.assert_array_equal(again.vectors[0], kept.vectors[1])
+        plain = s.embed(["short"])[0]
+        assert (plain.receipt.receipt.truncate, plain.truncated) == (False, ())
+    # The CLI: one JSON document naming the texts cut (list-wide), receipts verified.
+    r = stack.cli("embed", "--mock", "--host", stack.address, "--truncate", "--json", "a", long)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["truncated"] == [1]
+    assert [(x["truncate"], x["truncated"]) for x in doc["receipts"]] == [(True, [1])]
+
+
 def test_cli_reports_bad_input_in_one_line(stack: Stack) -> None:
     r = stack.cli("embed", "--mock", "--host", stack.address, "")
     assert r.returncode == 2
