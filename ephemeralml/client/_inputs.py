@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ephemeralml.common._errors import ConfigError, Error, InferenceError, LimitError
+from ephemeralml.common._errors import ConfigError, InferenceError
+from ephemeralml.common._texts import MAX_TEXT_BYTES, text_problem
+from ephemeralml.common._texts import check_texts as common_check_texts
 from ephemeralml.runtime._strict import loads_json
 
 __all__ = [
@@ -37,9 +39,6 @@ __all__ = [
     "texts_from_args",
 ]
 
-#: The enclave's limit on one text (protocol.md §7, ``MAX_TEXT_BYTES``), checked here
-#: first so that a long list fails before any request.
-MAX_TEXT_BYTES = 16 * 1024
 #: ``ephemeral embed``: the most texts one run reads (``--max-texts``).
 DEFAULT_MAX_TEXTS = 10_000
 #: ``ephemeral embed``: the most bytes one run reads from a file or stdin (``--max-bytes``).
@@ -52,37 +51,13 @@ class InputLimits:
     max_bytes: int = DEFAULT_MAX_INPUT_BYTES
 
 
-def text_problem(text: object) -> tuple[type[Error], str] | None:
-    """What the enclave would refuse about one text (error type and the words after
-    ``input N``), or None. No tokenizer: the token limit is not checked."""
-    if not isinstance(text, str):
-        return InferenceError, f"is {type(text).__name__}, not a string"
-    if not text or text.isspace():
-        return InferenceError, "is empty or only whitespace"
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return InferenceError, "is not valid Unicode (lone surrogate)"
-    if size > MAX_TEXT_BYTES:
-        return LimitError, f"is {size} bytes of UTF-8; the limit is {MAX_TEXT_BYTES}"
-    return None
-
-
 def check_texts(texts: Sequence[str]) -> list[str]:
     """The texts as a list, or the error for the first bad one (``input N`` is its
-    index in the whole list): :class:`InferenceError`, or :class:`LimitError` for
-    one over :data:`MAX_TEXT_BYTES`, as the enclave would say."""
+    index in the whole list), as the enclave would say (:mod:`ephemeralml.common._texts`);
+    any number of texts (the library sends them in requests of 64)."""
     if isinstance(texts, str | bytes):
         raise InferenceError("embed() takes a list of texts, not one string")
-    out = list(texts)
-    if not out:
-        raise InferenceError("no input texts")
-    for i, text in enumerate(out):
-        problem = text_problem(text)
-        if problem is not None:
-            cls, why = problem
-            raise cls(f"input {i} {why}")
-    return out
+    return common_check_texts(list(texts), max_inputs=None)
 
 
 def texts_from_args(texts: Sequence[str], limits: InputLimits) -> list[str]:

@@ -37,6 +37,7 @@ from ephemeralml.common._modelfiles import (
     ModelFiles,
     is_int,
 )
+from ephemeralml.common._texts import MAX_INPUTS, MAX_TEXT_BYTES, check_texts
 
 __all__ = [
     "DIM",
@@ -48,15 +49,6 @@ __all__ = [
     "Embedder",
     "ModelFiles",
 ]
-
-#: UTF-8 bytes per input text, checked before tokenizing so that a huge text costs
-#: no tokenizer time. 256 tokens of real text are 1-3 KiB; 16 KiB leaves room for
-#: long rare words and whitespace while bounding the tokenizer's work per input.
-MAX_TEXT_BYTES = 16 * 1024
-
-#: Texts per request: bounds one request's compute (64 x 256 tokens, about 1-2 s
-#: on two cores) and the size of its response (64 x 384 float32 = 96 KiB).
-MAX_INPUTS = 64
 
 #: Inputs per ONNX Runtime call. Beyond 32 the throughput gain is gone while peak
 #: memory (batch x seq x 384 floats per layer) keeps growing.
@@ -157,7 +149,7 @@ class Embedder:
         self, texts: Sequence[str], truncate: Sequence[bool]
     ) -> tuple[list[Encoding], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Check, then tokenize once: the encodings serve the checks and the model."""
-        checked = _check_texts(texts)
+        checked = check_texts(texts)
         if len(truncate) != len(checked):
             raise InferenceError("one truncation choice per input text is needed")
         try:
@@ -213,28 +205,6 @@ class Embedder:
 
 def _flags(texts: Sequence[str], truncate: bool) -> list[bool]:
     return [truncate] * (len(texts) if isinstance(texts, list | tuple) else 0)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    """The checks that need no tokenizer, cheapest first."""
-    if not isinstance(texts, list | tuple):
-        raise InferenceError(f"input texts must be a list of strings, not {type(texts).__name__}")
-    if not texts:
-        raise InferenceError("no input texts")
-    if len(texts) > MAX_INPUTS:
-        raise LimitError(f"{len(texts)} input texts; the limit is {MAX_INPUTS}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InferenceError(f"input {i} is {type(text).__name__}, not a string")
-        if not text or text.isspace():
-            raise InferenceError(f"input {i} is empty or only whitespace")
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as e:
-            raise InferenceError(f"input {i} is not valid Unicode (lone surrogate)") from e
-        if size > MAX_TEXT_BYTES:
-            raise LimitError(f"input {i} is {size} bytes of UTF-8; the limit is {MAX_TEXT_BYTES}")
-    return list(texts)
 
 
 def _plan_sub_batches(lengths: list[int]) -> list[tuple[int, int]]:

@@ -252,13 +252,6 @@ def test_a_bad_text_anywhere_fails_before_any_request(
     assert audit_lines(home / "audit.jsonl") == []
 
 
-def test_the_client_limit_is_the_enclaves() -> None:
-    from ephemeralml.client._inputs import MAX_TEXT_BYTES
-    from ephemeralml.enclave._model import MAX_TEXT_BYTES as ENCLAVE_MAX_TEXT_BYTES
-
-    assert MAX_TEXT_BYTES == ENCLAVE_MAX_TEXT_BYTES
-
-
 def test_a_transport_failure_mid_list_keeps_what_was_done(live: LiveEnclave, home: Path) -> None:
     with connect(live.address, policy=policy(live.world), timeout=1) as s:
         with pytest.raises(EmbedIncomplete) as info:
