@@ -40,6 +40,7 @@ from ephemeralml.common._session import (
     RequestFailed,
     ResponseReceived,
 )
+from ephemeralml.runtime._transport import Endpoint
 
 from ._audit import AuditChoice, audit_log
 from ._inputs import check_texts
@@ -160,11 +161,14 @@ _HANG_UPS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
 
 
 def _parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    host = host.removeprefix("tcp:").strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    """``HOST:PORT`` or ``tcp:HOST:PORT`` (the one endpoint syntax, runtime/_transport)."""
+    try:
+        ep = Endpoint.parse(address)
+    except ConfigError as e:
+        raise ConfigError(f"address {address!r} is not HOST:PORT") from e
+    if ep.kind != "tcp" or ep.host is None or ep.port == 0:
         raise ConfigError(f"address {address!r} is not HOST:PORT")
-    return host, int(port)
+    return ep.host, ep.port
 
 
 def _check_timeout(timeout: float) -> float:

@@ -487,3 +487,10 @@ def test_an_enclave_limit_frame_reads_as_the_peers(world: MockWorld) -> None:
             with pytest.raises(PeerReportedError) as info:
                 connect(one.address, policy=policy(one.world), timeout=10)
     assert str(info.value).startswith("the peer reported limit: L3 session limit: 1 session")
+
+
+@pytest.mark.parametrize("address", ["nonsense", "vsock:16:5005", "127.0.0.1:0", "127.0.0.1:99999"])
+def test_a_bad_address_is_refused_before_dialling(world: MockWorld, address: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        connect(address, policy=policy(world), audit=False)
+    assert str(info.value) == f"address {address!r} is not HOST:PORT"
