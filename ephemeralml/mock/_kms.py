@@ -104,7 +104,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from ephemeralml.runtime._home import MOCK_ROOT, default_home
+from ephemeralml.runtime._home import MOCK_KMS_STATE, MOCK_ROOT, default_home
 from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
@@ -213,8 +213,8 @@ def _build_parser() -> Parser:
     p.add_argument(
         "--state-dir",
         type=Path,
-        default=home / "mock-kms",
-        help=f"where keys are kept (default {home / 'mock-kms'})",
+        default=home / MOCK_KMS_STATE,
+        help=f"where keys are kept (default {home / MOCK_KMS_STATE})",
     )
     p.add_argument(
         "--root",

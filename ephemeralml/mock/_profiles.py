@@ -20,9 +20,12 @@ from ephemeralml.enclave._profile import EnclaveProfile
 from ephemeralml.host._profile import HostProfile, KmsAccess, KmsRequest
 from ephemeralml.runtime._home import (
     MOCK_FLOORS,
+    MOCK_KMS_STATE,
     MOCK_MEASUREMENTS,
+    MOCK_NSM_STATE,
     MOCK_OWNERS,
     MOCK_ROOT,
+    MOCK_STORE,
     write_atomic,
 )
 from ephemeralml.runtime._ports import Ports
@@ -62,7 +65,7 @@ def enclave_profile(home: Path, ports: Ports) -> EnclaveProfile:
 
     def make_nsm(keys: Mapping[bytes, bytes], floors: Mapping[str, int]) -> Nsm:
         pcrs = mock_enclave_measurements(keys.values(), floors)
-        return MockNsm.load_or_create(home / "mock-nsm", pcrs)
+        return MockNsm.load_or_create(home / MOCK_NSM_STATE, pcrs)
 
     def on_serving(nsm: Nsm) -> None:
         assert isinstance(nsm, MockNsm)
@@ -92,7 +95,7 @@ async def _local_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> K
     assert local is not None and local.host is not None
     root = await asyncio.to_thread(ensure_mock_root, request.home)
     server = MockKmsServer(
-        request.home / "mock-kms",
+        request.home / MOCK_KMS_STATE,
         trusted_root=TrustedRoot.unsafe_mock(root),
         listen=(local.host, local.port),
         region=request.region,
@@ -128,7 +131,7 @@ def host_profile(home: Path, ports: Ports) -> HostProfile:
         enclave=_loopback(ports.enclave),
         services_listen=_loopback(ports.services),
         kms_listen=_loopback(ports.kms),
-        store=str(home / "store"),
+        store=str(home / MOCK_STORE),
         start_kms=_local_kms,
         kinds=frozenset({"tcp"}),
         local_kms=_loopback(ports.mock_kms),

@@ -31,6 +31,7 @@ from typing import Any
 
 from ephemeralml.common._errors import KeyReleaseError
 from ephemeralml.runtime._home import (
+    MOCK_NSM_STATE,
     MOCK_OWNER_KEY,
     MOCK_OWNERS,
     MOCK_PROVISION,
@@ -62,7 +63,7 @@ def ensure_mock_root(home: Path) -> bytes:
     """The mock NSM's root certificate (DER), creating the mock CA if needed."""
     from ephemeralml.mock._nsm import MockNsm
 
-    nsm = MockNsm.load_or_create(home / "mock-nsm", {})
+    nsm = MockNsm.load_or_create(home / MOCK_NSM_STATE, {})
     nsm.publish_root(home / MOCK_ROOT)
     return nsm.root_certificate_der
 

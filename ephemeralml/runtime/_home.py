@@ -18,6 +18,7 @@ __all__ = [
     "MOCK_KMS_CREDENTIALS",
     "MOCK_KMS_STATE",
     "MOCK_MEASUREMENTS",
+    "MOCK_NSM_STATE",
     "MOCK_OWNERS",
     "MOCK_OWNER_KEY",
     "MOCK_PROVISION",
@@ -36,6 +37,8 @@ MOCK_OWNERS = Path("published") / "model-owners.txt"
 MOCK_MEASUREMENTS = Path("published") / "measurements.json"
 #: Relative to the home: a mock enclave's model floors (folded into its PCR0, M11).
 MOCK_FLOORS = Path("published") / "model-floors.txt"
+#: Relative to the home: the mock NSM's CA (keys 0600: development material).
+MOCK_NSM_STATE = Path("mock-nsm")
 #: Relative to the home: the local KMS server's state (its keys and its principals'
 #: credentials), made by ``ephemeral-host --mock``.
 MOCK_KMS_STATE = Path("mock-kms")
