@@ -12,7 +12,6 @@ check a human log line (an enclave's error line) read it from ``Program.lines``.
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import sys
@@ -40,11 +39,9 @@ __all__ = [
     "Stack",
     "TamperProxy",
     "free_port",
-    "host_port_of",
     "kms_port",
     "program_env",
     "services_port",
-    "start",
     "start_enclave",
     "start_host",
 ]
@@ -105,35 +102,6 @@ def start_enclave(env: dict[str, str], port: int, host: Program, *extra: str) ->
         enclave.stop()
         raise AssertionError(f"not a mock enclave: {enclave.ready}")
     return enclave
-
-
-def host_port_of(host: Program, pattern: str) -> int:
-    """The port in group 1 of the first of ``host``'s lines matching ``pattern`` (for
-    a test that checks a human line; ports are better read with ``host.port(field)``)."""
-    for line in host.lines:
-        if m := re.search(pattern, line):
-            return int(m.group(1))
-    raise AssertionError(f"no line matches {pattern!r}: {''.join(host.lines)}")
-
-
-def _prog_of(cmd: list[str]) -> str:
-    for i, part in enumerate(cmd):
-        if Path(part).name in (HOST, ENCLAVE):
-            return Path(part).name
-        if part == "ephemeralml._edge" and i + 1 < len(cmd):
-            return {"host": HOST, "enclave": ENCLAVE}[cmd[i + 1]]
-    raise AssertionError(f"which program does {cmd} run?")
-
-
-def start(cmd: list[str], env: dict[str, str], pattern: str) -> tuple[Program, re.Match[str]]:
-    """Start ``cmd`` (bounded, until its readiness line), then check that one of the
-    lines it printed by then matches ``pattern``: the match."""
-    prog = start_program(_prog_of(cmd), cmd, env)
-    for line in prog.lines:
-        if m := re.search(pattern, line):
-            return prog, m
-    prog.stop()
-    raise AssertionError(f"{cmd[0]} is ready, but no line matches {pattern!r}: {prog.lines}")
 
 
 @pytest.fixture(scope="module")

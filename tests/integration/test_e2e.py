@@ -185,17 +185,16 @@ def test_truncation_is_the_clients_choice_and_is_in_the_receipt(stack: Stack) ->
         assert kept.truncated == (1,)
         r = kept.receipt.receipt
         assert (r.version, r.truncate, r.truncated) == (2, True, (1,))
-        # The cut text embeds as the same text cut by the enclave's tokenizer would:
-        # twice the same request, the same vector; and unlike the first 100 words.
+        # The same text cut again embeds to the same vector, wherever it sits in a request.
         again = s.embed([long], truncate=True)[0]
         assert again.truncated == (0,)
         np.testing.assert_array_equal(again.vectors[0], kept.vectors[1])
         plain = s.embed(["short"])[0]
         assert (plain.receipt.receipt.truncate, plain.truncated) == (False, ())
     # The CLI: one JSON document naming the texts cut (list-wide), receipts verified.
-    r = stack.cli("embed", "--mock", "--host", stack.address, "--truncate", "--json", "a", long)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    out = stack.cli("embed", "--mock", "--host", stack.address, "--truncate", "--json", "a", long)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
     assert doc["truncated"] == [1]
     assert [(x["truncate"], x["truncated"]) for x in doc["receipts"]] == [(True, [1])]
 
@@ -294,18 +293,19 @@ def test_client_without_trust_refuses_to_connect(stack: Stack) -> None:
 
 
 def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(stack: Stack) -> None:
-    from tests.integration.conftest import BIN, host_port_of, start
+    from ephemeralml.bench._processes import ENCLAVE, enclave_argv, start_program
+    from tests.integration.conftest import kms_port, services_port
 
-    services = host_port_of(stack.host, r"credentials for the enclave on tcp:127\.0\.0\.1:(\d+)")
-    kms = host_port_of(stack.host, r"KMS forwarder tcp:127\.0\.0\.1:(\d+)")
     port = free_port()
-    enclave, _ = start(
-        [str(BIN / "ephemeral-enclave"), "--mock", "--listen", f"127.0.0.1:{port}",
-         "--host-services", f"tcp:127.0.0.1:{services}", "--host-kms", f"tcp:127.0.0.1:{kms}",
-         "--model", "all-MiniLM-L6-v2", "--model", "no-such-model", "--host-wait", "30"],
-        stack.env, r"serving all-MiniLM-L6-v2 on",
+    argv = enclave_argv(
+        port, services_port(stack.host), kms_port(stack.host),
+        "--model", "all-MiniLM-L6-v2", "--model", "no-such-model", host_wait_s=30,
     )  # fmt: skip
+    enclave = start_program(ENCLAVE, argv, stack.env)
     try:
+        assert (enclave.ready["models"], enclave.ready["failed"]) == (
+            ["all-MiniLM-L6-v2"], ["no-such-model"]
+        )
         log = "".join(enclave.lines)
         assert (
             "ephemeral-enclave: error: could not load no-such-model: "

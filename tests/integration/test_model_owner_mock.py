@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from ephemeralml.bench._processes import ENCLAVE, HOST, start_program
 from ephemeralml.client._modeldir import default_model_files, write_model_dir
 from ephemeralml.runtime._home import MOCK_KMS_CREDENTIALS, MOCK_STORE
-from ephemeralml.runtime._runner import parse_ready
-from tests.integration.conftest import BIN, Program, free_port, program_env, start
+from tests.integration.conftest import BIN, Program, free_port, program_env
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,15 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     env = program_env(home)
     base = free_port() - 9  # the local KMS on BASE+9, as the README's host
     enclave_port = free_port()
-    program, m = start(
+    program = start_program(
+        HOST,
         [str(BIN / "ephemeral-host"), "--mock", "--base-port", str(base), "--listen", "127.0.0.1:0",
          "--enclave", f"tcp:127.0.0.1:{enclave_port}", "--services-listen", "127.0.0.1:0",
          "--kms-listen", "127.0.0.1:0"],
-        env, r"^ephemeral-host: ready .*",
+        env,
     )  # fmt: skip
-    ready = parse_ready(m.group(0).strip(), "ephemeral-host")
-    assert ready is not None and ready["kms_upstream"] == f"tcp:127.0.0.1:{base + 9}"
+    ready = dict(program.ready)
+    assert ready["kms_upstream"] == f"tcp:127.0.0.1:{base + 9}"
     ready["enclave"] = f"tcp:127.0.0.1:{enclave_port}"
     yield Host(home, env, program, base, ready)
     assert program.stop() == 0, "".join(program.lines)
@@ -102,15 +103,16 @@ def test_package_upload_restart_embed_and_trace_a_receipt(host: Host, tmp_path: 
     assert r.stdout.strip() == f"uploaded {MODEL} to {host.home / MOCK_STORE / MODEL}"
 
     # ephemeral-enclave --mock --model all-MiniLM-L6-v2 --model my-minilm
-    enclave, m = start(
+    enclave = start_program(
+        ENCLAVE,
         [str(BIN / "ephemeral-enclave"), "--mock", "--listen", host.ready["enclave"],
          "--host-services", host.ready["services"], "--host-kms", host.ready["kms"],
          "--model", "all-MiniLM-L6-v2", "--model", MODEL, "--host-wait", "60"],
-        host.env, r"^ephemeral-enclave: ready .*",
+        host.env,
     )  # fmt: skip
     try:
-        ready = parse_ready(m.group(0).strip(), "ephemeral-enclave")
-        assert ready is not None and ready["models"] == ["all-MiniLM-L6-v2", MODEL], "".join(enclave.lines)
+        ready = enclave.ready
+        assert ready["models"] == ["all-MiniLM-L6-v2", MODEL], "".join(enclave.lines)
         relay = ["--host", host.ready["relay"].removeprefix("tcp:")]
 
         # ephemeral embed --mock --model my-minilm --receipt-out receipts/ "some text"
