@@ -34,7 +34,7 @@ from ephemeralml.common._bundle import (
     verify_manifest,
 )
 from ephemeralml.common._errors import ConfigError, ManifestError
-from ephemeralml.runtime._home import MOCK_OWNERS
+from ephemeralml.runtime._home import MOCK_OWNERS, read_limited
 
 from ._package import MANIFEST_FILE, MODEL_ENC_FILE, MODEL_KEY_FILE
 
@@ -144,19 +144,12 @@ def _manifest_path(path: Path) -> tuple[Path, bool]:
     raise ConfigError(f"{path} does not exist (give a bundle folder or a manifest.cose)")
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-
-
 def _check_files(folder: Path, v: VerifiedManifest) -> None:
     m = v.manifest
     # M10 key: the wrapped data key is the one the signed manifest names.
     key_path = folder / MODEL_KEY_FILE
-    if hashlib.sha256(_read(key_path, _MAX_WRAPPED_KEY_BYTES)).digest() != m.wrapped_key_sha256:
+    wrapped = read_limited(key_path, _MAX_WRAPPED_KEY_BYTES)
+    if hashlib.sha256(wrapped).digest() != m.wrapped_key_sha256:
         raise ManifestError(f"M10 key: {key_path} is not the data key its manifest names")
     # M6 size, then M7 ciphertext (streamed: a model may be gigabytes).
     enc_path = folder / MODEL_ENC_FILE
@@ -186,7 +179,7 @@ def show_bundle(
     """Verify one bundle (or manifest file); errors name the file and, for M2, the
     owner keys tried."""
     manifest_path, with_files = _manifest_path(path)
-    raw = _read(manifest_path, MAX_MANIFEST_BYTES)
+    raw = read_limited(manifest_path, MAX_MANIFEST_BYTES)
     try:
         v = verify_manifest(raw, owner_keys, model_id=model_id)
     except ManifestError as e:

@@ -41,6 +41,7 @@ from typing import Any
 
 from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._errors import ConfigError
+from ephemeralml.common._store import is_model_id
 from ephemeralml.runtime._home import MOCK_MEASUREMENTS
 from ephemeralml.runtime._strict import loads_json
 
@@ -73,7 +74,6 @@ _MODES = ("mock", "nitro")
 _OURS = frozenset({"mode", "pcrs", "note", "written"})
 _HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def parse_model_pins(items: Sequence[str]) -> dict[str, list[str]]:
     for item in items:
         model_id, sep, digest = item.partition("=")
         model_id, digest = model_id.strip(), digest.strip().lower()
-        if not sep or not _MODEL_ID.match(model_id) or not _HEX64.match(digest):
+        if not sep or not is_model_id(model_id) or not _HEX64.match(digest):
             raise ConfigError(
                 f"--model {item!r}: give ID=DIGEST, the model id and its 64-hex manifest "
                 "digest (`ephemeral model show BUNDLE` prints it)"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,28 +32,21 @@ from ephemeralml.common._errors import (
     RemoteProtocolError,
     TransportError,
 )
+from ephemeralml.common._store import is_model_id
+from ephemeralml.runtime._home import read_limited
 from ephemeralml.runtime._strict import parse_s3_url
 
 from ._package import BUNDLE_FILES, MANIFEST_FILE, MODEL_ENC_FILE, MODEL_KEY_FILE
 
 __all__ = ["check_bundle", "parse_s3_url", "upload_local", "upload_s3"]
 
-_MODEL_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 #: A KMS CiphertextBlob is a few hundred bytes; anything this big is not a model.key.
 _MAX_WRAPPED_KEY_BYTES = 64 * 1024
 
 
 def _check_model_id(model_id: str) -> None:
-    if not _MODEL_ID.match(model_id) or model_id in {".", ".."}:
+    if not is_model_id(model_id):
         raise ConfigError(f"model id {model_id!r} must be 1-128 of A-Z a-z 0-9 . _ -")
-
-
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
 
 
 def check_bundle(bundle: Path, model_id: str | None = None) -> Manifest:
@@ -72,7 +64,7 @@ def check_bundle(bundle: Path, model_id: str | None = None) -> Manifest:
     path = bundle / MANIFEST_FILE
     try:
         env = decode_sign1(
-            _read(path, MAX_MANIFEST_BYTES), what="manifest", max_bytes=MAX_MANIFEST_BYTES
+            read_limited(path, MAX_MANIFEST_BYTES), what="manifest", max_bytes=MAX_MANIFEST_BYTES
         )
         manifest = Manifest.from_cbor(env.payload)
     except (RemoteProtocolError, ManifestError) as e:
@@ -83,7 +75,7 @@ def check_bundle(bundle: Path, model_id: str | None = None) -> Manifest:
             f"{manifest.model_id!r} ({path}); nothing uploaded"
         )
     _check_model_id(manifest.model_id)
-    wrapped = _read(bundle / MODEL_KEY_FILE, _MAX_WRAPPED_KEY_BYTES)
+    wrapped = read_limited(bundle / MODEL_KEY_FILE, _MAX_WRAPPED_KEY_BYTES)
     if hashlib.sha256(wrapped).digest() != manifest.wrapped_key_sha256:
         raise ConfigError(
             f"{bundle / MODEL_KEY_FILE} is not the data key its manifest names (M10): "

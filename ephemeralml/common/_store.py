@@ -40,6 +40,7 @@ __all__ = [
     "encode_end",
     "encode_get",
     "encode_store_error",
+    "is_model_id",
 ]
 
 #: Bytes per data frame: big enough that per-frame costs (an executor hop for the
@@ -54,9 +55,15 @@ _MAX_MESSAGE = 300
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+def is_model_id(text: str) -> bool:
+    """1-128 of ``A-Z a-z 0-9 . _ -``, not ``.`` or ``..``: a model id that names a
+    store folder and cannot leave it (the store, uploads and policies share the rule)."""
+    return bool(_MODEL_ID.match(text)) and text not in {".", ".."}
+
+
 def check_store_name(model_id: str, name: str) -> None:
     """A model id that cannot leave its folder, and one of :data:`STORE_FILES`."""
-    if not _MODEL_ID.match(model_id) or model_id in {".", ".."}:
+    if not is_model_id(model_id):
         raise RemoteProtocolError(f"bad model id {model_id!r}")
     if name not in STORE_FILES:
         raise RemoteProtocolError(f"the store serves only {sorted(STORE_FILES)}, not {name!r}")

@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ephemeralml.common._errors import ConfigError
+
 __all__ = [
     "MOCK_FLOORS",
     "MOCK_KMS_CREDENTIALS",
@@ -25,6 +27,7 @@ __all__ = [
     "MOCK_ROOT",
     "MOCK_STORE",
     "default_home",
+    "read_limited",
     "write_atomic",
 ]
 
@@ -78,3 +81,14 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``path`` (one more than allowed, so the caller
+    sees that a file is too big without reading all of it); :class:`ConfigError` if it
+    cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e

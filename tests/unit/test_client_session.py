@@ -39,7 +39,7 @@ from ephemeralml.common._frame import encode_frame
 from ephemeralml.common._messages import ErrorFrame
 from ephemeralml.enclave._loader import LoadedModel
 from ephemeralml.enclave._server import EnclaveServer, ServerConfig
-from ephemeralml.host import Endpoint, Relay, RelayConfig
+from ephemeralml.runtime import Endpoint, Relay, RelayConfig
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
 
 AUDIT_KEYS = [

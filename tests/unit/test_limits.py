@@ -33,8 +33,9 @@ from ephemeralml.common._messages import EmbedRequest, ErrorFrame, decode_messag
 from ephemeralml.common._session import ClientSession, ResponseReceived
 from ephemeralml.enclave._loader import LoadedModel
 from ephemeralml.enclave._server import EnclaveServer, ServerConfig
-from ephemeralml.host import Endpoint, Relay, RelayConfig, _cli
+from ephemeralml.host import _cli
 from ephemeralml.mock._profiles import host_profile
+from ephemeralml.runtime import Endpoint, Relay, RelayConfig
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
 
 T = TypeVar("T")

@@ -26,8 +26,10 @@ import pytest
 
 from ephemeralml._edge import host_main
 from ephemeralml.common._errors import ConfigError
-from ephemeralml.host import CHUNK_BYTES, Endpoint, Relay, RelayConfig, _cli
+from ephemeralml.host import _cli
 from ephemeralml.mock._profiles import host_profile
+from ephemeralml.runtime import Endpoint, Relay, RelayConfig
+from ephemeralml.runtime._relay import CHUNK_BYTES
 
 T = TypeVar("T")
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

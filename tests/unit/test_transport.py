@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from ephemeralml.common._errors import ConfigError, TransportError
-from ephemeralml.host import Endpoint, open_connection, server_endpoint, start_server
+from ephemeralml.runtime import Endpoint, open_connection, server_endpoint, start_server
 from ephemeralml.runtime._transport import VSOCK_CID_ANY
 
 T = TypeVar("T")
