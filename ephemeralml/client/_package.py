@@ -129,19 +129,11 @@ def default_sources() -> tuple[str, list[Source]]:
 
 def generate_owner_key(path: Path) -> bytes:
     """Write a new Ed25519 owner key (PKCS#8 PEM, 0600); returns the raw public key."""
-    try:
-        return generate_ed25519_key(path)
-    except FileExistsError as e:
-        raise ConfigError(f"{path} exists; refusing to overwrite a key") from e
+    return generate_ed25519_key(path)
 
 
 def load_owner_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        return load_ed25519_key(path)
-    except OSError as e:
-        raise ConfigError(f"cannot read owner key {path}: {e.strerror}") from e
-    except ValueError as e:
-        raise ConfigError(f"{path} {e}") from e
+    return load_ed25519_key(path, what="owner key")
 
 
 def _generate_data_key(kms: Any, key_id: str) -> tuple[bytearray, bytes, str]:

@@ -3,7 +3,8 @@
 * :func:`loads_json` — JSON with no duplicate keys and no NaN/Infinity: a policy or
   a KMS request that says one thing to one parser and another to the next is refused.
 * :func:`generate_ed25519_key` / :func:`load_ed25519_key` — the Ed25519 key files of
-  model owners and policy signers (PKCS#8 PEM, mode 0600, never overwritten).
+  model owners and policy signers (PKCS#8 PEM, mode 0600, never overwritten), with
+  the one wording of their errors (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def loads_json(text: str | bytes) -> Any:
 def generate_ed25519_key(path: Path) -> bytes:
     """Write a new Ed25519 private key to ``path``; returns the raw public key.
 
-    Raises ``FileExistsError`` rather than overwrite a key.
+    Raises :class:`ConfigError` rather than overwrite a key.
     """
     if path.exists():
-        raise FileExistsError(path)
+        raise ConfigError(f"{path} exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -58,16 +59,20 @@ def generate_ed25519_key(path: Path) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
-def load_ed25519_key(path: Path) -> Ed25519PrivateKey:
-    """Raises ``OSError`` if unreadable, ``ValueError`` if not an unencrypted Ed25519 PEM."""
+def load_ed25519_key(path: Path, *, what: str) -> Ed25519PrivateKey:
+    """The unencrypted Ed25519 PEM key at ``path``; ``what`` names it in the
+    :class:`ConfigError` raised if it is unreadable or not such a key ("owner key",
+    "policy signing key")."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except TypeError as e:  # an encrypted key without a password
-        raise ValueError("is not an unencrypted PEM private key") from e
-    except ValueError as e:
-        raise ValueError("is not an unencrypted PEM private key") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (TypeError, ValueError) as e:  # TypeError: an encrypted key without a password
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("is not an Ed25519 key")
+        raise ConfigError(f"{path} is not an Ed25519 key")
     return key
 
 
