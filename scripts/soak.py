@@ -30,6 +30,10 @@ What it does, in order, bounded in time and count throughout:
    ``RSS_GROWTH_MAX_MB`` MiB plus ``RSS_GROWTH_MAX_FRACTION``); both stop cleanly.
 
 Prints a summary, then one JSON line (``{"soak": ...}``).
+
+About 650 lines, one script on purpose: the hostile process, the legitimate clients
+and the checks share the counters and the fault windows of one run; the parts others
+need (starting and stopping the programs) live in ``ephemeralml.bench._processes``.
 """
 
 from __future__ import annotations
