@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ephemeralml.common._errors import ConfigError
-from ephemeralml.runtime._home import default_home, write_atomic
+from ephemeralml.runtime._home import default_home, read_bounded, write_atomic
 
 from ._cli_common import echo
 from ._policy import (
@@ -41,14 +41,7 @@ def _signers(args: argparse.Namespace, home: Path) -> dict[bytes, bytes]:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > _MAX_FILE_BYTES:
-            raise ConfigError(f"{what} {path} is over {_MAX_FILE_BYTES} bytes")
-        return path.read_bytes()
-    except FileNotFoundError as e:
-        raise ConfigError(f"{what} {path} does not exist") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+    return read_bounded(path, _MAX_FILE_BYTES, what)
 
 
 def cmd_policy_keygen(args: argparse.Namespace) -> int:

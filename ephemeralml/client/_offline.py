@@ -22,13 +22,14 @@ from pathlib import Path
 
 from ephemeralml.common._attestation import parse_unverified, verify_attestation
 from ephemeralml.common._binding import EnclaveBinding
-from ephemeralml.common._errors import ConfigError, ReceiptError
+from ephemeralml.common._errors import ReceiptError
 from ephemeralml.common._receipt import (
     ReceiptExpectations,
     VerifiedReceipt,
     receipt_attestation_hash,
     verify_receipt,
 )
+from ephemeralml.runtime._home import read_bounded
 
 from ._audit import AuditChoice, audit_log
 from ._policy import ClientPolicy
@@ -55,16 +56,7 @@ class StoredReceipt:
 
 def read_stored(path: Path, what: str) -> bytes:
     """A stored file, at most :data:`MAX_STORED_FILE_BYTES`, or a one-line ConfigError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_STORED_FILE_BYTES + 1)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{what} {path} does not exist") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
-    if len(data) > MAX_STORED_FILE_BYTES:
-        raise ConfigError(f"{what} {path} is over {MAX_STORED_FILE_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_STORED_FILE_BYTES, what)
 
 
 def verify_stored_receipt(

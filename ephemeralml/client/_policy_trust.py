@@ -15,7 +15,7 @@ from ephemeralml.common._attestation import (
     UnsafeAnyMeasurements,
 )
 from ephemeralml.common._errors import ConfigError
-from ephemeralml.runtime._home import MOCK_MEASUREMENTS, default_home
+from ephemeralml.runtime._home import MOCK_MEASUREMENTS, default_home, read_bounded
 
 from ._policy_client import (
     ClientPolicy,
@@ -105,13 +105,4 @@ def trust_policy(
 
 
 def _read_root(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_ROOT_BYTES + 1)
-    except FileNotFoundError as e:
-        raise ConfigError(f"root {path} does not exist") from e
-    except OSError as e:
-        raise ConfigError(f"cannot read root {path}: {e.strerror}") from e
-    if len(data) > _MAX_ROOT_BYTES:
-        raise ConfigError(f"root {path} is over {_MAX_ROOT_BYTES} bytes")
-    return data
+    return read_bounded(path, _MAX_ROOT_BYTES, "root")

@@ -27,6 +27,7 @@ __all__ = [
     "MOCK_ROOT",
     "MOCK_STORE",
     "default_home",
+    "read_bounded",
     "read_limited",
     "write_atomic",
 ]
@@ -92,3 +93,19 @@ def read_limited(path: Path, limit: int) -> bytes:
             return f.read(limit + 1)
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """All of ``path`` if it is at most ``limit`` bytes, else a one-line
+    :class:`ConfigError`: ``WHAT PATH does not exist``, ``cannot read WHAT PATH: ...``
+    or ``WHAT PATH is over LIMIT bytes``. Reads no more than ``limit + 1`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{what} {path} does not exist") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from e
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is over {limit} bytes")
+    return data
