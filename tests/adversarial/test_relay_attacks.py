@@ -6,6 +6,9 @@ crossed the relay, and that the enclave then still serves a legitimate client.
 
 Frame indices: up (client to enclave) 0 hello, 1 open, 2 req 0, 3 req 1;
 down (enclave to client) 0 attest, 1 resp 0, 2 resp 1.
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Real AWS documents come from tests/vectors/real (PROVENANCE.md); synthetic documents
 signed by throwaway chains cover what no real document shows (bad CA constraints,
 absent optional fields, millisecond edges).
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ blocking client. Limits are configured short so each test runs in about a second
 every test is bounded by an asyncio timeout and stops everything it started.
 Hostile connections come from 127.0.0.2 and up (all of 127/8 is loopback on Linux),
 the legitimate client from 127.0.0.1, so per-source limits (L4) can tell them apart.
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
 """
 
 from __future__ import annotations

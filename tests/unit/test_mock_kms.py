@@ -3,6 +3,9 @@
 Every server here binds 127.0.0.1 on a free port and is closed by its fixture; every
 boto3 client has short timeouts and no retries, every raw HTTP connection a timeout,
 every subprocess a deadline: no test can hang.
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Trust policy files (protocol.md §8): the format, signed policies (P3), rollback (P4),
-the enclave's policy version (P2) and ``ephemeral policy keygen|sign|show``."""
+the enclave's policy version (P2) and ``ephemeral policy keygen|sign|show``.
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
+"""
 
 from __future__ import annotations
 

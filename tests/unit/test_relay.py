@@ -2,6 +2,9 @@
 
 Each test runs its own small upstream servers on 127.0.0.1:0 and a relay in front of
 them, is bounded by an asyncio timeout, and stops everything it started.
+
+Longer than 600 lines on purpose: one test per check or attack, each asserting its exact
+error, reads better in one file than spread over several.
 """
 
 from __future__ import annotations
