@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash "$ROOT/scripts/_venv.sh"
+bash "$ROOT/scripts/_tools_venv.sh"
 echo "==> ruff" >&2
 "$ROOT/.venv/bin/ruff" check --quiet ephemeralml tests scripts
 echo "==> mypy --strict (source and tests)" >&2
