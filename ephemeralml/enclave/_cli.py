@@ -41,6 +41,7 @@ from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
+from ._boot import loopback_up, seed_rng
 from ._keyrelease import KmsKeyRelease, kms_client_config
 from ._libnsm import DEFAULT_LIBNSM
 from ._loader import LoadedModel, load_model
@@ -93,6 +94,8 @@ class EnclaveConfig:
     host_wait_s: float
     nsm_lib: str = DEFAULT_LIBNSM
     kms_endpoint_url: str | None = None
+    #: CA certificates boto3 trusts for KMS (default: botocore's bundle).
+    kms_ca_bundle: str | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
     device: str = "cpu"
     threads: int | None = None
@@ -164,7 +167,11 @@ def _parser() -> Parser:
     )
     p.add_argument(
         "--kms-endpoint",
-        help="KMS URL for boto3 (default: the local forwarder; production: https://kms.REGION.amazonaws.com, which the image maps to loopback)",
+        help="KMS URL for boto3 (default: https://kms.REGION.amazonaws.com through the host's egress proxy; with --mock the local forwarder)",
+    )
+    p.add_argument(
+        "--kms-ca-bundle",
+        help="CA certificates (PEM) boto3 trusts for KMS (default: botocore's bundle)",
     )
     p.add_argument(
         "--policy-version", type=int, default=1, help="policy version to report in receipts"
@@ -272,6 +279,7 @@ def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> Encla
         host_wait_s=args.host_wait,
         nsm_lib=args.nsm_lib,
         kms_endpoint_url=args.kms_endpoint,
+        kms_ca_bundle=args.kms_ca_bundle,
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
         device=args.device,
         threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
@@ -300,7 +308,9 @@ async def _wait_for(what: str, attempt: Any, deadline: float) -> Any:
             delay = min(delay * 2, 2.0)
 
 
-def _kms_client(creds: AwsCredentials, url: str) -> Any:
+def _kms_client(
+    creds: AwsCredentials, url: str, *, https_proxy: str | None, ca_bundle: str | None
+) -> Any:
     import boto3
 
     return boto3.client(
@@ -311,7 +321,8 @@ def _kms_client(creds: AwsCredentials, url: str) -> Any:
         aws_secret_access_key=creds.secret_access_key,
         aws_session_token=creds.session_token,
         # Our own retry loop (with the evidence it keeps) decides; botocore tries once.
-        config=kms_client_config(),
+        config=kms_client_config(https_proxy),
+        verify=ca_bundle or True,
     )
 
 
@@ -324,10 +335,13 @@ async def _run(config: EnclaveConfig) -> int:
     keys = await _wait_for(f"model-owner keys at {config.owner_keys}", owner_keys, deadline)
     # M11 floors: part of the image's measured configuration, like the owner keys.
     floors = load_model_floors(config.floors)
+    # Nitro: lo is down at start (no-op where it is up), then the RNG gets the NSM's bytes.
+    loopback_up()
     nsm = config.profile.make_nsm(keys, floors)
+    seed_rng(nsm)
     async with contextlib.AsyncExitStack() as stack:
-        # boto3 in the enclave speaks to a loopback forwarder that tunnels to the host's
-        # KMS forwarder (vsock in production): TLS and SigV4 stay end to end.
+        # boto3 in the enclave speaks to a loopback forwarder that relays to the host's
+        # egress proxy (vsock in production): TLS and SigV4 stay end to end.
         forwarder = Relay(
             RelayConfig(listen=Endpoint.parse("tcp:127.0.0.1:0"), upstreams=(config.kms,))
         )
@@ -341,7 +355,11 @@ async def _run(config: EnclaveConfig) -> int:
         url = config.kms_endpoint_url or config.profile.kms_url(
             creds.region, forwarder.bound.port
         )
-        key_release = KmsKeyRelease(nsm, _kms_client(creds, url))
+        via = config.profile.kms_via_proxy
+        proxy = f"http://127.0.0.1:{forwarder.bound.port}" if via else None
+        key_release = KmsKeyRelease(
+            nsm, _kms_client(creds, url, https_proxy=proxy, ca_bundle=config.kms_ca_bundle)
+        )
         loaded: dict[str, LoadedModel] = {}
         failed: dict[str, str] = {}
         for model_id in config.models:

@@ -73,12 +73,15 @@ _RETRYABLE = frozenset(
 )
 
 
-def kms_client_config() -> Any:
+def kms_client_config(https_proxy: str | None = None) -> Any:
     """botocore ``Config`` for the enclave's KMS client: the timeouts above, one try each
-    (the retry loop of :class:`KmsKeyRelease`, which keeps the evidence, decides)."""
+    (the retry loop of :class:`KmsKeyRelease`, which keeps the evidence, decides), and,
+    on Nitro, the ``https_proxy`` on the enclave's loopback that leads to the host's
+    egress proxy (TLS to KMS goes through it as a ``CONNECT`` tunnel)."""
     from botocore.config import Config
 
     return Config(
+        proxies={"https": https_proxy} if https_proxy else None,
         # total_max_attempts counts the first try; botocore's max_attempts counts retries.
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=KMS_CONNECT_TIMEOUT_S,

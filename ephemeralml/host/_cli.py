@@ -38,6 +38,7 @@ from ephemeralml.runtime._relay import (
 from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
+from ._egress import EgressConfig, EgressProxy
 from ._profile import (
     FIRST_ENCLAVE_CID,
     PRODUCTION_STORE,
@@ -324,21 +325,29 @@ async def _start_services(
     )
     await service.start()
     stack.push_async_callback(service.close)
-    # TLS, not frames: stream mode (no handshake or frame deadlines).
-    forwarder = Relay(
-        RelayConfig(listen=config.kms_listen, upstreams=(access.upstream,), framed=False)
-    )
-    await forwarder.start()
-    stack.push_async_callback(forwarder.close)
     lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")
-    lines.append(
-        f"KMS forwarder {forwarder.bound} -> {access.upstream} (the only endpoint it reaches)"
-    )
+    if access.allow:
+        # Nitro: the enclave's only way out, a CONNECT proxy to the allowed targets.
+        egress = EgressProxy(EgressConfig(config.kms_listen, frozenset(access.allow)))
+        await egress.start()
+        stack.push_async_callback(egress.close)
+        bound, where = egress.bound, " ".join(sorted(access.allow))
+        lines.append(f"egress proxy {bound} -> CONNECT to {where} only")
+    else:
+        # TLS or plain HTTP, not frames: stream mode (no handshake or frame deadlines).
+        assert access.upstream is not None
+        forwarder = Relay(
+            RelayConfig(listen=config.kms_listen, upstreams=(access.upstream,), framed=False)
+        )
+        await forwarder.start()
+        stack.push_async_callback(forwarder.close)
+        bound, where = forwarder.bound, str(access.upstream)
+        lines.append(f"KMS forwarder {bound} -> {where} (the only endpoint it reaches)")
     ready: dict[str, object] = {
         "profile": config.profile.name,
         "services": str(service.bound),
-        "kms": str(forwarder.bound),
-        "kms_upstream": str(access.upstream),
+        "kms": str(bound),
+        "kms_upstream": where,
     }
     return lines, ready
 

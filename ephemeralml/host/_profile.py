@@ -18,6 +18,7 @@ from ephemeralml.common._store import AwsCredentials
 from ephemeralml.runtime._ports import Ports
 from ephemeralml.runtime._transport import Endpoint
 
+from ._egress import kms_target
 from ._store import instance_credentials
 
 __all__ = ["FIRST_ENCLAVE_CID", "PRODUCTION_STORE", "HostProfile", "KmsAccess", "nitro_profile"]
@@ -30,11 +31,22 @@ PRODUCTION_STORE = "/var/lib/ephemeralml/store"
 
 @dataclass(frozen=True)
 class KmsAccess:
-    """Where the enclave's KMS traffic goes, and the credentials it is handed."""
+    """Where the enclave's KMS traffic goes, and the credentials it is handed.
 
-    upstream: Endpoint
+    Either ``allow``: the host runs its egress proxy (:mod:`._egress`) on the KMS
+    endpoint, and the enclave may ``CONNECT`` only to these ``host:port`` targets
+    (Nitro: its region's KMS); or ``upstream``: the host relays the stream to that one
+    endpoint as it is (mock: the local KMS, plain HTTP).
+    """
+
     credentials: Callable[[], AwsCredentials]
+    upstream: Endpoint | None = None
+    allow: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.upstream is None) == (not self.allow):
+            raise ConfigError("KMS access is either an egress allowlist or one upstream")
 
 
 @dataclass(frozen=True)
@@ -75,11 +87,8 @@ class HostProfile:
 
 
 async def _aws_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> KmsAccess:
-    # Never chosen by the enclave: one endpoint, fixed by the region.
-    return KmsAccess(
-        Endpoint.parse(f"tcp:kms.{request.region}.amazonaws.com:443"),
-        instance_credentials(request.region),
-    )
+    # Never chosen by the enclave: one target, fixed by the region.
+    return KmsAccess(instance_credentials(request.region), allow=(kms_target(request.region),))
 
 
 def nitro_profile(ports: Ports) -> HostProfile:

@@ -80,6 +80,7 @@ def enclave_profile(home: Path, ports: Ports) -> EnclaveProfile:
         floors=home / MOCK_FLOORS,
         make_nsm=make_nsm,
         kms_url=lambda region, port: f"http://{LOOPBACK}:{port}",
+        kms_via_proxy=False,
         on_serving=on_serving,
         banner="MOCK mode: loopback TCP, mock NSM, NOT a real enclave",
         kinds=frozenset({"tcp"}),
@@ -114,9 +115,9 @@ async def _local_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> K
         role.access_key_id, role.secret_access_key, role.session_token, request.region
     )
     return KmsAccess(
-        Endpoint.parse(server.url.removeprefix("http://")),
         lambda: creds,
-        (
+        upstream=Endpoint.parse(server.url.removeprefix("http://")),
+        notes=(
             f"mock KMS at {server.url} (key {p.kms_key_id}; "
             f"policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…)",
         ),

@@ -52,6 +52,9 @@ STREAM_LIMIT_BYTES = 64 * 1024
 
 #: What :func:`start_server` calls for every accepted connection: a coroutine
 #: function (run as its own task) or a plain function that must return at once.
+#: sun_path holds 108 bytes with its terminating NUL (unix(7)).
+_MAX_UNIX_PATH_BYTES = 107
+
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
@@ -61,19 +64,31 @@ class Endpoint:
 
     Text forms (:meth:`parse`): ``127.0.0.1:5005`` and ``tcp:127.0.0.1:5005`` (TCP;
     an IPv6 host goes in brackets, ``tcp:[::1]:5005``), ``vsock:16:5005``
-    (``vsock:CID:PORT``; ``vsock:any:5005`` listens on every CID). Port 0 means
-    "let the kernel pick" when listening. ``str()`` gives back text that
-    :meth:`parse` accepts.
+    (``vsock:CID:PORT``; ``vsock:any:5005`` listens on every CID), ``unix:/abs/path``
+    (a Unix socket: what stands for vsock in tests, since it crosses network
+    namespaces as vsock crosses the enclave boundary). Port 0 means "let the kernel
+    pick" when listening. ``str()`` gives back text that :meth:`parse` accepts.
     """
 
-    kind: Literal["tcp", "vsock"]
+    kind: Literal["tcp", "vsock", "unix"]
     host: str | None
     port: int
     cid: int | None
+    path: str | None = None
 
     def __post_init__(self) -> None:
         # No half-valid endpoint exists (STYLE.md §6): the constructor checks what
         # parse() checks, so Endpoint("tcp", None, 5, None) fails too.
+        if self.kind == "unix":
+            if self.host is not None or self.cid is not None or self.port != 0:
+                raise ConfigError(f"unix endpoint needs only a path, got {self!r}")
+            if not self.path or not self.path.startswith("/") or "\0" in self.path:
+                raise ConfigError(f"unix endpoint path must be absolute, got {self.path!r}")
+            if len(self.path.encode()) > _MAX_UNIX_PATH_BYTES:
+                raise ConfigError(f"unix endpoint path is over {_MAX_UNIX_PATH_BYTES} bytes")
+            return
+        if self.path is not None:
+            raise ConfigError(f"only a unix endpoint has a path, got {self!r}")
         if self.kind == "tcp":
             if not self.host or self.cid is not None:
                 raise ConfigError(f"tcp endpoint needs a host and no cid, got {self!r}")
@@ -86,7 +101,7 @@ class Endpoint:
             _check_range("cid", self.cid, MAX_VSOCK_CID)
             _check_range("port", self.port, MAX_VSOCK_PORT)
         else:
-            raise ConfigError(f"endpoint kind must be tcp or vsock, got {self.kind!r}")
+            raise ConfigError(f"endpoint kind must be tcp, vsock or unix, got {self.kind!r}")
 
     @classmethod
     def tcp(cls, host: str, port: int) -> Endpoint:
@@ -97,10 +112,17 @@ class Endpoint:
         return cls("vsock", None, port, cid)
 
     @classmethod
+    def unix(cls, path: str) -> Endpoint:
+        return cls("unix", None, 0, None, path)
+
+    @classmethod
     def parse(cls, text: str) -> Endpoint:
         """``[tcp:]HOST:PORT`` or ``vsock:CID:PORT``; :class:`ConfigError` otherwise."""
         raw = text
         text = text.strip()
+        if text.startswith("unix:"):
+            path = text[len("unix:") :]
+            return _wrap(raw, lambda: cls.unix(path))
         if text.startswith("vsock:"):
             parts = text[len("vsock:") :].split(":")
             if len(parts) != 2:
@@ -133,6 +155,8 @@ class Endpoint:
         return _wrap(raw, lambda: cls.tcp(host, port))
 
     def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
         if self.kind == "vsock":
             cid = "any" if self.cid == VSOCK_CID_ANY else str(self.cid)
             return f"vsock:{cid}:{self.port}"
@@ -194,6 +218,8 @@ async def open_connection(
         async with asyncio.timeout(timeout):
             if ep.kind == "tcp":
                 reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=limit)
+            elif ep.kind == "unix":
+                reader, writer = await asyncio.open_unix_connection(ep.path, limit=limit)
             else:
                 reader, writer = await _open_vsock(ep, limit)
     except TimeoutError as e:
@@ -246,6 +272,10 @@ async def start_server(
             return await asyncio.start_server(
                 handler, ep.host, ep.port, backlog=backlog, limit=limit
             )
+        if ep.kind == "unix":
+            return await asyncio.start_unix_server(
+                handler, ep.path, backlog=backlog, limit=limit
+            )
         assert ep.cid is not None
         sock = _vsock_socket()
         try:
@@ -269,6 +299,8 @@ def server_endpoint(server: asyncio.Server, requested: Endpoint) -> Endpoint:
     sockets = server.sockets
     if not sockets:
         raise TransportError(f"server for {requested} has no listening socket")
+    if requested.kind == "unix":
+        return requested
     name = sockets[0].getsockname()
     if requested.kind == "tcp":
         assert requested.host is not None
