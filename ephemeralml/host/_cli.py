@@ -40,7 +40,6 @@ from ephemeralml.runtime._transport import Endpoint
 
 from ._egress import EgressConfig, EgressProxy
 from ._profile import (
-    FIRST_ENCLAVE_CID,
     PRODUCTION_STORE,
     HostProfile,
     KmsRequest,
@@ -108,7 +107,7 @@ def _parser() -> Parser:
         metavar="EP",
         action="append",
         help=f"enclave to relay to: vsock:CID:PORT or [tcp:]HOST:PORT; repeat for round robin "
-        f"(default ${ENV_ENCLAVE}, else vsock:{FIRST_ENCLAVE_CID}:BASE+5, or tcp:127.0.0.1:BASE+5 with --mock)",
+        f"(default ${ENV_ENCLAVE}, or tcp:127.0.0.1:BASE+5 with --mock; on Nitro required: the CID given to nitro-cli run-enclave --enclave-cid)",
     )
     p.add_argument(
         "--max-connections",
@@ -171,9 +170,17 @@ def _parser() -> Parser:
         help="the enclave's KMS forwarder (default vsock:any:BASE+7, or tcp:127.0.0.1:BASE+7 with --mock)",
     )
     p.add_argument(
+        "--enclave-cid",
+        metavar="CID",
+        type=int,
+        action="append",
+        help="enclave CID (as given to nitro-cli run-enclave --enclave-cid); repeat for "
+        "round robin; the same as --enclave vsock:CID:BASE+5",
+    )
+    p.add_argument(
         "--region",
-        default=os.environ.get("AWS_REGION", "us-east-1"),
-        help="AWS region: the forwarder reaches only kms.REGION.amazonaws.com:443",
+        help="AWS region: the egress proxy allows only kms.REGION.amazonaws.com:443 "
+        "(default $AWS_REGION, $AWS_DEFAULT_REGION, else the instance's, from IMDSv2)",
     )
     p.add_argument(
         "--store",
@@ -211,13 +218,24 @@ def build_config(
         profile = nitro_profile(ports)
     listen_text = args.listen or env.get(ENV_LISTEN)
     listen = Endpoint.parse(listen_text) if listen_text else profile.listen
+    if args.enclave and args.enclave_cid:
+        raise ConfigError("give --enclave or --enclave-cid, not both")
     if args.enclave:
         enclave_texts: Sequence[str] = args.enclave
+    elif args.enclave_cid:
+        enclave_texts = [f"vsock:{cid}:{ports.enclave}" for cid in args.enclave_cid]
     elif env.get(ENV_ENCLAVE, "").strip():
         enclave_texts = [t for t in env[ENV_ENCLAVE].split(",") if t.strip()]
     else:
         enclave_texts = []
-    upstreams = tuple(Endpoint.parse(t) for t in enclave_texts) or (profile.enclave,)
+    upstreams = tuple(Endpoint.parse(t) for t in enclave_texts)
+    if not upstreams:
+        if profile.enclave is None:
+            raise ConfigError(
+                "which enclave? give --enclave-cid CID (as passed to nitro-cli run-enclave "
+                f"--enclave-cid), --enclave vsock:CID:PORT or ${ENV_ENCLAVE}"
+            )
+        upstreams = (profile.enclave,)
     services = (
         Endpoint.parse(args.services_listen) if args.services_listen else profile.services_listen
     )
@@ -236,8 +254,14 @@ def build_config(
         *((("--mock-kms-listen", profile.local_kms),) if profile.local_kms else ()),
     ):
         profile.check_endpoint(flag, ep)
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", args.region):
-        raise ConfigError(f"--region {args.region!r} is not an AWS region name")
+    region = (
+        args.region
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or profile.default_region()
+    )
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+        raise ConfigError(f"region {region!r} is not an AWS region name")
     return HostConfig(
         relay=RelayConfig(
             listen=listen,
@@ -256,7 +280,7 @@ def build_config(
         store=args.store or profile.store,
         verbosity=args.verbose,
         home=home,
-        region=args.region,
+        region=region,
     )
 
 

@@ -21,10 +21,14 @@ from ephemeralml.runtime._transport import Endpoint
 from ._egress import kms_target
 from ._store import instance_credentials
 
-__all__ = ["FIRST_ENCLAVE_CID", "PRODUCTION_STORE", "HostProfile", "KmsAccess", "nitro_profile"]
+__all__ = [
+    "PRODUCTION_STORE",
+    "HostProfile",
+    "KmsAccess",
+    "instance_region",
+    "nitro_profile",
+]
 
-#: The first CID nitro-cli hands out when none is asked for.
-FIRST_ENCLAVE_CID = 16
 #: Production store of encrypted bundles when --store is not given.
 PRODUCTION_STORE = "/var/lib/ephemeralml/store"
 
@@ -67,7 +71,9 @@ class HostProfile:
     #: "nitro" or "mock".
     name: str
     listen: Endpoint
-    enclave: Endpoint
+    #: The enclave to relay to when none is given; None: it must be given (Nitro: the
+    #: CID passed to ``nitro-cli run-enclave --enclave-cid``, never a guess).
+    enclave: Endpoint | None
     services_listen: Endpoint
     kms_listen: Endpoint
     store: str
@@ -78,6 +84,8 @@ class HostProfile:
     local_kms: Endpoint | None = None
     #: What the start line says about the mode, if anything.
     note: str | None = None
+    #: The AWS region when neither --region nor the environment names one.
+    default_region: Callable[[], str] = lambda: "us-east-1"
 
     def check_endpoint(self, flag: str, endpoint: Endpoint) -> None:
         if endpoint.kind not in self.kinds:
@@ -96,10 +104,27 @@ def nitro_profile(ports: Ports) -> HostProfile:
     return HostProfile(
         name="nitro",
         listen=Endpoint.parse(f"tcp:0.0.0.0:{ports.client}"),
-        enclave=Endpoint.parse(f"vsock:{FIRST_ENCLAVE_CID}:{ports.enclave}"),
+        enclave=None,
         services_listen=Endpoint.parse(f"vsock:any:{ports.services}"),
         kms_listen=Endpoint.parse(f"vsock:any:{ports.kms}"),
         store=PRODUCTION_STORE,
         start_kms=_aws_kms,
         kinds=frozenset({"vsock", "tcp"}),
+        default_region=instance_region,
     )
+
+
+def instance_region() -> str:
+    """The instance's region from IMDSv2, as botocore finds it on EC2 (a session token
+    first, then the availability zone; endpoint, timeout and attempts from botocore's
+    configuration, e.g. ``AWS_EC2_METADATA_SERVICE_ENDPOINT``). A one-line
+    ConfigError off EC2 or when IMDS does not answer in time."""
+    import botocore.session
+    from botocore.utils import IMDSRegionProvider
+
+    region = IMDSRegionProvider(botocore.session.get_session()).provide()
+    if not region:
+        raise ConfigError(
+            "no AWS region: give --region, set AWS_REGION, or run on EC2 with IMDSv2 reachable"
+        )
+    return str(region)

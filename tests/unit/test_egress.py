@@ -185,7 +185,7 @@ def test_the_nitro_host_gives_the_enclave_only_its_regions_kms(tmp_path: Path) -
     from ephemeralml.host import _cli
 
     args = _cli._parser().parse_args(
-        ["--listen", "127.0.0.1:0", "--enclave", "vsock:16:5005", "--services-listen", "127.0.0.1:0",
+        ["--listen", "127.0.0.1:0", "--enclave-cid", "16", "--services-listen", "127.0.0.1:0",
          "--kms-listen", "127.0.0.1:0", "--region", "eu-west-1", "--store", str(tmp_path)]
     )  # fmt: skip
     config = _cli.build_config(args, {})
@@ -206,3 +206,91 @@ def test_the_nitro_host_gives_the_enclave_only_its_regions_kms(tmp_path: Path) -
     assert ready["kms_upstream"] == "kms.eu-west-1.amazonaws.com:443"
     assert lines[-1] == f"egress proxy {ready['kms']} -> CONNECT to kms.eu-west-1.amazonaws.com:443 only"
     assert refused == _refusal(403, "s3.eu-west-1.amazonaws.com:443 is not on the allowlist")
+
+
+class _Imds:
+    """IMDSv2 on loopback: a session token by PUT, then metadata only with that token."""
+
+    TOKEN = "AQAEAtoken"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        imds = self
+        self.seen: list[tuple[str, str, bool]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self) -> None:
+                ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                imds.seen.append(("PUT", self.path, ttl is not None))
+                self._reply(200 if self.path == "/latest/api/token" and ttl else 400, imds.TOKEN.encode())
+
+            def do_GET(self) -> None:
+                ok = self.headers.get("X-aws-ec2-metadata-token") == imds.TOKEN
+                imds.seen.append(("GET", self.path, ok))
+                if not ok:
+                    self._reply(401, b"")
+                elif self.path == "/latest/meta-data/placement/availability-zone/":
+                    self._reply(200, b"eu-central-1b")
+                else:
+                    self._reply(404, b"")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_on_ec2_the_region_comes_from_imdsv2(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ephemeralml.host import _cli
+
+    imds = _Imds()
+    try:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        config = _cli.build_config(_cli._parser().parse_args(["--enclave-cid", "16"]), {})
+    finally:
+        imds.close()
+    assert config.region == "eu-central-1"
+    # IMDSv2: a token first, and the metadata read with it.
+    assert imds.seen == [
+        ("PUT", "/latest/api/token", True),
+        ("GET", "/latest/meta-data/placement/availability-zone/", True),
+    ]
+
+
+def test_off_ec2_without_a_region_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from ephemeralml.host import _cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: connection refused
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{closed}/")
+        monkeypatch.setenv("AWS_METADATA_SERVICE_TIMEOUT", "1")
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(ConfigError) as info:
+            _cli.build_config(_cli._parser().parse_args(["--enclave-cid", "16"]), {})
+    assert str(info.value) == (
+        "no AWS region: give --region, set AWS_REGION, or run on EC2 with IMDSv2 reachable"
+    )

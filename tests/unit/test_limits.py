@@ -572,7 +572,7 @@ def test_host_cli_flags_reach_the_relay_config() -> None:
     assert (relay.max_pending, relay.max_per_source, relay.max_pending_per_source) == (7, 9, 3)
     assert (relay.handshake_timeout_s, relay.frame_timeout_s, relay.framed) == (2.5, 4.0, True)
     with pytest.raises(ConfigError, match=r"^frame timeout must be a positive, finite number of seconds, got 0\.0$"):
-        _cli.build_config(_cli._parser().parse_args(["--frame-timeout", "0"]), {})
+        _cli.build_config(_cli._parser().parse_args(["--frame-timeout", "0", "--enclave-cid", "16"]), {"AWS_REGION": "eu-west-1"})
 
 
 # -- the client -------------------------------------------------------------------

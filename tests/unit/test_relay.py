@@ -548,12 +548,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--listen", "nonsense"], "bad endpoint 'nonsense': expected HOST:PORT"),
         (["--enclave", "vsock:x:1"], "bad endpoint 'vsock:x:1': cid 'x'"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["--max-connections", "0"], "max connections must be an integer of at least 1, got 0"),
+        (["--enclave-cid", "16", "--region", "eu-west-1", "--max-connections", "0"], "max connections must be an integer of at least 1, got 0"),
         (["--max-connections", "many"], "invalid int value: 'many'"),
-        (["--idle-timeout", "-1"], "idle timeout must be a positive, finite number of seconds, got -1.0"),
+        (["--enclave-cid", "16", "--region", "eu-west-1", "--idle-timeout", "-1"], "idle timeout must be a positive, finite number of seconds, got -1.0"),
+        ([], "which enclave? give --enclave-cid CID (as passed to nitro-cli run-enclave --enclave-cid), --enclave vsock:CID:PORT or $EPHEMERAL_ENCLAVE"),
+        (["--enclave-cid", "16", "--enclave", "vsock:16:5005"], "give --enclave or --enclave-cid, not both"),
+        (["--enclave-cid", "16", "--region", "moon-1"], "region 'moon-1' is not an AWS region name"),
         (["--mock", "--enclave", "vsock:16:5005"], "--enclave vsock:16:5005: the mock profile uses tcp"),
         (["--mock", "--kms-listen", "vsock:any:7"], "--kms-listen vsock:any:7: the mock profile uses tcp"),
-        (["--mock-kms-listen", "127.0.0.1:0"], "--mock-kms-listen: the nitro profile has no local KMS"),
+        (["--enclave-cid", "16", "--mock-kms-listen", "127.0.0.1:0"], "--mock-kms-listen: the nitro profile has no local KMS"),
         (["--base-port", "65530"], "the base port must be from 1 to 65526, not 65530"),
     ],
 )
@@ -585,11 +588,18 @@ def test_cli_defaults_come_from_mode_then_environment() -> None:
     def config(argv: list[str], env: dict[str, str]) -> _cli.HostConfig:
         return _cli.build_config(_cli._parser().parse_args(argv), env, host_profile)
 
-    prod = config([], {}).relay
-    assert (str(prod.listen), [str(u) for u in prod.upstreams]) == (
+    aws = {"AWS_REGION": "eu-west-1"}
+    prod = config(["--enclave-cid", "16"], aws)
+    assert (str(prod.relay.listen), [str(u) for u in prod.relay.upstreams], prod.region) == (
         "tcp:0.0.0.0:5000",
         ["vsock:16:5005"],
+        "eu-west-1",
     )
+    # Several enclaves: their CIDs, round robin; the region by flag over environment.
+    two = config(["--enclave-cid", "16", "--enclave-cid", "17", "--region", "ap-south-1"], aws)
+    assert ([str(u) for u in two.relay.upstreams], two.region) == (
+        ["vsock:16:5005", "vsock:17:5005"], "ap-south-1"
+    )  # fmt: skip
     mock = config(["--mock"], {})
     assert mock.profile.name == "mock"
     assert (str(mock.relay.listen), [str(u) for u in mock.relay.upstreams]) == (
@@ -602,18 +612,18 @@ def test_cli_defaults_come_from_mode_then_environment() -> None:
         assert [str(e) for e in (moved.relay.listen, *moved.relay.upstreams, moved.services_listen, moved.kms_listen, moved.profile.local_kms)] == [
             "tcp:127.0.0.1:6100", "tcp:127.0.0.1:6105", "tcp:127.0.0.1:6106", "tcp:127.0.0.1:6107", "tcp:127.0.0.1:6109"
         ]  # fmt: skip
-    nitro = config(["--base-port", "7000"], {})
+    nitro = config(["--base-port", "7000", "--enclave-cid", "16"], aws)
     assert [str(e) for e in (nitro.relay.listen, *nitro.relay.upstreams, nitro.services_listen, nitro.kms_listen)] == [
         "tcp:0.0.0.0:7000", "vsock:16:7005", "vsock:any:7006", "vsock:any:7007"
     ]  # fmt: skip
     with pytest.raises(ConfigError) as info:
-        config([], {"EPHEMERALML_BASE_PORT": "50o0"})
+        config(["--enclave-cid", "16"], {"EPHEMERALML_BASE_PORT": "50o0", **aws})
     assert str(info.value) == "EPHEMERALML_BASE_PORT='50o0' is not a port number"
     # The program itself, without the edge, has no mock mode.
     with pytest.raises(ConfigError) as info:
         _cli.build_config(_cli._parser().parse_args(["--mock"]), {})
     assert str(info.value) == "this installation has no mock mode (start it as ephemeral-host --mock)"
-    env = {_cli.ENV_LISTEN: "127.0.0.1:7000", _cli.ENV_ENCLAVE: "vsock:16:5005, vsock:17:5005"}
+    env = {_cli.ENV_LISTEN: "127.0.0.1:7000", _cli.ENV_ENCLAVE: "vsock:16:5005, vsock:17:5005", **aws}
     from_env = config([], env).relay
     assert str(from_env.listen) == "tcp:127.0.0.1:7000"
     assert [str(u) for u in from_env.upstreams] == ["vsock:16:5005", "vsock:17:5005"]
