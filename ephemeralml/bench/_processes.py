@@ -281,11 +281,12 @@ def program_env(home: Path) -> dict[str, str]:
 
 def host_argv(enclave_ports: Sequence[int], *extra: str, listen_port: int = 0) -> list[str]:
     """``ephemeral-host --mock`` relaying to the enclaves on ``enclave_ports``, with its
-    services, KMS forwarder and local KMS on kernel-chosen loopback ports."""
+    services, KMS forwarder, local KMS and health endpoint on kernel-chosen loopback
+    ports."""
     argv = [
         *program_command(HOST), "--mock", "--listen", f"127.0.0.1:{listen_port}",
         "--services-listen", "127.0.0.1:0", "--kms-listen", "127.0.0.1:0",
-        "--mock-kms-listen", "127.0.0.1:0",
+        "--mock-kms-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
     ]  # fmt: skip
     for p in enclave_ports:
         argv += ["--enclave", f"tcp:127.0.0.1:{p}"]

@@ -4,7 +4,7 @@ Thin by design (STYLE.md §15): parse flags, build a frozen config, run the rela
 error policy, exit codes, ``-v`` and logging are the shared runner's
 (:mod:`ephemeralml.runtime._runner`). Once it serves, it prints one readiness line:
 ``ephemeral-host: ready {"relay": EP, "enclaves": [EP...], "services": EP, "kms": EP,
-"kms_upstream": EP, "profile": NAME}``.
+"kms_upstream": EP, "health": EP, "profile": NAME}``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._egress import EgressConfig, EgressProxy
+from ._health import HealthServer
 from ._profile import (
     PRODUCTION_STORE,
     HostProfile,
@@ -72,6 +73,7 @@ class HostConfig:
     profile: HostProfile
     services_listen: Endpoint
     kms_listen: Endpoint
+    health_listen: Endpoint
     store: str
     verbosity: int = 0
     home: Path = Path(".")
@@ -170,6 +172,12 @@ def _parser() -> Parser:
         help="the enclave's KMS forwarder (default vsock:any:BASE+7, or tcp:127.0.0.1:BASE+7 with --mock)",
     )
     p.add_argument(
+        "--health-listen",
+        metavar="EP",
+        help="/healthz, /readyz (the enclave answers a hello) and /metrics "
+        "(default tcp:0.0.0.0:BASE+8, or tcp:127.0.0.1:BASE+8 with --mock)",
+    )
+    p.add_argument(
         "--enclave-cid",
         metavar="CID",
         type=int,
@@ -240,6 +248,9 @@ def build_config(
         Endpoint.parse(args.services_listen) if args.services_listen else profile.services_listen
     )
     kms = Endpoint.parse(args.kms_listen) if args.kms_listen else profile.kms_listen
+    health = (
+        Endpoint.parse(args.health_listen) if args.health_listen else profile.health_listen
+    )
     if args.mock_kms_listen:
         if profile.local_kms is None:
             raise ConfigError(f"--mock-kms-listen: the {profile.name} profile has no local KMS")
@@ -251,6 +262,7 @@ def build_config(
         *(("--enclave", u) for u in upstreams),
         ("--services-listen", services),
         ("--kms-listen", kms),
+        ("--health-listen", health),
         *((("--mock-kms-listen", profile.local_kms),) if profile.local_kms else ()),
     ):
         profile.check_endpoint(flag, ep)
@@ -277,6 +289,7 @@ def build_config(
         profile=profile,
         services_listen=services,
         kms_listen=kms,
+        health_listen=health,
         store=args.store or profile.store,
         verbosity=args.verbose,
         home=home,
@@ -310,14 +323,21 @@ async def _run(config: HostConfig) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            services, ready = await _start_services(config, stack)
+            services, ready, egress = await _start_services(config, stack)
             relay = Relay(config.relay)
             await relay.start()
+            health = HealthServer(
+                config.health_listen, config.relay.upstreams,
+                relay=lambda: relay, egress=lambda: egress,
+            )  # fmt: skip
+            await health.start()
+            stack.push_async_callback(health.close)
             stack.push_async_callback(relay.close)
             for line in services:
                 print(f"{PROG}: {line}", file=sys.stderr, flush=True)
             print(f"{PROG}: {_describe(config, relay.bound)}", file=sys.stderr, flush=True)
             ready["relay"] = str(relay.bound)
+            ready["health"] = str(health.bound)
             ready["enclaves"] = [str(u) for u in config.relay.upstreams]
             print(ready_line(PROG, **ready), file=sys.stderr, flush=True)
             await stop.wait()
@@ -337,7 +357,7 @@ async def _run(config: HostConfig) -> int:
 
 async def _start_services(
     config: HostConfig, stack: contextlib.AsyncExitStack
-) -> tuple[list[str], dict[str, object]]:
+) -> tuple[list[str], dict[str, object], EgressProxy | None]:
     """The enclave's model store, credentials and KMS forwarder, and whatever the
     profile puts behind the forwarder (AWS KMS; in mock mode a local KMS server with
     the provisioning a model owner would do)."""
@@ -350,6 +370,7 @@ async def _start_services(
     await service.start()
     stack.push_async_callback(service.close)
     lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")
+    egress: EgressProxy | None = None
     if access.allow:
         # Nitro: the enclave's only way out, a CONNECT proxy to the allowed targets.
         egress = EgressProxy(EgressConfig(config.kms_listen, frozenset(access.allow)))
@@ -373,7 +394,7 @@ async def _start_services(
         "kms": str(bound),
         "kms_upstream": where,
     }
-    return lines, ready
+    return lines, ready, egress
 
 
 def _describe(config: HostConfig, bound: Endpoint) -> str:

@@ -76,6 +76,8 @@ class HostProfile:
     enclave: Endpoint | None
     services_listen: Endpoint
     kms_listen: Endpoint
+    #: /healthz, /readyz and /metrics (TCP: for the load balancer and Prometheus).
+    health_listen: Endpoint
     store: str
     start_kms: KmsStarter
     #: Endpoint kinds this profile may listen and dial on.
@@ -107,6 +109,7 @@ def nitro_profile(ports: Ports) -> HostProfile:
         enclave=None,
         services_listen=Endpoint.parse(f"vsock:any:{ports.services}"),
         kms_listen=Endpoint.parse(f"vsock:any:{ports.kms}"),
+        health_listen=Endpoint.parse(f"tcp:0.0.0.0:{ports.health}"),
         store=PRODUCTION_STORE,
         start_kms=_aws_kms,
         kinds=frozenset({"vsock", "tcp"}),

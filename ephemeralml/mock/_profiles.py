@@ -132,6 +132,7 @@ def host_profile(home: Path, ports: Ports) -> HostProfile:
         enclave=_loopback(ports.enclave),
         services_listen=_loopback(ports.services),
         kms_listen=_loopback(ports.kms),
+        health_listen=_loopback(ports.health),
         store=str(home / MOCK_STORE),
         start_kms=_local_kms,
         kinds=frozenset({"tcp"}),

@@ -26,7 +26,8 @@ _SPAN = 9
 class Ports:
     """``client`` (the host's relay for clients), ``enclave`` (the enclave's listener),
     ``services`` (the host's model store and credentials), ``kms`` (the host's KMS
-    forwarder) and, in mock mode, ``mock_kms`` (the local KMS server)."""
+    egress), ``health`` (the host's /healthz, /readyz and /metrics) and, in mock mode,
+    ``mock_kms`` (the local KMS server)."""
 
     base: int = DEFAULT_BASE_PORT
 
@@ -65,6 +66,10 @@ class Ports:
     @property
     def kms(self) -> int:
         return self.base + 7
+
+    @property
+    def health(self) -> int:
+        return self.base + 8
 
     @property
     def mock_kms(self) -> int:

@@ -339,3 +339,20 @@ def test_cached_session_mode_end_to_end(stack: Stack, tmp_path: Path) -> None:
     (receipt,) = out.glob("*.receipt.cbor")
     v = stack.cli("verify", str(receipt), "--mock")
     assert v.returncode == 0, v.stderr
+
+
+def test_the_hosts_health_endpoint_sees_the_enclave(stack: Stack) -> None:
+    import urllib.request
+
+    health = str(stack.host.ready["health"]).removeprefix("tcp:")
+    with urllib.request.urlopen(f"http://{health}/readyz", timeout=10) as r:
+        assert (r.status, r.read()) == (200, b"ready\n")
+    with connect(stack.address, policy=_policy(stack)) as s:
+        s.embed(["counted, never read"])
+    with urllib.request.urlopen(f"http://{health}/metrics", timeout=10) as r:
+        metrics = dict(
+            line.rsplit(" ", 1) for line in r.read().decode().splitlines() if not line.startswith("#")
+        )
+    assert float(metrics["ephemeralml_relay_connections_total"]) >= 1
+    assert float(metrics["ephemeralml_relay_bytes_up_total"]) > 0
+    assert float(metrics["ephemeralml_relay_bytes_down_total"]) > 0

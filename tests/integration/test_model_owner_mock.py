@@ -64,7 +64,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         HOST,
         [str(BIN / "ephemeral-host"), "--mock", "--base-port", str(base), "--listen", "127.0.0.1:0",
          "--enclave", f"tcp:127.0.0.1:{enclave_port}", "--services-listen", "127.0.0.1:0",
-         "--kms-listen", "127.0.0.1:0"],
+         "--kms-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"],
         env,
     )  # fmt: skip
     ready = dict(program.ready)

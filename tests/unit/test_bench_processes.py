@@ -182,7 +182,7 @@ def test_host_argv() -> None:
     assert argv[len(program_command(HOST)) :] == [
         "--mock", "--listen", "127.0.0.1:4000",
         "--services-listen", "127.0.0.1:0", "--kms-listen", "127.0.0.1:0",
-        "--mock-kms-listen", "127.0.0.1:0",
+        "--mock-kms-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
         "--enclave", "tcp:127.0.0.1:5005", "--enclave", "tcp:127.0.0.1:5006",
         "--handshake-timeout=2",
     ]  # fmt: skip

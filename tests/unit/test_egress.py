@@ -193,7 +193,7 @@ def test_the_nitro_host_gives_the_enclave_only_its_regions_kms(tmp_path: Path) -
 
     async def main() -> tuple[list[str], dict[str, object], bytes]:
         async with contextlib.AsyncExitStack() as stack:
-            lines, ready = await _cli._start_services(config, stack)
+            lines, ready, _egress_proxy = await _cli._start_services(config, stack)
             host, port = str(ready["kms"]).removeprefix("tcp:").rsplit(":", 1)
             r, w = await asyncio.open_connection(host, int(port))
             w.write(b"CONNECT s3.eu-west-1.amazonaws.com:443 HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -660,6 +660,8 @@ def test_cli_as_a_process_relays_then_stops_cleanly_on_signal(
                 "127.0.0.1:0",
                 "--mock-kms-listen",
                 "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

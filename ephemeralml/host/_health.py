@@ -1,0 +1,201 @@
+"""The host's health and metrics endpoint: ``/healthz``, ``/readyz``, ``/metrics``.
+
+For a load balancer and an operator, never for payloads:
+
+* ``GET /healthz``: 200 ``ok`` while the host's event loop answers (the process is
+  alive and not wedged);
+* ``GET /readyz``: 200 ``ready`` if every enclave answers a cached-mode hello with an
+  ``attest`` frame within :data:`READY_TIMEOUT_S`, else 503 naming the first that did
+  not. A cached-mode hello costs the enclave no NSM call (protocol.md §2.2.1); the
+  answer is not verified here (the host is not a verifier), only recognised;
+* ``GET /metrics``: Prometheus text (prometheus_client): the relay's counters
+  (connections taken, active, pending, refused, evicted, cut by a deadline, upstream
+  failures, bytes each way) and the egress proxy's (tunnels, refusals). Counts and
+  bytes only: nothing the host relays is read.
+
+HTTP/1.1 is parsed by h11; a request head must arrive within :data:`HEAD_TIMEOUT_S`
+and fit in :data:`MAX_HEAD_BYTES`. One request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+
+import h11
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ephemeralml.common._errors import DecodeError, LimitError, RemoteProtocolError, TransportError
+from ephemeralml.common._frame import FrameDecoder, encode_frame
+from ephemeralml.common._messages import (
+    NONCE_BYTES,
+    PROTOCOL_VERSION,
+    ClientHello,
+    ServerAttest,
+    decode_message,
+)
+from ephemeralml.runtime._relay import Relay
+from ephemeralml.runtime._transport import (
+    Endpoint,
+    open_connection,
+    server_endpoint,
+    start_server,
+)
+
+from ._egress import EgressProxy
+
+__all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "READY_TIMEOUT_S", "HealthServer", "probe_enclave"]
+
+log = logging.getLogger("ephemeralml.host.health")
+
+MAX_HEAD_BYTES = 8 * 1024
+HEAD_TIMEOUT_S = 5.0
+#: How long an enclave has to answer the readiness hello.
+READY_TIMEOUT_S = 3.0
+#: The most an attest frame may be before it is recognised (a document is ~5 KiB).
+_MAX_ATTEST_FRAME = 64 * 1024
+
+
+async def probe_enclave(enclave: Endpoint, *, timeout_s: float = READY_TIMEOUT_S) -> str | None:
+    """None if ``enclave`` answers a cached-mode hello with an attest frame in time,
+    else why not (one line)."""
+    hello = ClientHello(PROTOCOL_VERSION, secrets.token_bytes(NONCE_BYTES), "cached")
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await open_connection(enclave, timeout=timeout_s)
+            try:
+                writer.write(encode_frame(hello.to_cbor()))
+                await writer.drain()
+                dec = FrameDecoder(max_bytes=_MAX_ATTEST_FRAME)
+                while (frame := dec.next_frame()) is None:
+                    data = await reader.read(65536)
+                    if not data:
+                        return f"{enclave} closed the connection without an answer"
+                    dec.receive_data(data)
+            finally:
+                writer.close()
+    except TimeoutError:
+        return f"{enclave} did not answer within {timeout_s:g} s"
+    except (TransportError, LimitError) as e:
+        return e.message
+    try:
+        message = decode_message(frame)
+    except (DecodeError, RemoteProtocolError) as e:
+        return f"{enclave} answered something else: {e.message}"
+    if not isinstance(message, ServerAttest):
+        return f"{enclave} answered {type(message).__name__}, not attest"
+    return None
+
+
+class _Collector(Collector):
+    def __init__(self, relay: Callable[[], Relay | None], egress: Callable[[], EgressProxy | None]):
+        self._relay = relay
+        self._egress = egress
+
+    def collect(self) -> list[Metric]:
+        out: list[Metric] = []
+        relay = self._relay()
+        if relay is not None:
+            s = relay.stats
+            for name, value, doc in (
+                ("connections", s.total, "client connections taken on"),
+                ("refused", s.refused, "connections refused at once (limits L4)"),
+                ("evicted", s.evicted, "handshakes evicted from a full pending pool (L3)"),
+                ("deadline_cuts", s.deadline_cuts, "connections cut by a deadline (L1, L2)"),
+                ("upstream_failures", s.upstream_failures, "connections the enclave did not take"),
+                ("bytes_up", s.bytes_up, "bytes relayed client to enclave"),
+                ("bytes_down", s.bytes_down, "bytes relayed enclave to client"),
+            ):
+                out.append(CounterMetricFamily(f"ephemeralml_relay_{name}", doc, value=value))
+            for name, value, doc in (
+                ("active", s.active, "open connections"),
+                ("pending", s.pending, "connections in their handshake"),
+            ):
+                out.append(GaugeMetricFamily(f"ephemeralml_relay_{name}", doc, value=value))
+        egress = self._egress()
+        if egress is not None:
+            out.append(CounterMetricFamily(
+                "ephemeralml_egress_tunnels", "CONNECT tunnels opened", value=egress.tunnels
+            ))  # fmt: skip
+            out.append(CounterMetricFamily(
+                "ephemeralml_egress_refused", "CONNECT requests refused", value=egress.refused
+            ))  # fmt: skip
+        return out
+
+
+class HealthServer:
+    """Serves the three paths on ``listen`` (TCP on the parent instance)."""
+
+    def __init__(
+        self,
+        listen: Endpoint,
+        enclaves: Sequence[Endpoint],
+        *,
+        relay: Callable[[], Relay | None] = lambda: None,
+        egress: Callable[[], EgressProxy | None] = lambda: None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
+        self.listen = listen
+        self.enclaves = tuple(enclaves)
+        self.ready_timeout_s = ready_timeout_s
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(relay, egress))
+        self._server: asyncio.AbstractServer | None = None
+        self.bound: Endpoint | None = None
+
+    async def start(self) -> None:
+        self._server = await start_server(self.listen, self._serve)
+        self.bound = server_endpoint(self._server, self.listen)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _answer(self, path: str) -> tuple[int, bytes, bytes]:
+        if path == "/healthz":
+            return 200, b"text/plain; charset=utf-8", b"ok\n"
+        if path == "/readyz":
+            for enclave in self.enclaves:
+                why = await probe_enclave(enclave, timeout_s=self.ready_timeout_s)
+                if why is not None:
+                    return 503, b"text/plain; charset=utf-8", f"not ready: {why}\n".encode()
+            return 200, b"text/plain; charset=utf-8", b"ready\n"
+        if path == "/metrics":
+            return 200, b"text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        return 404, b"text/plain; charset=utf-8", b"not found\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        try:
+            async with asyncio.timeout(HEAD_TIMEOUT_S):
+                while (event := conn.next_event()) is h11.NEED_DATA:
+                    data = await reader.read(MAX_HEAD_BYTES)
+                    conn.receive_data(data)
+                    if not data:
+                        return
+            if not isinstance(event, h11.Request):
+                return
+            if event.method != b"GET":
+                status, ctype, body = 405, b"text/plain; charset=utf-8", b"GET only\n"
+            else:
+                status, ctype, body = await self._answer(event.target.decode("ascii", "replace"))
+            headers = [
+                (b"content-type", ctype),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+            writer.write(conn.send(h11.Data(data=body)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+        except (TimeoutError, h11.ProtocolError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
