@@ -35,6 +35,7 @@ from ephemeralml.common._session import EnclaveIdentity
 from ephemeralml.common._store import AwsCredentials
 from ephemeralml.enclave._services import fetch_credentials
 from ephemeralml.runtime._home import default_home
+from ephemeralml.runtime._logstream import LogStream
 from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import Relay, RelayConfig
 from ephemeralml.runtime._runner import Parser, ready_line, run_main
@@ -96,6 +97,8 @@ class EnclaveConfig:
     kms_endpoint_url: str | None = None
     #: CA certificates boto3 trusts for KMS (default: botocore's bundle).
     kms_ca_bundle: str | None = None
+    #: Where stderr and the exit status are streamed (None: nowhere else).
+    logs: Endpoint | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
     device: str = "cpu"
     threads: int | None = None
@@ -168,6 +171,12 @@ def _parser() -> Parser:
     p.add_argument(
         "--kms-endpoint",
         help="KMS URL for boto3 (default: https://kms.REGION.amazonaws.com through the host's egress proxy; with --mock the local forwarder)",
+    )
+    p.add_argument(
+        "--log-to",
+        metavar="EP",
+        help="stream stderr and the exit status to the host's collector here, or 'none' "
+        "(default vsock:3:BASE+4 on Nitro, where there is no console; none with --mock)",
     )
     p.add_argument(
         "--kms-ca-bundle",
@@ -280,6 +289,10 @@ def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> Encla
         nsm_lib=args.nsm_lib,
         kms_endpoint_url=args.kms_endpoint,
         kms_ca_bundle=args.kms_ca_bundle,
+        logs=(
+            None if args.log_to == "none"
+            else Endpoint.parse(args.log_to) if args.log_to else profile.logs
+        ),
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
         device=args.device,
         threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
@@ -448,10 +461,18 @@ def main(argv: Sequence[str] | None = None, *, mock_profile: MockProfile | None 
     :mod:`ephemeralml._edge`; absent, as under ``python -m ephemeralml.enclave``, the
     program has no mock mode)."""
 
-    def body(args: argparse.Namespace) -> int:
-        return asyncio.run(_run(_config(args, mock_profile)))
+    streams: list[LogStream] = []
 
-    return run_main(PROG, _parser(), argv, body)
+    def body(args: argparse.Namespace) -> int:
+        config = _config(args, mock_profile)
+        if config.logs is not None:
+            streams.append(LogStream(config.logs).install())
+        return asyncio.run(_run(config))
+
+    code = run_main(PROG, _parser(), argv, body)
+    for stream in streams:
+        stream.close(code)  # what is left, then the exit status (bounded)
+    return code
 
 
 if __name__ == "__main__":

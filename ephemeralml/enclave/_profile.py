@@ -52,6 +52,9 @@ class EnclaveProfile:
     banner: str
     #: Endpoint kinds this profile may listen and dial on.
     kinds: frozenset[str]
+    #: Where the enclave streams its stderr and exit status (Nitro: it has no console);
+    #: None: nowhere beyond its own stderr.
+    logs: Endpoint | None = None
 
     def check_endpoint(self, flag: str, endpoint: Endpoint) -> None:
         from ephemeralml.common._errors import ConfigError
@@ -85,4 +88,5 @@ def nitro_profile(ports: Ports, nsm_lib: str) -> EnclaveProfile:
         on_serving=lambda nsm: None,
         banner="Nitro mode",
         kinds=frozenset({"vsock", "tcp"}),
+        logs=Endpoint.parse(f"vsock:{PARENT_CID}:{ports.logs}"),
     )

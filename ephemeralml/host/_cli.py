@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._home import default_home
+from ephemeralml.runtime._logstream import LogCollector
 from ephemeralml.runtime._ports import DEFAULT_BASE_PORT, ENV_BASE_PORT, Ports
 from ephemeralml.runtime._relay import (
     FRAME_TIMEOUT_S,
@@ -75,6 +76,8 @@ class HostConfig:
     kms_listen: Endpoint
     health_listen: Endpoint
     store: str
+    #: The enclave's log stream, written to our stderr (None: not collected).
+    logs_listen: Endpoint | None = None
     verbosity: int = 0
     home: Path = Path(".")
     region: str = "us-east-1"
@@ -176,6 +179,12 @@ def _parser() -> Parser:
         metavar="EP",
         help="/healthz, /readyz (the enclave answers a hello) and /metrics "
         "(default tcp:0.0.0.0:BASE+8, or tcp:127.0.0.1:BASE+8 with --mock)",
+    )
+    p.add_argument(
+        "--logs-listen",
+        metavar="EP",
+        help="collect the enclave's log lines and exit status here and write them to "
+        "stderr (default vsock:any:BASE+4; with --mock only if given)",
     )
     p.add_argument(
         "--enclave-cid",
@@ -290,6 +299,7 @@ def build_config(
         services_listen=services,
         kms_listen=kms,
         health_listen=health,
+        logs_listen=Endpoint.parse(args.logs_listen) if args.logs_listen else profile.logs_listen,
         store=args.store or profile.store,
         verbosity=args.verbose,
         home=home,
@@ -332,6 +342,11 @@ async def _run(config: HostConfig) -> int:
             )  # fmt: skip
             await health.start()
             stack.push_async_callback(health.close)
+            if config.logs_listen is not None:
+                collector = LogCollector(config.logs_listen, "enclave")
+                await collector.start()
+                stack.push_async_callback(collector.close)
+                ready["logs"] = str(collector.bound)
             stack.push_async_callback(relay.close)
             for line in services:
                 print(f"{PROG}: {line}", file=sys.stderr, flush=True)

@@ -84,6 +84,8 @@ class HostProfile:
     kinds: frozenset[str]
     #: A local KMS server (mock only; --mock-kms-listen moves it).
     local_kms: Endpoint | None = None
+    #: Where the enclave's log stream is collected (Nitro); None: not collected.
+    logs_listen: Endpoint | None = None
     #: What the start line says about the mode, if anything.
     note: str | None = None
     #: The AWS region when neither --region nor the environment names one.
@@ -114,6 +116,7 @@ def nitro_profile(ports: Ports) -> HostProfile:
         start_kms=_aws_kms,
         kinds=frozenset({"vsock", "tcp"}),
         default_region=instance_region,
+        logs_listen=Endpoint.parse(f"vsock:any:{ports.logs}"),
     )
 
 

@@ -56,6 +56,11 @@ class Ports:
         return self.base
 
     @property
+    def logs(self) -> int:
+        """The host's collector of the enclave's log lines and exit status."""
+        return self.base + 4
+
+    @property
     def enclave(self) -> int:
         return self.base + 5
 

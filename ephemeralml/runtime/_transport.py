@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ephemeralml.common._errors import ConfigError, TransportError
 
@@ -228,6 +228,27 @@ async def open_connection(
         raise TransportError(f"cannot reach {peer} at {ep}: {_reason(e)}") from e
     set_nodelay(writer)
     return reader, writer
+
+
+def connect_blocking(ep: Endpoint, *, timeout: float) -> socket.socket:
+    """A blocking socket connected to ``ep`` (for threads, e.g. the log stream);
+    ``OSError`` if it cannot be reached in ``timeout`` seconds."""
+    if ep.kind == "tcp":
+        assert ep.host is not None
+        return socket.create_connection((ep.host, ep.port), timeout=timeout)
+    if ep.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address: Any = ep.path
+    else:
+        sock = _vsock_socket()
+        address = (ep.cid, ep.port)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 async def _open_vsock(
