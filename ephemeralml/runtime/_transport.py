@@ -143,11 +143,11 @@ class Endpoint:
         else:
             host, sep, port_text = text.rpartition(":")
             if not sep:
-                raise _bad(raw, "expected HOST:PORT, tcp:HOST:PORT or vsock:CID:PORT")
+                raise _bad(raw, "expected HOST:PORT, tcp:HOST:PORT, vsock:CID:PORT or unix:PATH")
             if ":" in host:
                 kind = host.partition(":")[0]
                 if kind.isalpha() and not all(c in "0123456789abcdefABCDEF" for c in kind):
-                    raise _bad(raw, f"unknown endpoint kind {kind!r} (tcp or vsock)")
+                    raise _bad(raw, f"unknown endpoint kind {kind!r} (tcp, vsock or unix)")
                 raise _bad(raw, "an IPv6 host goes in brackets: tcp:[::1]:5005")
         if not host:
             raise _bad(raw, "the host is missing (for all interfaces say 0.0.0.0)")

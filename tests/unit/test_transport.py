@@ -75,7 +75,7 @@ def test_parse_accepts_and_round_trips(text: str, expected: Endpoint, canonical:
         ("tcp:[::1:5005", "expected [IPV6]:PORT"),
         ("[::1]5005", "expected [IPV6]:PORT"),
         ("[127.0.0.1]:5", "brackets are only for IPv6"),
-        ("udp:1.2.3.4:5", "unknown endpoint kind 'udp' (tcp or vsock)"),
+        ("udp:1.2.3.4:5", "unknown endpoint kind 'udp' (tcp, vsock or unix)"),
         ("VSOCK:16:5005", "unknown endpoint kind 'VSOCK'"),
         ("fe80::1:5005", "an IPv6 host goes in brackets"),
         ("my host:5", "is not a host name or address"),
