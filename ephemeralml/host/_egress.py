@@ -29,12 +29,7 @@ import h11
 
 from ephemeralml.common._config import positive_seconds
 from ephemeralml.common._errors import ConfigError, TransportError
-from ephemeralml.runtime._transport import (
-    Endpoint,
-    open_connection,
-    server_endpoint,
-    start_server,
-)
+from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "EgressConfig", "EgressProxy", "kms_target"]
 
@@ -98,21 +93,17 @@ class EgressProxy:
 
     def __init__(self, config: EgressConfig) -> None:
         self.config = config
-        self._server: asyncio.AbstractServer | None = None
+        self._listener = Listener(config.listen, self._accept)
         self.bound: Endpoint | None = None
         self.tunnels = 0
         self.refused = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await start_server(self.config.listen, self._accept)
-        self.bound = server_endpoint(self._server, self.config.listen)
+        self.bound = await self._listener.start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await self._listener.close()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:

@@ -20,7 +20,6 @@ and fit in :data:`MAX_HEAD_BYTES`. One request per connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -40,12 +39,7 @@ from ephemeralml.common._messages import (
     decode_message,
 )
 from ephemeralml.runtime._relay import Relay
-from ephemeralml.runtime._transport import (
-    Endpoint,
-    open_connection,
-    server_endpoint,
-    start_server,
-)
+from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 from ._egress import EgressProxy
 
@@ -145,18 +139,14 @@ class HealthServer:
         self.ready_timeout_s = ready_timeout_s
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(relay, egress))
-        self._server: asyncio.AbstractServer | None = None
+        self._listener = Listener(listen, self._serve)
         self.bound: Endpoint | None = None
 
     async def start(self) -> None:
-        self._server = await start_server(self.listen, self._serve)
-        self.bound = server_endpoint(self._server, self.listen)
+        self.bound = await self._listener.start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await self._listener.close()
 
     async def _answer(self, path: str) -> tuple[int, bytes, bytes]:
         if path == "/healthz":

@@ -31,7 +31,7 @@ from ephemeralml.common._store import (
     encode_store_error,
 )
 from ephemeralml.runtime._strict import parse_s3_url
-from ephemeralml.runtime._transport import Endpoint, server_endpoint, set_nodelay, start_server
+from ephemeralml.runtime._transport import Endpoint, Listener, set_nodelay
 
 __all__ = [
     "LocalStore",
@@ -165,18 +165,14 @@ class StoreService:
         self.store = store
         self.listen = listen
         self.credentials = credentials
-        self._server: asyncio.AbstractServer | None = None
+        self._listener = Listener(listen, self._on_connection)
         self.bound: Endpoint | None = None
 
     async def start(self) -> None:
-        self._server = await start_server(self.listen, self._on_connection)
-        self.bound = server_endpoint(self._server, self.listen)
+        self.bound = await self._listener.start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await self._listener.close()
 
     async def _send_credentials(self, writer: asyncio.StreamWriter) -> None:
         if self.credentials is None:

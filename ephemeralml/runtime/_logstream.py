@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import sys
 import threading
 from typing import Any, TextIO
 
-from ._transport import Endpoint, connect_blocking, server_endpoint, start_server
+from ._transport import Endpoint, Listener, connect_blocking
 
 __all__ = ["MAX_LINE_CHARS", "MAX_QUEUED", "MAX_RECORD_BYTES", "LogCollector", "LogStream"]
 
@@ -151,18 +150,14 @@ class LogCollector:
         self.listen = listen
         self.prefix = prefix
         self.exits: list[int] = []
-        self._server: asyncio.AbstractServer | None = None
+        self._listener = Listener(listen, self._serve, limit=MAX_RECORD_BYTES)
         self.bound: Endpoint | None = None
 
     async def start(self) -> None:
-        self._server = await start_server(self.listen, self._serve, limit=MAX_RECORD_BYTES)
-        self.bound = server_endpoint(self._server, self.listen)
+        self.bound = await self._listener.start()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+        await self._listener.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -13,6 +13,7 @@ malformed endpoint text is :class:`~ephemeralml.common._errors.ConfigError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -328,6 +329,34 @@ def server_endpoint(server: asyncio.Server, requested: Endpoint) -> Endpoint:
         return Endpoint.tcp(requested.host, int(name[1]))
     assert requested.cid is not None
     return Endpoint.vsock(requested.cid, int(name[1]))
+
+
+class Listener:
+    """One listening endpoint for a service: :meth:`start` binds it (``bound`` then has
+    port 0 resolved), :meth:`close` stops accepting (safe to call twice). The
+    services of the programs hold one instead of repeating this."""
+
+    def __init__(
+        self, listen: Endpoint, handler: ConnectionHandler, *, limit: int = STREAM_LIMIT_BYTES
+    ) -> None:
+        self.listen = listen
+        self._handler = handler
+        self._limit = limit
+        self._server: asyncio.AbstractServer | None = None
+        self.bound: Endpoint | None = None
+
+    async def start(self) -> Endpoint:
+        server = await start_server(self.listen, self._handler, limit=self._limit)
+        self._server = server
+        self.bound = server_endpoint(server, self.listen)
+        return self.bound
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
 
 def _reason(e: OSError) -> str:
