@@ -18,13 +18,9 @@ from tests.pair import MockWorld
 from tests.unit.test_client_session import LiveEnclave
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> MockWorld:
-    return MockWorld.create(tmp_path_factory.mktemp("nsm"))
-
-
 @pytest.fixture
 def live(world: MockWorld) -> Iterator[LiveEnclave]:
+    """The real enclave server on loopback (``world`` is the unit tier's mock world)."""
     with LiveEnclave(world) as e:
         yield e
 
