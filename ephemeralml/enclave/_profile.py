@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._ports import Ports
 from ephemeralml.runtime._transport import Endpoint
 
@@ -57,8 +58,6 @@ class EnclaveProfile:
     logs: Endpoint | None = None
 
     def check_endpoint(self, flag: str, endpoint: Endpoint) -> None:
-        from ephemeralml.common._errors import ConfigError
-
         if endpoint.kind not in self.kinds:
             raise ConfigError(
                 f"{flag} {endpoint}: the {self.name} profile uses {' or '.join(sorted(self.kinds))}"

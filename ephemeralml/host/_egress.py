@@ -31,6 +31,8 @@ from ephemeralml.common._config import positive_seconds
 from ephemeralml.common._errors import ConfigError, TransportError
 from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
+from ._http import read_request
+
 __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "EgressConfig", "EgressProxy", "kms_target"]
 
 log = logging.getLogger("ephemeralml.host.egress")
@@ -52,10 +54,15 @@ def kms_target(region: str) -> str:
 
 
 def _check_target(target: str) -> str:
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    """``host:port`` in one spelling (lower-case host), read by the one endpoint parser."""
+    try:
+        ep = Endpoint.parse(target)
+    except ConfigError as e:
+        raise ConfigError(f"egress target {target!r} is not HOST:PORT") from e
+    if ep.kind != "tcp" or ep.host is None or ep.port == 0 or target.startswith("tcp:"):
         raise ConfigError(f"egress target {target!r} is not HOST:PORT")
-    return f"{host.lower()}:{int(port)}"
+    host = ep.host.lower()
+    return f"[{host}]:{ep.port}" if ":" in host else f"{host}:{ep.port}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ class EgressProxy:
                 raise _Refused(408, "no CONNECT request within the deadline") from e
             if target not in self.config.allow:
                 raise _Refused(403, f"{target} is not on the allowlist")
-            dial = self.config.resolve.get(target) or _endpoint_of(target)
+            dial = self.config.resolve.get(target) or Endpoint.parse(target)
             try:
                 up_r, up_w = await open_connection(dial, timeout=DIAL_TIMEOUT_S, peer=target)
             except TransportError as e:
@@ -162,32 +169,20 @@ class EgressProxy:
 
 async def _read_connect(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[str, bytes]:
     """The target of the CONNECT request, and any bytes after its head."""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as e:
-            raise _Refused(400, f"not an HTTP request ({e})") from e
-        if event is h11.NEED_DATA:
-            data = await reader.read(MAX_HEAD_BYTES)
-            if not data:
-                raise _Refused(400, "the connection closed before a request")
-            conn.receive_data(data)
-            continue
-        if isinstance(event, h11.Request):
-            if event.method != b"CONNECT":
-                raise _Refused(405, f"only CONNECT is proxied, not {event.method.decode()}")
-            try:
-                target = _check_target(event.target.decode("ascii"))
-            except (UnicodeDecodeError, ConfigError) as e:
-                raise _Refused(400, "the CONNECT target is not HOST:PORT") from e
-            rest, _closed = conn.trailing_data
-            return target, bytes(rest)
-        raise _Refused(400, f"unexpected {type(event).__name__}")
-
-
-def _endpoint_of(target: str) -> Endpoint:
-    host, _, port = target.rpartition(":")
-    return Endpoint.tcp(host, int(port))
+    try:
+        event = await read_request(conn, reader, chunk=MAX_HEAD_BYTES)
+    except h11.RemoteProtocolError as e:
+        raise _Refused(400, f"not an HTTP request ({e})") from e
+    if event is None:
+        raise _Refused(400, "the connection closed before a request")
+    if event.method != b"CONNECT":
+        raise _Refused(405, f"only CONNECT is proxied, not {event.method.decode()}")
+    try:
+        target = _check_target(event.target.decode("ascii"))
+    except (UnicodeDecodeError, ConfigError) as e:
+        raise _Refused(400, "the CONNECT target is not HOST:PORT") from e
+    rest, _closed = conn.trailing_data
+    return target, bytes(rest)
 
 
 async def _pump_both(

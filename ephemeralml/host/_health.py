@@ -42,6 +42,7 @@ from ephemeralml.runtime._relay import Relay
 from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 from ._egress import EgressProxy
+from ._http import read_request
 
 __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "READY_TIMEOUT_S", "HealthServer", "probe_enclave"]
 
@@ -165,12 +166,8 @@ class HealthServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
             async with asyncio.timeout(HEAD_TIMEOUT_S):
-                while (event := conn.next_event()) is h11.NEED_DATA:
-                    data = await reader.read(MAX_HEAD_BYTES)
-                    conn.receive_data(data)
-                    if not data:
-                        return
-            if not isinstance(event, h11.Request):
+                event = await read_request(conn, reader, chunk=MAX_HEAD_BYTES)
+            if event is None:
                 return
             if event.method != b"GET":
                 status, ctype, body = 405, b"text/plain; charset=utf-8", b"GET only\n"

@@ -79,7 +79,7 @@ def test_not_ready_says_why() -> None:
 
 
 def test_an_answer_that_is_not_attest_is_not_ready() -> None:
-    async def main() -> tuple[Endpoint, str | None, str | None]:
+    async def main() -> tuple[Endpoint, Endpoint, str | None, str | None]:
         async def wrong(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await r.read(1024)
             w.write(encode_frame(ErrorFrame("limit", "busy").to_cbor()))
@@ -94,14 +94,15 @@ def test_an_answer_that_is_not_attest_is_not_ready() -> None:
         try:
             ep = Endpoint.tcp("127.0.0.1", a.sockets[0].getsockname()[1])
             quiet = Endpoint.tcp("127.0.0.1", b.sockets[0].getsockname()[1])
-            return ep, await probe_enclave(ep, timeout_s=2), await probe_enclave(quiet, timeout_s=0.3)
+            wrong_answer = await probe_enclave(ep, timeout_s=2)
+            return ep, quiet, wrong_answer, await probe_enclave(quiet, timeout_s=0.3)
         finally:
             a.close()
             b.close()
 
-    ep, wrong_answer, no_answer = asyncio.run(main())
+    ep, quiet, wrong_answer, no_answer = asyncio.run(main())
     assert wrong_answer == f"{ep} answered ErrorFrame, not attest"
-    assert no_answer is not None and no_answer.endswith(" did not answer within 0.3 s")
+    assert no_answer == f"{quiet} did not answer within 0.3 s"
 
 
 def test_metrics_are_counters_only(live: LiveEnclave) -> None:

@@ -50,7 +50,7 @@ print(" ".join(loaded))
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    loaded = done.stdout.split()[-1:] and done.stdout.splitlines()[-1].split()
+    loaded = done.stdout.splitlines()[-1].split()
     assert "ephemeralml.client._cli" in loaded
     assert not [m for m in loaded if m.startswith(("ephemeralml.enclave", "ephemeralml.host", "ephemeralml.mock"))]
 
