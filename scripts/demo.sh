@@ -37,7 +37,7 @@ wait_for() {  # wait_for LOGFILE PATTERN WHAT PID
     echo "demo: $3 did not start within 60 s:" >&2; cat "$1" >&2; exit 1
 }
 
-echo "==> starting the host in mock mode: blind relay on $HOST_ADDR, model store, KMS forwarder,"
+echo "==> starting the host in mock mode: blind relay on $HOST_ADDR, model store, KMS egress proxy,"
 echo "    and a local KMS server; it packages the model under a KMS key whose policy names the enclave's PCRs"
 "$BIN/ephemeral-host" --mock >"$OUT/host.log" 2>&1 &
 pids+=($!)

@@ -281,7 +281,7 @@ def program_env(home: Path) -> dict[str, str]:
 
 def host_argv(enclave_ports: Sequence[int], *extra: str, listen_port: int = 0) -> list[str]:
     """``ephemeral-host --mock`` relaying to the enclaves on ``enclave_ports``, with its
-    services, KMS forwarder, local KMS and health endpoint on kernel-chosen loopback
+    services, KMS egress proxy, local KMS and health endpoint on kernel-chosen loopback
     ports."""
     argv = [
         *program_command(HOST), "--mock", "--listen", f"127.0.0.1:{listen_port}",
@@ -297,7 +297,7 @@ def enclave_argv(
     listen_port: int, services_port: int, kms_port: int, *extra: str, host_wait_s: float = 60.0
 ) -> list[str]:
     """``ephemeral-enclave --mock`` on ``listen_port`` (0: kernel-chosen), using the
-    host's services and KMS forwarder on the given loopback ports."""
+    host's services and KMS egress proxy on the given loopback ports."""
     return [
         *program_command(ENCLAVE), "--mock", "--listen", f"127.0.0.1:{listen_port}",
         "--host-services", f"tcp:127.0.0.1:{services_port}",

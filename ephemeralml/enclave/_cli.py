@@ -151,7 +151,7 @@ def _parser() -> Parser:
     )
     p.add_argument(
         "--host-kms",
-        help="the host's KMS forwarder (default tcp:127.0.0.1:BASE+7 with --mock, else vsock:3:BASE+7)",
+        help="the host's KMS egress proxy (default tcp:127.0.0.1:BASE+7 with --mock, else vsock:3:BASE+7)",
     )
     p.add_argument(
         "--owner-keys",
@@ -170,7 +170,7 @@ def _parser() -> Parser:
     )
     p.add_argument(
         "--kms-endpoint",
-        help="KMS URL for boto3 (default: https://kms.REGION.amazonaws.com through the host's egress proxy; with --mock the local forwarder)",
+        help="KMS URL for boto3, reached through the host's egress proxy (default: https://kms.REGION.amazonaws.com)",
     )
     p.add_argument(
         "--log-to",
@@ -180,7 +180,8 @@ def _parser() -> Parser:
     )
     p.add_argument(
         "--kms-ca-bundle",
-        help="CA certificates (PEM) boto3 trusts for KMS (default: botocore's bundle)",
+        help="CA certificates (PEM) boto3 trusts for KMS (default: botocore's bundle; "
+        "with --mock, the mock KMS's TLS CA that the host publishes)",
     )
     p.add_argument(
         "--policy-version", type=int, default=1, help="policy version to report in receipts"
@@ -290,8 +291,11 @@ def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> Encla
         kms_endpoint_url=args.kms_endpoint,
         kms_ca_bundle=args.kms_ca_bundle,
         logs=(
-            None if args.log_to == "none"
-            else Endpoint.parse(args.log_to) if args.log_to else profile.logs
+            None
+            if args.log_to == "none"
+            else Endpoint.parse(args.log_to)
+            if args.log_to
+            else profile.logs
         ),
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
         device=args.device,
@@ -339,6 +343,17 @@ def _kms_client(
     )
 
 
+def _ca_bundle(config: EnclaveConfig) -> str | None:
+    """The CA bundle boto3 checks KMS's certificate with (None: botocore's own), checked
+    to be there now rather than as a TLS error on every try."""
+    bundle = config.kms_ca_bundle or config.profile.kms_ca_bundle
+    if bundle is None:
+        return None
+    if not Path(bundle).is_file():
+        raise ConfigError(f"KMS CA bundle {bundle} does not exist")
+    return str(bundle)
+
+
 async def _run(config: EnclaveConfig) -> int:
     deadline = time.monotonic() + config.host_wait_s
 
@@ -355,8 +370,11 @@ async def _run(config: EnclaveConfig) -> int:
     async with contextlib.AsyncExitStack() as stack:
         # boto3 in the enclave speaks to a loopback forwarder that relays to the host's
         # egress proxy (vsock in production): TLS and SigV4 stay end to end.
+        # An opaque stream (CONNECT, then TLS), not frames: no frame deadlines apply.
         forwarder = Relay(
-            RelayConfig(listen=Endpoint.parse("tcp:127.0.0.1:0"), upstreams=(config.kms,))
+            RelayConfig(
+                listen=Endpoint.parse("tcp:127.0.0.1:0"), upstreams=(config.kms,), framed=False
+            )
         )
         await forwarder.start()
         stack.push_async_callback(forwarder.close)
@@ -365,13 +383,12 @@ async def _run(config: EnclaveConfig) -> int:
             lambda: fetch_credentials(config.services, timeout=10),
             deadline,
         )
-        url = config.kms_endpoint_url or config.profile.kms_url(
-            creds.region, forwarder.bound.port
-        )
-        via = config.profile.kms_via_proxy
-        proxy = f"http://127.0.0.1:{forwarder.bound.port}" if via else None
+        # No DNS and no route: boto3 names KMS as usual and reaches it through its
+        # https_proxy, the forwarder, whose CONNECT the host allows for that one name.
+        url = config.kms_endpoint_url or f"https://kms.{creds.region}.amazonaws.com"
+        proxy = f"http://127.0.0.1:{forwarder.bound.port}"
         key_release = KmsKeyRelease(
-            nsm, _kms_client(creds, url, https_proxy=proxy, ca_bundle=config.kms_ca_bundle)
+            nsm, _kms_client(creds, url, https_proxy=proxy, ca_bundle=_ca_bundle(config))
         )
         loaded: dict[str, LoadedModel] = {}
         failed: dict[str, str] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,23 @@ def kms_client_config(https_proxy: str | None = None) -> Any:
         connect_timeout=KMS_CONNECT_TIMEOUT_S,
         read_timeout=KMS_READ_TIMEOUT_S,
     )
+
+
+def _certificate_failure(error: BaseException) -> str | None:
+    """Why the peer's certificate was refused, if that is what ``error`` (botocore's,
+    wrapping urllib3's, wrapping ssl's) comes down to."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return str(e.verify_message or e.reason or e)
+        kwargs = getattr(e, "kwargs", None)
+        nested = (e.__cause__, e.__context__, *e.args, *(kwargs or {}).values())
+        todo.extend(x for x in nested if isinstance(x, BaseException))
+    return None
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,13 @@ class KmsKeyRelease:
                     ) from e
                 last = code or f"HTTP {status}"
             except BotoCoreError as e:  # down (connect), slow (read timeout), cut off
+                bad_certificate = _certificate_failure(e)
+                if bad_certificate is not None:
+                    # Not KMS, or not under the CAs this enclave trusts: asking again
+                    # reaches the same peer. Final at once.
+                    raise KeyReleaseError(
+                        f"KMS's TLS certificate did not verify for {what}: {bad_certificate}"
+                    ) from e
                 last = type(e).__name__
             if tried >= self.attempts:
                 break

@@ -41,12 +41,9 @@ class EnclaveProfile:
     owner_keys: Path
     floors: Path
     make_nsm: NsmFactory
-    #: (AWS region, port of the enclave's loopback KMS forwarder) -> boto3's endpoint URL.
-    kms_url: Callable[[str, int], str]
-    #: True: boto3 reaches that URL through an ``https_proxy`` at the loopback forwarder,
-    #: which relays to the host's egress proxy (Nitro: no DNS, no route; TLS and SigV4
-    #: end in the enclave). False: the URL is the forwarder itself (mock).
-    kms_via_proxy: bool
+    #: The CA certificates boto3 trusts for KMS's TLS; None: botocore's bundle (in the
+    #: image, so measured). The mock trusts its own KMS TLS CA.
+    kms_ca_bundle: Path | None
     #: Called once the enclave serves (the mock publishes its root and measurements).
     on_serving: Callable[[Nsm], None]
     #: The words the start line uses for the mode.
@@ -82,8 +79,7 @@ def nitro_profile(ports: Ports, nsm_lib: str) -> EnclaveProfile:
         owner_keys=Path(NITRO_OWNER_KEYS),
         floors=Path(NITRO_FLOORS),
         make_nsm=make_nsm,
-        kms_url=lambda region, port: f"https://kms.{region}.amazonaws.com",
-        kms_via_proxy=True,
+        kms_ca_bundle=None,
         on_serving=lambda nsm: None,
         banner="Nitro mode",
         kinds=frozenset({"vsock", "tcp"}),

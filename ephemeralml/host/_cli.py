@@ -98,7 +98,7 @@ def _parser() -> Parser:
         "--base-port",
         type=int,
         help="moves every port: clients on BASE, the enclave on BASE+5, services on BASE+6, "
-        f"the KMS forwarder on BASE+7, the mock KMS on BASE+9 (default ${ENV_BASE_PORT}, "
+        f"the KMS egress proxy on BASE+7, the mock KMS on BASE+9 (default ${ENV_BASE_PORT}, "
         f"else {DEFAULT_BASE_PORT})",
     )
     p.add_argument(
@@ -172,7 +172,7 @@ def _parser() -> Parser:
     p.add_argument(
         "--kms-listen",
         metavar="EP",
-        help="the enclave's KMS forwarder (default vsock:any:BASE+7, or tcp:127.0.0.1:BASE+7 with --mock)",
+        help="the enclave's KMS egress proxy (default vsock:any:BASE+7, or tcp:127.0.0.1:BASE+7 with --mock)",
     )
     p.add_argument(
         "--health-listen",
@@ -229,7 +229,9 @@ def build_config(
     ports = Ports.choose(args.base_port, env)
     if args.mock:
         if mock_profile is None:
-            raise ConfigError("this installation has no mock mode (start it as ephemeral-host --mock)")
+            raise ConfigError(
+                "this installation has no mock mode (start it as ephemeral-host --mock)"
+            )
         profile = mock_profile(home, ports)
     else:
         profile = nitro_profile(ports)
@@ -257,9 +259,7 @@ def build_config(
         Endpoint.parse(args.services_listen) if args.services_listen else profile.services_listen
     )
     kms = Endpoint.parse(args.kms_listen) if args.kms_listen else profile.kms_listen
-    health = (
-        Endpoint.parse(args.health_listen) if args.health_listen else profile.health_listen
-    )
+    health = Endpoint.parse(args.health_listen) if args.health_listen else profile.health_listen
     if args.mock_kms_listen:
         if profile.local_kms is None:
             raise ConfigError(f"--mock-kms-listen: the {profile.name} profile has no local KMS")
@@ -336,17 +336,18 @@ async def _run(config: HostConfig) -> int:
             services, ready, egress = await _start_services(config, stack)
             relay = Relay(config.relay)
             await relay.start()
-            health = HealthServer(
-                config.health_listen, config.relay.upstreams,
-                relay=lambda: relay, egress=lambda: egress,
-            )  # fmt: skip
-            await health.start()
-            stack.push_async_callback(health.close)
+            collector: LogCollector | None = None
             if config.logs_listen is not None:
                 collector = LogCollector(config.logs_listen, "enclave")
                 await collector.start()
                 stack.push_async_callback(collector.close)
                 ready["logs"] = str(collector.bound)
+            health = HealthServer(
+                config.health_listen, config.relay.upstreams,
+                relay=lambda: relay, egress=lambda: egress, logs=lambda: collector,
+            )  # fmt: skip
+            await health.start()
+            stack.push_async_callback(health.close)
             stack.push_async_callback(relay.close)
             for line in services:
                 print(f"{PROG}: {line}", file=sys.stderr, flush=True)
@@ -372,9 +373,9 @@ async def _run(config: HostConfig) -> int:
 
 async def _start_services(
     config: HostConfig, stack: contextlib.AsyncExitStack
-) -> tuple[list[str], dict[str, object], EgressProxy | None]:
-    """The enclave's model store, credentials and KMS forwarder, and whatever the
-    profile puts behind the forwarder (AWS KMS; in mock mode a local KMS server with
+) -> tuple[list[str], dict[str, object], EgressProxy]:
+    """The enclave's model store, credentials and KMS egress proxy, and whatever the
+    profile puts behind the proxy (AWS KMS; in mock mode a local KMS server with
     the provisioning a model owner would do)."""
     request = KmsRequest(config.home, config.store, config.region, config.profile.local_kms)
     access = await config.profile.start_kms(request, stack)
@@ -385,29 +386,21 @@ async def _start_services(
     await service.start()
     stack.push_async_callback(service.close)
     lines.append(f"model store {config.store} and credentials for the enclave on {service.bound}")
-    egress: EgressProxy | None = None
-    if access.allow:
-        # Nitro: the enclave's only way out, a CONNECT proxy to the allowed targets.
-        egress = EgressProxy(EgressConfig(config.kms_listen, frozenset(access.allow)))
-        await egress.start()
-        stack.push_async_callback(egress.close)
-        bound, where = egress.bound, " ".join(sorted(access.allow))
-        lines.append(f"egress proxy {bound} -> CONNECT to {where} only")
-    else:
-        # TLS or plain HTTP, not frames: stream mode (no handshake or frame deadlines).
-        assert access.upstream is not None
-        forwarder = Relay(
-            RelayConfig(listen=config.kms_listen, upstreams=(access.upstream,), framed=False)
-        )
-        await forwarder.start()
-        stack.push_async_callback(forwarder.close)
-        bound, where = forwarder.bound, str(access.upstream)
-        lines.append(f"KMS forwarder {bound} -> {where} (the only endpoint it reaches)")
+    # The enclave's only way out: a CONNECT proxy to the allowed targets (TLS and
+    # SigV4 end in the enclave, in mock mode as on Nitro).
+    egress = EgressProxy(
+        EgressConfig(config.kms_listen, frozenset(access.allow), resolve=access.resolve)
+    )
+    await egress.start()
+    stack.push_async_callback(egress.close)
+    bound, where = egress.bound, " ".join(sorted(access.allow))
+    lines.append(f"egress proxy {bound} -> CONNECT to {where} only")
     ready: dict[str, object] = {
         "profile": config.profile.name,
         "services": str(service.bound),
         "kms": str(bound),
         "kms_upstream": where,
+        **access.ready,
     }
     return lines, ready, egress
 

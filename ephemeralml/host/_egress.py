@@ -33,7 +33,15 @@ from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 from ._http import read_request
 
-__all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "EgressConfig", "EgressProxy", "kms_target"]
+__all__ = [
+    "HEAD_TIMEOUT_S",
+    "IDLE_TIMEOUT_S",
+    "MAX_HEAD_BYTES",
+    "EgressConfig",
+    "EgressProxy",
+    "kms_target",
+    "pump_both",
+]
 
 log = logging.getLogger("ephemeralml.host.egress")
 
@@ -147,7 +155,7 @@ class EgressProxy:
             await writer.drain()
             self.tunnels += 1
             log.info("tunnel to %s", target)
-            await _pump_both(reader, writer, up_r, up_w, self.config.idle_timeout_s)
+            await pump_both(reader, writer, up_r, up_w, self.config.idle_timeout_s)
         except _Refused as r:
             self.refused += 1
             log.warning("refused egress: %s", r.reason)
@@ -185,13 +193,15 @@ async def _read_connect(conn: h11.Connection, reader: asyncio.StreamReader) -> t
     return target, bytes(rest)
 
 
-async def _pump_both(
+async def pump_both(
     client_r: asyncio.StreamReader,
     client_w: asyncio.StreamWriter,
     up_r: asyncio.StreamReader,
     up_w: asyncio.StreamWriter,
     idle_timeout_s: float,
 ) -> None:
+    """Move bytes both ways, unread, until both sides have ended, either fails, or
+    nothing moved either way for ``idle_timeout_s``."""
     loop = asyncio.get_running_loop()
     last = [loop.time()]
 

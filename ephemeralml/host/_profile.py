@@ -1,7 +1,7 @@
 """What differs between the host on a Nitro parent and the mock: one frozen profile.
 
 The host never branches on the mode: its profile gives the default endpoints and
-store, and starts whatever stands behind the enclave's KMS forwarder. The Nitro
+store, and starts whatever stands behind the enclave's KMS egress proxy. The Nitro
 profile is built here; the mock profile (local KMS server and provisioning) comes
 from :mod:`ephemeralml.mock`, handed in at the edge (:mod:`ephemeralml._edge`).
 """
@@ -9,8 +9,8 @@ from :mod:`ephemeralml.mock`, handed in at the edge (:mod:`ephemeralml._edge`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ephemeralml.common._errors import ConfigError
@@ -35,22 +35,20 @@ PRODUCTION_STORE = "/var/lib/ephemeralml/store"
 
 @dataclass(frozen=True)
 class KmsAccess:
-    """Where the enclave's KMS traffic goes, and the credentials it is handed.
+    """Where the enclave's KMS traffic may go, and the credentials it is handed.
 
-    Either ``allow``: the host runs its egress proxy (:mod:`._egress`) on the KMS
-    endpoint, and the enclave may ``CONNECT`` only to these ``host:port`` targets
-    (Nitro: its region's KMS); or ``upstream``: the host relays the stream to that one
-    endpoint as it is (mock: the local KMS, plain HTTP).
+    The host runs its egress proxy (:mod:`._egress`) on the KMS endpoint, and the
+    enclave may ``CONNECT`` only to the ``allow`` targets (its region's KMS). On Nitro
+    the host's DNS resolves them; ``resolve`` dials a target somewhere else instead
+    (mock: the TLS front of the local KMS server, :mod:`ephemeralml.mock._kms_tls`).
     """
 
     credentials: Callable[[], AwsCredentials]
-    upstream: Endpoint | None = None
-    allow: tuple[str, ...] = ()
+    allow: tuple[str, ...]
+    resolve: Mapping[str, Endpoint] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if (self.upstream is None) == (not self.allow):
-            raise ConfigError("KMS access is either an egress allowlist or one upstream")
+    #: More fields for the readiness line (mock: where the local KMS and its TLS are).
+    ready: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class KmsRequest:
     local_kms: Endpoint | None
 
 
-#: Starts what stands behind the KMS forwarder; what it starts is closed by the stack.
+#: Starts what stands behind the KMS egress proxy; what it starts is closed by the stack.
 KmsStarter = Callable[[KmsRequest, contextlib.AsyncExitStack], Awaitable[KmsAccess]]
 
 

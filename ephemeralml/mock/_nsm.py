@@ -37,11 +37,10 @@ from types import MappingProxyType
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from ephemeralml.common._attestation import MAX_OPTIONAL_FIELD_BYTES, PCR_BYTES
 from ephemeralml.common._cbor import encode
@@ -49,6 +48,8 @@ from ephemeralml.common._errors import ConfigError, LimitError, LocalProtocolErr
 from ephemeralml.enclave._measure import enclave_code_digest, image_config_digest, runtime_id
 from ephemeralml.enclave._nsm import MAX_RANDOM_BYTES, Nsm, utc_now
 from ephemeralml.runtime._home import write_atomic
+
+from ._certs import cert_pem, issue, key_pem, load_pair, mock_name, new_key, whole_seconds
 
 __all__ = [
     "MOCK_INTERMEDIATE_LIFETIME",
@@ -80,7 +81,6 @@ MOCK_LEAF_RENEW_BEFORE = timedelta(minutes=30)
 
 _MOCK_ROOT_CN = "ephemeralml MOCK Nitro root - NOT AWS"
 _MOCK_INTERMEDIATE_CN = "ephemeralml MOCK Nitro intermediate - NOT AWS"
-_MOCK_ORG = "ephemeralml MOCK - NOT AWS"
 _MODULE_ID_RE = re.compile(r"^i-mock0000000000000-enc[0-9a-f]{16}$")
 
 _CA_DIR = "mock-ca"
@@ -130,87 +130,9 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     write_atomic(path, data, mode=mode)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 # ---------------------------------------------------------------------------
 # Certificates
 # ---------------------------------------------------------------------------
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _MOCK_ORG),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
-
-
-def _seconds(t: datetime) -> datetime:
-    # X.509 times have whole seconds.
-    return t.astimezone(UTC).replace(microsecond=0)
-
-
-def _issue(
-    *,
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    not_before: datetime,
-    lifetime: timedelta,
-    ca_path_length: int | None,
-    is_ca: bool,
-) -> x509.Certificate:
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + lifetime)
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=ca_path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=not is_ca,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=is_ca,
-                crl_sign=is_ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    if is_ca:
-        builder = builder.add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
-    if issuer_key is not key:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA384())
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP384R1())
 
 
 @dataclass(frozen=True)
@@ -225,14 +147,14 @@ def _issued(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> _Issued:
 
 
 def _new_root(now: datetime) -> _Issued:
-    key = _new_key()
-    name = _name(_MOCK_ROOT_CN)
-    cert = _issue(
+    key = new_key()
+    name = mock_name(_MOCK_ROOT_CN)
+    cert = issue(
         subject=name,
         key=key,
         issuer=name,
         issuer_key=key,
-        not_before=_seconds(now) - timedelta(days=1),
+        not_before=whole_seconds(now) - timedelta(days=1),
         lifetime=MOCK_ROOT_LIFETIME,
         ca_path_length=1,
         is_ca=True,
@@ -241,13 +163,13 @@ def _new_root(now: datetime) -> _Issued:
 
 
 def _new_intermediate(root: _Issued, now: datetime) -> _Issued:
-    key = _new_key()
-    cert = _issue(
-        subject=_name(_MOCK_INTERMEDIATE_CN),
+    key = new_key()
+    cert = issue(
+        subject=mock_name(_MOCK_INTERMEDIATE_CN),
         key=key,
         issuer=root.cert.subject,
         issuer_key=root.key,
-        not_before=_seconds(now) - timedelta(hours=1),
+        not_before=whole_seconds(now) - timedelta(hours=1),
         lifetime=MOCK_INTERMEDIATE_LIFETIME,
         ca_path_length=0,
         is_ca=True,
@@ -256,33 +178,19 @@ def _new_intermediate(root: _Issued, now: datetime) -> _Issued:
 
 
 def _new_leaf(intermediate: _Issued, module_id: str, now: datetime) -> _Issued:
-    key = _new_key()
-    cert = _issue(
-        subject=_name(f"{module_id}.mock.ephemeralml"),
+    key = new_key()
+    cert = issue(
+        subject=mock_name(f"{module_id}.mock.ephemeralml"),
         key=key,
         issuer=intermediate.cert.subject,
         issuer_key=intermediate.key,
         # Like AWS: the leaf starts at the second it is minted.
-        not_before=_seconds(now),
+        not_before=whole_seconds(now),
         lifetime=MOCK_LEAF_LIFETIME,
         ca_path_length=None,
         is_ca=False,
     )
     return _issued(key, cert)
-
-
-def _load_pair(pem: bytes, *, what: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A private key and its certificate from PEM text (either order)."""
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise ConfigError(f"{what}: unreadable ({e})") from e
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise ConfigError(f"{what}: key is not EC P-384")
-    if key.public_key() != cert.public_key():
-        raise ConfigError(f"{what}: key does not match its certificate")
-    return key, cert
 
 
 # ---------------------------------------------------------------------------
@@ -385,7 +293,7 @@ class MockNsm(Nsm):
         """Write the mock root certificate as PEM to ``path`` (atomically, mode 0644)."""
         path = Path(path)
         try:
-            _write_atomic(path, _cert_pem(self._root.cert), mode=0o644)
+            _write_atomic(path, cert_pem(self._root.cert), mode=0o644)
         except OSError as e:
             raise ConfigError(f"mock NSM: cannot write root certificate to {path}: {e}") from e
 
@@ -443,7 +351,7 @@ class MockNsm(Nsm):
         try:
             _write_atomic(
                 self._ca_dir / _INTERMEDIATE,
-                _key_pem(fresh.key) + _cert_pem(fresh.cert),
+                key_pem(fresh.key) + cert_pem(fresh.cert),
                 mode=0o600,
             )
         except OSError as e:
@@ -510,11 +418,11 @@ def _create_ca_dir(state_dir: Path, ca_dir: Path, now: datetime) -> None:
         root = _new_root(now)
         intermediate = _new_intermediate(root, now)
         module_id = "i-mock0000000000000-enc" + secrets.token_hex(8)
-        _write_atomic(tmp / _ROOT_KEY, _key_pem(root.key), mode=0o600)
-        _write_atomic(tmp / _ROOT_CERT, _cert_pem(root.cert), mode=0o644)
+        _write_atomic(tmp / _ROOT_KEY, key_pem(root.key), mode=0o600)
+        _write_atomic(tmp / _ROOT_CERT, cert_pem(root.cert), mode=0o644)
         _write_atomic(
             tmp / _INTERMEDIATE,
-            _key_pem(intermediate.key) + _cert_pem(intermediate.cert),
+            key_pem(intermediate.key) + cert_pem(intermediate.cert),
             mode=0o600,
         )
         _write_atomic(tmp / _MODULE_ID, module_id.encode() + b"\n", mode=0o644)
@@ -543,8 +451,8 @@ def _load_ca_dir(ca_dir: Path) -> tuple[_Issued, _Issued, str]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{hint} ({e})") from e
     try:
-        root_key, root_cert = _load_pair(root_key_pem + root_cert_pem, what="root")
-        inter_key, inter_cert = _load_pair(intermediate_pem, what="intermediate")
+        root_key, root_cert = load_pair(root_key_pem + root_cert_pem, what="root")
+        inter_key, inter_cert = load_pair(intermediate_pem, what="intermediate")
     except ConfigError as e:
         raise ConfigError(f"{hint} ({e})") from e
     try:

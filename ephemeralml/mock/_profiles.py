@@ -1,4 +1,4 @@
-"""The mock profiles of the programs: loopback TCP, the mock NSM, the local KMS.
+"""The mock profiles of the programs: loopback TCP (or Unix sockets), the mock NSM, the local KMS.
 
 Built once at the edge (:mod:`ephemeralml._edge`) when a program is started with
 ``--mock``, and handed to the program, which never imports this package.
@@ -17,10 +17,12 @@ from ephemeralml.common._attestation import TrustedRoot
 from ephemeralml.common._store import AwsCredentials
 from ephemeralml.enclave._nsm import Nsm
 from ephemeralml.enclave._profile import EnclaveProfile
+from ephemeralml.host._egress import kms_target
 from ephemeralml.host._profile import HostProfile, KmsAccess, KmsRequest
 from ephemeralml.runtime._home import (
     MOCK_FLOORS,
     MOCK_KMS_STATE,
+    MOCK_KMS_TLS_CA,
     MOCK_MEASUREMENTS,
     MOCK_NSM_STATE,
     MOCK_OWNERS,
@@ -32,6 +34,7 @@ from ephemeralml.runtime._ports import Ports
 from ephemeralml.runtime._transport import Endpoint
 
 from ._kms import ENCLAVE, MODEL_OWNER, MockKmsServer
+from ._kms_tls import KmsTlsFront
 from ._nsm import MockNsm, mock_enclave_measurements
 from ._provision import ensure_mock_root, provision_mock
 
@@ -61,7 +64,8 @@ def publish_mock(home: Path, nsm: MockNsm) -> None:
 
 def enclave_profile(home: Path, ports: Ports) -> EnclaveProfile:
     """The enclave on a laptop: loopback TCP, a mock NSM whose CA and measurements
-    live in ``home``, boto3 to the host's KMS forwarder over plain HTTP."""
+    live in ``home``, boto3 to KMS over TLS through the host's egress proxy as on
+    Nitro, trusting the mock KMS's TLS CA instead of an image's CA bundle."""
 
     def make_nsm(keys: Mapping[bytes, bytes], floors: Mapping[str, int]) -> Nsm:
         pcrs = mock_enclave_measurements(keys.values(), floors)
@@ -79,17 +83,17 @@ def enclave_profile(home: Path, ports: Ports) -> EnclaveProfile:
         owner_keys=home / MOCK_OWNERS,
         floors=home / MOCK_FLOORS,
         make_nsm=make_nsm,
-        kms_url=lambda region, port: f"http://{LOOPBACK}:{port}",
-        kms_via_proxy=False,
+        kms_ca_bundle=home / MOCK_KMS_TLS_CA,
         on_serving=on_serving,
         banner="MOCK mode: loopback TCP, mock NSM, NOT a real enclave",
-        kinds=frozenset({"tcp"}),
+        kinds=frozenset({"tcp", "unix"}),
     )
 
 
 async def _local_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> KmsAccess:
     """The local KMS-compatible server, and the provisioning a model owner would do
-    against it (:mod:`._provision`): the forwarder reaches it instead of AWS."""
+    against it (:mod:`._provision`); the host's egress proxy reaches it, behind its
+    TLS front (:mod:`._kms_tls`), where AWS KMS would be."""
     import boto3
 
     local = request.local_kms
@@ -114,12 +118,21 @@ async def _local_kms(request: KmsRequest, stack: contextlib.AsyncExitStack) -> K
     creds = AwsCredentials(
         role.access_key_id, role.secret_access_key, role.session_token, request.region
     )
+    served = Endpoint.parse(server.url[len("http://") :])
+    front = KmsTlsFront(request.home, request.region, served)
+    await front.start()
+    stack.push_async_callback(front.close)
+    target = kms_target(request.region)
+    assert front.bound is not None
     return KmsAccess(
         lambda: creds,
-        upstream=Endpoint.parse(server.url.removeprefix("http://")),
+        allow=(target,),
+        resolve={target: front.bound},
+        ready={"mock_kms": str(served), "mock_kms_tls": str(front.bound)},
         notes=(
             f"mock KMS at {server.url} (key {p.kms_key_id}; "
-            f"policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…)",
+            f"policy: Decrypt only for PCR0 {p.pcrs[0].hex()[:16]}…), "
+            f"as {target} over TLS at {front.bound} (mock CA {request.home / MOCK_KMS_TLS_CA})",
         ),
     )
 
@@ -135,7 +148,7 @@ def host_profile(home: Path, ports: Ports) -> HostProfile:
         health_listen=_loopback(ports.health),
         store=str(home / MOCK_STORE),
         start_kms=_local_kms,
-        kinds=frozenset({"tcp"}),
+        kinds=frozenset({"tcp", "unix"}),
         local_kms=_loopback(ports.mock_kms),
         note="mock mode: loopback TCP instead of vsock",
     )

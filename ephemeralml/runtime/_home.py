@@ -19,6 +19,7 @@ __all__ = [
     "MOCK_FLOORS",
     "MOCK_KMS_CREDENTIALS",
     "MOCK_KMS_STATE",
+    "MOCK_KMS_TLS_CA",
     "MOCK_MEASUREMENTS",
     "MOCK_NSM_STATE",
     "MOCK_OWNERS",
@@ -49,6 +50,9 @@ MOCK_KMS_STATE = Path("mock-kms")
 #: Relative to the home: the mock KMS principals' SigV4 credentials (0600). The model
 #: owner's are what ``ephemeral model package --mock`` signs with.
 MOCK_KMS_CREDENTIALS = MOCK_KMS_STATE / "credentials.json"
+#: Relative to the home: the CA certificate the mock enclave trusts for KMS's TLS (what
+#: a production image's CA bundle is), published by ``ephemeral-host --mock``.
+MOCK_KMS_TLS_CA = Path("published") / "mock-kms-ca.pem"
 #: Relative to the home: the mock model owner's Ed25519 signing key (PEM, 0600); its
 #: public half is what :data:`MOCK_OWNERS` lists.
 MOCK_OWNER_KEY = Path("mock-owner.pem")

@@ -76,7 +76,7 @@ def launch_enclave(
     env: dict[str, str], port: int, host: Program, *extra: str, kms: int | None = None
 ) -> Program:
     """A memory-limited enclave on ``port`` using ``host``'s services and (unless
-    ``kms`` is given) its KMS forwarder; returns once it serves."""
+    ``kms`` is given) its KMS egress proxy; returns once it serves."""
     cmd = enclave_cmd(port, services_port(host), kms if kms is not None else kms_port(host), *extra)
     return start_program(ENCLAVE, cmd, env)
 

@@ -13,7 +13,7 @@ can assert that no plaintext crossed it. It is bounded: sockets poll with short
 timeouts, each connection lives at most ``lifetime_s``, and :meth:`close` stops
 everything within a second or two.
 
-``raw=True`` relays chunks instead of frames (for HTTP, e.g. the KMS forwarder); the
+``raw=True`` relays chunks instead of frames (for HTTP, e.g. the KMS egress proxy); the
 script's indices then count chunks, and only :class:`Delay` and :class:`Hook` apply.
 """
 

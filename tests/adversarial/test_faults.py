@@ -24,6 +24,8 @@ from ephemeralml.client._package import load_owner_key
 from ephemeralml.common._bundle import Manifest, owner_key_id, sign_manifest
 from ephemeralml.common._cose import decode_sign1
 from ephemeralml.common._errors import TransportError
+from ephemeralml.mock._kms_tls import ensure_tls_ca
+from ephemeralml.runtime._home import MOCK_KMS_TLS_CA
 from tests.integration.conftest import Program, Stack, free_port, program_env
 
 from .conftest import (
@@ -184,7 +186,7 @@ def test_host_restarted(tmp_path: Path) -> None:
 
 
 def test_kms_down_at_boot(site: Site) -> None:
-    # The host's KMS forwarder is not there: every try fails to connect.
+    # The host's KMS egress proxy is not there: every try fails to connect.
     b = boot(site, kms=free_port())
     why = b.lines[-1].rpartition(f"({MODEL}: ")[2].removesuffix(")")
     assert re.fullmatch(
@@ -193,6 +195,19 @@ def test_kms_down_at_boot(site: Site) -> None:
         why,
     ), b.lines
     assert_refused_load(b, why)
+
+
+def test_kms_behind_a_certificate_the_enclave_does_not_trust(site: Site, tmp_path: Path) -> None:
+    # Whatever answers at the end of the tunnel must prove it is KMS under the CAs the
+    # enclave trusts (a Nitro image's bundle; here another home's mock CA): a host that
+    # sends the CONNECT somewhere else gets no key, only a TLS failure.
+    ensure_tls_ca(tmp_path)
+    b = boot(site, "--kms-ca-bundle", str(tmp_path / MOCK_KMS_TLS_CA))
+    # Final at once, not retried: asking again reaches the same peer.
+    assert_refused_load(
+        b, f"KMS's TLS certificate did not verify for model {MODEL}: "
+        "unable to get local issuer certificate",
+    )  # fmt: skip
 
 
 def test_kms_slow_at_boot(site: Site) -> None:

@@ -89,7 +89,7 @@ def services_port(host: Program) -> int:
 
 
 def kms_port(host: Program) -> int:
-    """The port of the host's KMS forwarder."""
+    """The port of the host's KMS egress proxy."""
     return host.port("kms")
 
 

@@ -356,3 +356,7 @@ def test_the_hosts_health_endpoint_sees_the_enclave(stack: Stack) -> None:
     assert float(metrics["ephemeralml_relay_connections_total"]) >= 1
     assert float(metrics["ephemeralml_relay_bytes_up_total"]) > 0
     assert float(metrics["ephemeralml_relay_bytes_down_total"]) > 0
+    # The enclave reached KMS the Nitro way: CONNECT to the one allowed name, then TLS.
+    assert stack.host.ready["kms_upstream"] == "kms.us-east-1.amazonaws.com:443"
+    assert float(metrics["ephemeralml_egress_tunnels_total"]) >= 1
+    assert float(metrics["ephemeralml_egress_refused_total"]) == 0

@@ -68,7 +68,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         env,
     )  # fmt: skip
     ready = dict(program.ready)
-    assert ready["kms_upstream"] == f"tcp:127.0.0.1:{base + 9}"
+    assert ready["kms_upstream"] == "kms.us-east-1.amazonaws.com:443"
+    assert ready["mock_kms"] == f"tcp:127.0.0.1:{base + 9}"
     ready["enclave"] = f"tcp:127.0.0.1:{enclave_port}"
     yield Host(home, env, program, base, ready)
     assert program.stop() == 0, "".join(program.lines)

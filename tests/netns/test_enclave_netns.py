@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import hashlib
 import json
-import shutil
 import ssl
 import subprocess
 import sys
@@ -36,22 +35,15 @@ from ephemeralml.mock._kms import ENCLAVE, MODEL_OWNER, MockKmsServer
 from ephemeralml.mock._nsm import MockNsm, mock_measurements
 from ephemeralml.mock._provision import enclave_key_policy
 from ephemeralml.runtime._transport import Endpoint
+from tests.netns import unshare_unavailable
 from tests.vectors_path import REPO_ROOT
 
 REGION = "us-east-1"
 PCRS = mock_measurements(code_digest=b"c" * 48, model_digest=b"m" * 32, runtime_id="netns")
 
 
-def _can_unshare() -> str | None:
-    if shutil.which("unshare") is None:
-        return "no unshare(1) on this machine"
-    done = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, timeout=10)
-    if done.returncode != 0:
-        return f"cannot make a network namespace here: {done.stderr.strip()}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_can_unshare() is not None, reason=str(_can_unshare()))
+_NO_NETNS = unshare_unavailable()
+pytestmark = pytest.mark.skipif(_NO_NETNS is not None, reason=str(_NO_NETNS))
 
 
 def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:

@@ -158,11 +158,11 @@ def test_enclave_outside_nitro_fails_on_the_nsm(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().err.startswith(f"ephemeral-enclave: error: NSM: cannot load {missing}: ")
 
 
-def test_enclave_mock_needs_tcp(capsys: pytest.CaptureFixture[str]) -> None:
+def test_enclave_mock_needs_tcp_or_unix(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--listen", "--host-services", "--host-kms"):
         assert enclave_main(["--mock", flag, "vsock:any:5005"]) == 2
         assert capsys.readouterr().err.strip() == (
-            f"ephemeral-enclave: error: {flag} vsock:any:5005: the mock profile uses tcp"
+            f"ephemeral-enclave: error: {flag} vsock:any:5005: the mock profile uses tcp or unix"
         )
 
 

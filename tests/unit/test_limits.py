@@ -533,7 +533,7 @@ def test_relay_cuts_a_client_that_stops_reading_a_frame() -> None:
 
 
 def test_relay_stream_mode_has_no_frame_deadlines() -> None:
-    # The KMS forwarder relays TLS: no frames, so no handshake or frame deadline.
+    # The enclave's KMS forwarder relays CONNECT and TLS: no frames, so no handshake or frame deadline.
     async def scenario() -> None:
         async with framed_relay(
             framed=False, handshake_timeout_s=0.2, frame_timeout_s=0.2

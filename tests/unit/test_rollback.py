@@ -29,6 +29,7 @@ from ephemeralml.enclave._loader import LoadedModel, load_model
 from ephemeralml.enclave._measure import NITRO_FLOORS
 from ephemeralml.enclave._profile import EnclaveProfile
 from ephemeralml.host._store import LocalStore, StoreService
+from ephemeralml.mock._kms_tls import ensure_tls_ca
 from ephemeralml.mock._nsm import mock_enclave_measurements
 from ephemeralml.mock._profiles import enclave_profile as enclave_mock
 from ephemeralml.runtime._home import MOCK_FLOORS, MOCK_MEASUREMENTS, MOCK_OWNERS
@@ -147,6 +148,7 @@ def test_the_enclave_measures_the_floors_it_enforces(
     (home / "published").mkdir(parents=True)
     pub = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     (home / MOCK_OWNERS).write_text(pub.hex() + "\n")
+    ensure_tls_ca(home)  # what the mock host publishes for the enclave's KMS TLS
     if floors_text is not None:
         (home / MOCK_FLOORS).write_text(floors_text)
     argv = ["--mock", "--home", str(home), "--host-wait", "0"]
