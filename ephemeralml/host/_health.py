@@ -10,8 +10,9 @@ For a load balancer and an operator, never for payloads:
   answer is not verified here (the host is not a verifier), only recognised;
 * ``GET /metrics``: Prometheus text (prometheus_client): the relay's counters
   (connections taken, active, pending, refused, evicted, cut by a deadline, upstream
-  failures, bytes each way) and the egress proxy's (tunnels, refusals). Counts and
-  bytes only: nothing the host relays is read.
+  failures, bytes each way, sessions, requests), the egress proxy's (tunnels,
+  refusals) and, from the enclave's log stream, its starts, exits, restarts and last
+  exit status. Counts and bytes only: nothing the host relays is read.
 
 HTTP/1.1 is parsed by h11; a request head must arrive within :data:`HEAD_TIMEOUT_S`
 and fit in :data:`MAX_HEAD_BYTES`. One request per connection.
@@ -38,6 +39,7 @@ from ephemeralml.common._messages import (
     ServerAttest,
     decode_message,
 )
+from ephemeralml.runtime._logstream import LogCollector
 from ephemeralml.runtime._relay import Relay
 from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
@@ -88,9 +90,15 @@ async def probe_enclave(enclave: Endpoint, *, timeout_s: float = READY_TIMEOUT_S
 
 
 class _Collector(Collector):
-    def __init__(self, relay: Callable[[], Relay | None], egress: Callable[[], EgressProxy | None]):
+    def __init__(
+        self,
+        relay: Callable[[], Relay | None],
+        egress: Callable[[], EgressProxy | None],
+        logs: Callable[[], LogCollector | None],
+    ) -> None:
         self._relay = relay
         self._egress = egress
+        self._logs = logs
 
     def collect(self) -> list[Metric]:
         out: list[Metric] = []
@@ -105,6 +113,8 @@ class _Collector(Collector):
                 ("upstream_failures", s.upstream_failures, "connections the enclave did not take"),
                 ("bytes_up", s.bytes_up, "bytes relayed client to enclave"),
                 ("bytes_down", s.bytes_down, "bytes relayed enclave to client"),
+                ("sessions", s.sessions, "sessions whose handshake frames passed"),
+                ("requests", s.session_frames_up, "frames clients sent in sessions (sealed)"),
             ):
                 out.append(CounterMetricFamily(f"ephemeralml_relay_{name}", doc, value=value))
             for name, value, doc in (
@@ -112,6 +122,19 @@ class _Collector(Collector):
                 ("pending", s.pending, "connections in their handshake"),
             ):
                 out.append(GaugeMetricFamily(f"ephemeralml_relay_{name}", doc, value=value))
+        logs = self._logs()
+        if logs is not None:
+            for name, value, doc in (
+                ("starts", logs.starts, "enclave runs that began (their log stream said so)"),
+                ("exits", logs.exits, "enclave runs that ended (their log stream said so)"),
+                ("restarts", logs.restarts, "enclave starts after the first one seen"),
+            ):
+                out.append(CounterMetricFamily(f"ephemeralml_enclave_{name}", doc, value=value))
+            if logs.last_exit is not None:
+                out.append(GaugeMetricFamily(
+                    "ephemeralml_enclave_last_exit_code", "exit status of the last enclave run",
+                    value=logs.last_exit,
+                ))  # fmt: skip
         egress = self._egress()
         if egress is not None:
             out.append(CounterMetricFamily(
@@ -133,13 +156,14 @@ class HealthServer:
         *,
         relay: Callable[[], Relay | None] = lambda: None,
         egress: Callable[[], EgressProxy | None] = lambda: None,
+        logs: Callable[[], LogCollector | None] = lambda: None,
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.listen = listen
         self.enclaves = tuple(enclaves)
         self.ready_timeout_s = ready_timeout_s
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(relay, egress))
+        self.registry.register(_Collector(relay, egress, logs))
         self._listener = Listener(listen, self._serve)
         self.bound: Endpoint | None = None
 

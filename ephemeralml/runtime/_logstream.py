@@ -3,10 +3,11 @@
 A production Nitro enclave has no console: what it prints is lost unless it leaves
 over vsock. :class:`LogStream` tees the program's stderr: every line still goes to the
 original stderr (a terminal in mock mode, the debug console if there is one) and is
-also queued for the parent, to which a thread sends newline-delimited JSON records,
-``{"t": "log", "line": TEXT}`` and, last, ``{"t": "exit", "code": N}``.
-:class:`LogCollector` is the parent's side: it writes each record as one line to its
-own stderr, ``PREFIX: TEXT`` (journald keeps it).
+also queued for the parent, to which a thread sends newline-delimited JSON records:
+``{"t": "start"}`` first, then ``{"t": "log", "line": TEXT}`` and, last,
+``{"t": "exit", "code": N}``. :class:`LogCollector` is the parent's side: it writes
+each record as one line to its own stderr, ``PREFIX: TEXT`` (journald keeps it), and
+counts starts, exits and restarts for the host's metrics.
 
 Bounded everywhere: a line is at most :data:`MAX_LINE_CHARS` characters (a longer one
 is cut and marked); the queue holds :data:`MAX_QUEUED` lines and drops the oldest when
@@ -71,12 +72,16 @@ class LogStream:
         self._dropped = 0
         self._cond = threading.Condition()
         self._closing: int | None = None
+        #: The start record is still to be sent (one per program run).
+        self._starting = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._send, name="log-stream", daemon=True)
         self._saved: TextIO | None = None
 
     def install(self) -> LogStream:
         self._saved = sys.stderr
+        with self._cond:
+            self._starting = True
         sys.stderr = _Tee(sys.stderr, self._enqueue)
         self._thread.start()
         return self
@@ -104,9 +109,12 @@ class LogStream:
     def _records(self) -> list[bytes]:
         """Wait for lines (or the close), then take them as records."""
         with self._cond:
-            while not self._queue and self._closing is None:
+            while not self._queue and self._closing is None and not self._starting:
                 self._cond.wait(1.0)
             out: list[dict[str, object]] = []
+            if self._starting:
+                out.append({"t": "start"})
+                self._starting = False
             if self._dropped:
                 out.append({"t": "log", "line": f"[{self._dropped} log lines dropped]"})
                 self._dropped = 0
@@ -144,14 +152,22 @@ class LogStream:
 
 
 class LogCollector:
-    """The parent's side: one line on our stderr per record, ``PREFIX: TEXT``."""
+    """The parent's side: one line on our stderr per record, ``PREFIX: TEXT``; and the
+    counts: ``starts`` (program runs begun), ``exits`` and the ``last_exit`` status."""
 
     def __init__(self, listen: Endpoint, prefix: str) -> None:
         self.listen = listen
         self.prefix = prefix
-        self.exits: list[int] = []
+        self.starts = 0
+        self.exits = 0
+        self.last_exit: int | None = None
         self._listener = Listener(listen, self._serve, limit=MAX_RECORD_BYTES)
         self.bound: Endpoint | None = None
+
+    @property
+    def restarts(self) -> int:
+        """Starts after the first this collector saw (the enclave service restarted it)."""
+        return max(self.starts - 1, 0)
 
     async def start(self) -> None:
         self.bound = await self._listener.start()
@@ -176,8 +192,12 @@ class LogCollector:
         kind = record.get("t") if isinstance(record, dict) else None
         if kind == "log" and isinstance(record.get("line"), str):
             text = record["line"][:MAX_LINE_CHARS].replace("\r", " ")
+        elif kind == "start" and len(record) == 1:
+            self.starts += 1
+            text = "started" if self.starts == 1 else f"started again (restart {self.restarts})"
         elif kind == "exit" and type(record.get("code")) is int:
-            self.exits.append(record["code"])
+            self.exits += 1
+            self.last_exit = record["code"]
             text = f"exited with status {record['code']}"
         else:
             text = "[log stream: a malformed record]"

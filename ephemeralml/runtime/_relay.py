@@ -7,8 +7,8 @@ move bytes both ways, fast, with bounded memory, and never let one bad peer hurt
 others. It never parses, logs or keeps payload bytes; its logs carry connection ids,
 endpoints, byte counts and durations only. In framed mode (the default, for client
 traffic) it reads the 4-byte length prefixes, which are not secret, to know where
-frames start and end (protocol.md §7.1); the KMS forwarder relays TLS and runs in
-stream mode.
+frames start and end (protocol.md §7.1); the enclave's KMS forwarder relays CONNECT
+and TLS and runs in stream mode.
 
 Failure modes designed against (FACTS.md, "vsock and relays"), and where:
 
@@ -140,8 +140,8 @@ class RelayConfig:
     ``upstreams`` are one or more enclaves; new client connections go round robin
     over them. ``framed``: the traffic is protocol frames (client to enclave), so
     the handshake and per-frame deadlines and the pending pool apply; off for
-    opaque streams (the KMS forwarder's TLS). Built at the edge (the CLI); checked
-    when built.
+    opaque streams (the enclave's KMS forwarder: CONNECT, then TLS). Built at the
+    edge (the CLI); checked when built.
     """
 
     listen: Endpoint
@@ -192,7 +192,10 @@ class RelayStats:
     ``refused`` instead); ``bytes_up`` is client to enclave, ``bytes_down`` enclave
     to client; ``upstream_failures`` counts connections closed because the enclave
     could not be reached; ``evicted`` handshakes pushed out of a full pending pool;
-    ``deadline_cuts`` connections cut by a handshake or frame deadline.
+    ``deadline_cuts`` connections cut by a handshake or frame deadline; ``sessions``
+    connections whose handshake frames passed (framed mode); ``session_frames_up``
+    the frames clients sent after their handshake (one per request; sealed: counted,
+    never read).
     """
 
     active: int
@@ -204,6 +207,8 @@ class RelayStats:
     pending: int = 0
     evicted: int = 0
     deadline_cuts: int = 0
+    sessions: int = 0
+    session_frames_up: int = 0
 
 
 class _Cut(Exception):
@@ -288,6 +293,8 @@ class Relay:
         self._upstream_failures = 0
         self._evicted = 0
         self._deadline_cuts = 0
+        self._sessions = 0
+        self._session_frames_up = 0
         self._last_refusal_log = float("-inf")
 
     @property
@@ -313,6 +320,8 @@ class Relay:
             pending=len(self._pending),
             evicted=self._evicted,
             deadline_cuts=self._deadline_cuts,
+            sessions=self._sessions,
+            session_frames_up=self._session_frames_up,
         )
 
     async def start(self) -> None:
@@ -447,6 +456,10 @@ class Relay:
         self._leave_pending(link)
         link.state = "established"
         self._established += 1
+        self._sessions += 1
+        # Frames up past the handshake's two (hello, open), if the client sent any early.
+        assert link.up_clock is not None
+        self._session_frames_up += link.up_clock.frames - 2
 
     def _served(
         self, link: _Link, client_w: asyncio.StreamWriter, task: asyncio.Task[None]
@@ -667,9 +680,12 @@ class Relay:
                 # L2: from the first byte of the oldest frame in this chunk until
                 # the chunk has drained towards the peer.
                 set_busy(clock.started_at if clock.in_frame else t)
+                frames, established = clock.frames, link.state == "established"
                 clock.feed(data, t)
                 if link.state == "pending" and _handshake_done(link):
                     self._promote(link)
+                elif up and established:
+                    self._session_frames_up += clock.frames - frames
             writer.write(data)
             data = b""
             # Backpressure: a slow reader on the far side stops us reading here,

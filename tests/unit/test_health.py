@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from ephemeralml.client._api import connect
 from ephemeralml.common._frame import encode_frame
 from ephemeralml.common._messages import ErrorFrame
 from ephemeralml.host._health import HealthServer, probe_enclave
 from ephemeralml.runtime import Endpoint, Relay, RelayConfig
-from tests.pair import MockWorld
-from tests.unit.test_client_session import LiveEnclave
+from ephemeralml.runtime._logstream import LogCollector
+from tests.pair import MODEL, MockWorld
+from tests.unit.test_client_session import LiveEnclave, policy
 
 
 @pytest.fixture
@@ -118,6 +120,56 @@ def test_metrics_are_counters_only(live: LiveEnclave) -> None:
         "ephemeralml_relay_pending 0.0",
     ):
         assert line in lines
+
+
+def test_metrics_count_sessions_requests_and_enclave_restarts(live: LiveEnclave) -> None:
+    async def main() -> list[str]:
+        rel = Relay(RelayConfig(Endpoint.parse("127.0.0.1:0"), (Endpoint.parse(live.address),)))
+        await rel.start()
+        logs = LogCollector(Endpoint.parse("127.0.0.1:0"), "enclave")
+        await logs.start()
+        server = HealthServer(
+            Endpoint.parse("127.0.0.1:0"), [], relay=lambda: rel, logs=lambda: logs
+        )
+        await server.start()
+
+        def client() -> None:  # two sessions, three requests
+            with connect(f"127.0.0.1:{rel.bound.port}", policy=policy(live.world), timeout=10) as s:
+                s.embed(["one"], model=MODEL)
+                s.embed(["two", "three"], model=MODEL)
+            with connect(f"127.0.0.1:{rel.bound.port}", policy=policy(live.world), timeout=10) as s:
+                s.embed(["four"], model=MODEL)
+
+        try:
+            await asyncio.to_thread(client)
+            # The enclave's log stream: a run that ended with status 3, and the next.
+            assert logs.bound is not None
+            _r, w = await asyncio.open_connection("127.0.0.1", logs.bound.port)
+            w.write(b'{"t":"start"}\n{"t":"exit","code":3}\n{"t":"start"}\n')
+            await w.drain()
+            w.close()
+            for _ in range(200):
+                if logs.starts == 2:
+                    break
+                await asyncio.sleep(0.01)
+            _status, body = await _get(server, get("/metrics"))
+            return body.decode().splitlines()
+        finally:
+            await server.close()
+            await logs.close()
+            await rel.close()
+
+    lines = asyncio.run(asyncio.wait_for(main(), 60))
+    for line in (
+        "ephemeralml_relay_connections_total 2.0",
+        "ephemeralml_relay_sessions_total 2.0",
+        "ephemeralml_relay_requests_total 3.0",
+        "ephemeralml_enclave_starts_total 2.0",
+        "ephemeralml_enclave_exits_total 1.0",
+        "ephemeralml_enclave_restarts_total 1.0",
+        "ephemeralml_enclave_last_exit_code 3.0",
+    ):
+        assert line in lines, lines
 
 
 def test_other_requests(tmp_path: Path) -> None:

@@ -61,8 +61,9 @@ def test_the_enclave_program_streams_its_error_and_exit_status(
         if collector.exits:
             break
         threading.Event().wait(0.05)
-    assert collector.exits == [2]
+    assert (collector.starts, collector.exits, collector.last_exit) == (1, 1, 2)
     got = capsys.readouterr().err.splitlines()
+    assert got[0] == "enclave: started"
     assert got[-2:] == [f"enclave: {last}", "enclave: exited with status 2"]
 
 
@@ -75,8 +76,10 @@ def test_lines_are_cut_and_the_oldest_dropped_when_the_parent_lags(
         stream._enqueue(f"line {i}")
     stream._enqueue("x" * (_logstream.MAX_LINE_CHARS + 10))
     stream._closing = 1
+    stream._starting = True  # what install() sets: the run's first record says it began
     records = [json.loads(r) for r in stream._records()]
     assert records == [
+        {"t": "start"},
         {"t": "log", "line": "[3 log lines dropped]"},
         {"t": "log", "line": "line 3"},
         {"t": "log", "line": "line 4"},
@@ -90,14 +93,22 @@ def test_the_collector_takes_only_its_records(collector: LogCollector, capsys: p
 
     assert collector.bound is not None
     with socket.create_connection(("127.0.0.1", collector.bound.port), timeout=10) as s:
-        s.sendall(b'{"t":"log","line":"fine\\rline"}\nnot json\n{"t":"exit","code":"7"}\n{"t":"exit","code":0}\n')
+        s.sendall(
+            b'{"t":"start"}\n{"t":"log","line":"fine\\rline"}\nnot json\n{"t":"exit","code":"7"}\n'
+            b'{"t":"start","by":"me"}\n{"t":"exit","code":0}\n{"t":"start"}\n{"t":"log","line":"up"}\n'
+        )
     for _ in range(100):
-        if collector.exits:
+        if collector.starts == 2 and collector.exits:
             break
         threading.Event().wait(0.05)
     assert capsys.readouterr().err.splitlines() == [
+        "enclave: started",
         "enclave: fine line",
         "enclave: [log stream: a malformed record]",
         "enclave: [log stream: a malformed record]",
+        "enclave: [log stream: a malformed record]",
         "enclave: exited with status 0",
+        "enclave: started again (restart 1)",
+        "enclave: up",
     ]
+    assert (collector.starts, collector.restarts, collector.exits, collector.last_exit) == (2, 1, 1, 0)
