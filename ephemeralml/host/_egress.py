@@ -108,26 +108,16 @@ class EgressProxy:
 
     def __init__(self, config: EgressConfig) -> None:
         self.config = config
-        self._listener = Listener(config.listen, self._accept)
+        self._listener = Listener(config.listen, self._serve)
         self.bound: Endpoint | None = None
         self.tunnels = 0
         self.refused = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.bound = await self._listener.start()
 
     async def close(self) -> None:
         await self._listener.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)

@@ -117,6 +117,19 @@ class _Collector(Collector):
                 ("requests", s.session_frames_up, "frames clients sent in sessions (sealed)"),
             ):
                 out.append(CounterMetricFamily(f"ephemeralml_relay_{name}", doc, value=value))
+            # The same refusals by the code a client reads in its one-line error, for
+            # dashboards that sum over codes (the host reads no enclave error: sealed).
+            errors = CounterMetricFamily(
+                "ephemeralml_relay_errors", "connections the relay ended, by code", labels=["code"]
+            )
+            for code, value in (
+                ("L1_L2_deadline", s.deadline_cuts),
+                ("L3_evicted", s.evicted),
+                ("L4_refused", s.refused),
+                ("upstream", s.upstream_failures),
+            ):
+                errors.add_metric([code], value)
+            out.append(errors)
             for name, value, doc in (
                 ("active", s.active, "open connections"),
                 ("pending", s.pending, "connections in their handshake"),

@@ -27,10 +27,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ephemeralml.common._errors import ConfigError, TransportError
+from ephemeralml.common._errors import TransportError
 from ephemeralml.host._egress import IDLE_TIMEOUT_S, pump_both
 from ephemeralml.runtime._home import MOCK_KMS_STATE, MOCK_KMS_TLS_CA, read_bounded, write_atomic
-from ephemeralml.runtime._transport import Endpoint, open_connection
+from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 from ._certs import cert_pem, issue, key_pem, load_pair, mock_name, new_key, whole_seconds
 
@@ -43,7 +43,7 @@ TLS_LEAF_LIFETIME = timedelta(days=30)
 #: Relative to the home: the CA's key and certificate (0600).
 TLS_CA_STATE = MOCK_KMS_STATE / "tls-ca.pem"
 _MAX_CA_BYTES = 16 * 1024
-#: Dialling the local KMS server, and the TLS handshake with the enclave.
+#: Dialling the local KMS server.
 _TIMEOUT_S = 10.0
 
 
@@ -107,34 +107,18 @@ class KmsTlsFront:
 
     def __init__(self, home: Path, region: str, upstream: Endpoint) -> None:
         self._home, self._region, self._upstream = home, region, upstream
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: Listener | None = None
         self.bound: Endpoint | None = None
 
     async def start(self) -> Endpoint:
         ctx = await asyncio.to_thread(_server_context, self._home, kms_host(self._region))
-        try:
-            self._server = await asyncio.start_server(
-                self._accept, "127.0.0.1", 0, ssl=ctx, ssl_handshake_timeout=_TIMEOUT_S
-            )
-        except OSError as e:
-            raise ConfigError(f"mock KMS TLS front: cannot listen on loopback ({e})") from e
-        self.bound = Endpoint.tcp("127.0.0.1", self._server.sockets[0].getsockname()[1])
+        self._listener = Listener(Endpoint.tcp("127.0.0.1", 0), self._serve, ssl=ctx)
+        self.bound = await self._listener.start()
         return self.bound
 
     async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._listener is not None:
+            await self._listener.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_w: asyncio.StreamWriter | None = None

@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_VSOCK_CID",
     "MAX_VSOCK_PORT",
     "STREAM_LIMIT_BYTES",
+    "TLS_HANDSHAKE_TIMEOUT_S",
     "VSOCK_CID_ANY",
     "ConnectionHandler",
     "Endpoint",
@@ -47,6 +49,8 @@ VSOCK_CID_ANY = 0xFFFFFFFF
 #: ``VMADDR_PORT_ANY``: let the kernel pick the port (what port 0 means for TCP).
 _VSOCK_PORT_ANY = 0xFFFFFFFF
 
+#: Seconds a TLS listener gives a client to finish its handshake.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 #: asyncio's default stream reader limit, named: a reader stops taking bytes from
 #: the kernel once twice this much is unread, which is what bounds its memory.
 STREAM_LIMIT_BYTES = 64 * 1024
@@ -281,22 +285,26 @@ async def start_server(
     *,
     backlog: int = 1024,
     limit: int = STREAM_LIMIT_BYTES,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> asyncio.Server:
     """Listen on ``ep`` and call ``handler`` for each accepted connection.
 
     Raises :class:`TransportError` ("cannot listen on tcp:0.0.0.0:5000: address
     already in use") when the address cannot be bound. Use :func:`server_endpoint`
     for the address actually bound (port 0 resolved). ``limit`` is as for
-    :func:`open_connection`.
+    :func:`open_connection`; with ``ssl``, connections are TLS.
     """
+    tls: dict[str, Any] = (
+        {"ssl": ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S} if ssl else {}
+    )
     try:
         if ep.kind == "tcp":
             return await asyncio.start_server(
-                handler, ep.host, ep.port, backlog=backlog, limit=limit
+                handler, ep.host, ep.port, backlog=backlog, limit=limit, **tls
             )
         if ep.kind == "unix":
             return await asyncio.start_unix_server(
-                handler, ep.path, backlog=backlog, limit=limit
+                handler, ep.path, backlog=backlog, limit=limit, **tls
             )
         assert ep.cid is not None
         sock = _vsock_socket()
@@ -305,7 +313,9 @@ async def start_server(
             sock.bind((ep.cid, port))
             sock.setblocking(False)
             # start_server calls listen(backlog) on a socket it is given.
-            return await asyncio.start_server(handler, sock=sock, backlog=backlog, limit=limit)
+            return await asyncio.start_server(
+                handler, sock=sock, backlog=backlog, limit=limit, **tls
+            )
         except BaseException:
             sock.close()
             raise
@@ -333,23 +343,37 @@ def server_endpoint(server: asyncio.Server, requested: Endpoint) -> Endpoint:
 
 class Listener:
     """One listening endpoint for a service: :meth:`start` binds it (``bound`` then has
-    port 0 resolved), :meth:`close` stops accepting (safe to call twice). The
-    services of the programs hold one instead of repeating this."""
+    port 0 resolved), :meth:`close` stops accepting and ends the connections still
+    being served (their handlers are cancelled and awaited; safe to call twice). With
+    ``ssl``, connections are TLS (handshake within :data:`TLS_HANDSHAKE_TIMEOUT_S`).
+    The services of the programs hold one instead of repeating this."""
 
     def __init__(
-        self, listen: Endpoint, handler: ConnectionHandler, *, limit: int = STREAM_LIMIT_BYTES
+        self,
+        listen: Endpoint,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]],
+        *,
+        limit: int = STREAM_LIMIT_BYTES,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.listen = listen
         self._handler = handler
         self._limit = limit
+        self._ssl = ssl
         self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.bound: Endpoint | None = None
 
     async def start(self) -> Endpoint:
-        server = await start_server(self.listen, self._handler, limit=self._limit)
+        server = await start_server(self.listen, self._accept, limit=self._limit, ssl=self._ssl)
         self._server = server
         self.bound = server_endpoint(server, self.listen)
         return self.bound
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._handler(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -357,6 +381,10 @@ class Listener:
             server.close()
             with contextlib.suppress(Exception):
                 await server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _reason(e: OSError) -> str:

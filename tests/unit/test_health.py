@@ -168,6 +168,8 @@ def test_metrics_count_sessions_requests_and_enclave_restarts(live: LiveEnclave)
         "ephemeralml_enclave_exits_total 1.0",
         "ephemeralml_enclave_restarts_total 1.0",
         "ephemeralml_enclave_last_exit_code 3.0",
+        'ephemeralml_relay_errors_total{code="L4_refused"} 0.0',
+        'ephemeralml_relay_errors_total{code="upstream"} 0.0',
     ):
         assert line in lines, lines
 
