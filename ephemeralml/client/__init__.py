@@ -5,8 +5,9 @@
     with connect("127.0.0.1:5000", policy=policy) as s:
         (result,) = s.embed(["some text"])
 
-Every verified receipt goes to the audit log, ``$EPHEMERALML_HOME/audit.jsonl`` by
-default (``audit=Path(...)`` another file, ``audit=False`` none).
+Every verified receipt goes to the audit log, ``$EPHEMERALML_HOME/audit.db`` by
+default (``audit=Path(...)`` another file, ``audit=False`` none): a hash-chained
+SQLite database that ``ephemeral audit`` re-verifies offline.
 """
 
 from ._api import (

