@@ -48,6 +48,7 @@ from ._profile import (
     nitro_profile,
 )
 from ._store import StoreService, store_from_url
+from ._ws import WsBridge, WsConfig
 
 __all__ = ["HostConfig", "build_config", "main"]
 
@@ -78,6 +79,8 @@ class HostConfig:
     store: str
     #: The enclave's log stream, written to our stderr (None: not collected).
     logs_listen: Endpoint | None = None
+    #: The WebSocket door for pages (None: none).
+    ws_listen: Endpoint | None = None
     verbosity: int = 0
     home: Path = Path(".")
     region: str = "us-east-1"
@@ -185,6 +188,12 @@ def _parser() -> Parser:
         metavar="EP",
         help="collect the enclave's log lines and exit status here and write them to "
         "stderr (default vsock:any:BASE+4; with --mock only if given)",
+    )
+    p.add_argument(
+        "--ws-listen",
+        metavar="HOST:PORT",
+        help="also take pages' WebSockets here, one frame a message, joined to the relay "
+        "(default: none)",
     )
     p.add_argument(
         "--enclave-cid",
@@ -300,6 +309,7 @@ def build_config(
         kms_listen=kms,
         health_listen=health,
         logs_listen=Endpoint.parse(args.logs_listen) if args.logs_listen else profile.logs_listen,
+        ws_listen=Endpoint.parse(args.ws_listen) if args.ws_listen else None,
         store=args.store or profile.store,
         verbosity=args.verbose,
         home=home,
@@ -342,9 +352,16 @@ async def _run(config: HostConfig) -> int:
                 await collector.start()
                 stack.push_async_callback(collector.close)
                 ready["logs"] = str(collector.bound)
+            bridge: WsBridge | None = None
+            if config.ws_listen is not None:
+                bridge = WsBridge(WsConfig(config.ws_listen, relay.bound))
+                await bridge.start()
+                stack.push_async_callback(bridge.close)
+                ready["ws"] = str(bridge.bound)
             health = HealthServer(
                 config.health_listen, config.relay.upstreams,
                 relay=lambda: relay, egress=lambda: egress, logs=lambda: collector,
+                ws=lambda: bridge,
             )  # fmt: skip
             await health.start()
             stack.push_async_callback(health.close)

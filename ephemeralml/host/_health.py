@@ -45,6 +45,7 @@ from ephemeralml.runtime._transport import Endpoint, Listener, open_connection
 
 from ._egress import EgressProxy
 from ._http import read_request
+from ._ws import WsBridge
 
 __all__ = ["HEAD_TIMEOUT_S", "MAX_HEAD_BYTES", "READY_TIMEOUT_S", "HealthServer", "probe_enclave"]
 
@@ -95,10 +96,12 @@ class _Collector(Collector):
         relay: Callable[[], Relay | None],
         egress: Callable[[], EgressProxy | None],
         logs: Callable[[], LogCollector | None],
+        ws: Callable[[], WsBridge | None],
     ) -> None:
         self._relay = relay
         self._egress = egress
         self._logs = logs
+        self._ws = ws
 
     def collect(self) -> list[Metric]:
         out: list[Metric] = []
@@ -148,6 +151,13 @@ class _Collector(Collector):
                     "ephemeralml_enclave_last_exit_code", "exit status of the last enclave run",
                     value=logs.last_exit,
                 ))  # fmt: skip
+        bridge = self._ws()
+        if bridge is not None:
+            for name, value, doc in (
+                ("connections", bridge.connections, "WebSockets joined to the relay"),
+                ("refused", bridge.refused, "WebSockets refused by a limit"),
+            ):
+                out.append(CounterMetricFamily(f"ephemeralml_ws_{name}", doc, value=value))
         egress = self._egress()
         if egress is not None:
             out.append(CounterMetricFamily(
@@ -170,13 +180,14 @@ class HealthServer:
         relay: Callable[[], Relay | None] = lambda: None,
         egress: Callable[[], EgressProxy | None] = lambda: None,
         logs: Callable[[], LogCollector | None] = lambda: None,
+        ws: Callable[[], WsBridge | None] = lambda: None,
         ready_timeout_s: float = READY_TIMEOUT_S,
     ) -> None:
         self.listen = listen
         self.enclaves = tuple(enclaves)
         self.ready_timeout_s = ready_timeout_s
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(relay, egress, logs))
+        self.registry.register(_Collector(relay, egress, logs, ws))
         self._listener = Listener(listen, self._serve)
         self.bound: Endpoint | None = None
 
