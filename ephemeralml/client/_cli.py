@@ -5,6 +5,7 @@ one function each, by group, in ``_cli_session`` (attest, embed), ``_cli_offline
 ephemeral attest [--mock]                 verify the enclave, print what it proves
 ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
 ephemeral proxy [--mock] [--listen ADDR]  the OpenAI API on loopback, attested underneath
+ephemeral web [--mock] [--ws URL]         the browser client's page, served from this machine
 ephemeral verify RECEIPT [--mock]         offline receipt verification
 ephemeral attestation FILE [--at TIME]    offline attestation document check
 ephemeral policy keygen|sign|show         make a policy-signing key, sign, inspect
@@ -38,6 +39,7 @@ from ._cli_policy import (
 )
 from ._cli_proxy import DEFAULT_LISTEN, DEFAULT_SESSIONS, cmd_proxy
 from ._cli_session import cmd_attest, cmd_embed
+from ._cli_web import DEFAULT_WEB_LISTEN, cmd_web
 from ._inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_TEXTS
 from ._policy import POLICY_SIGNERS_FILE
 
@@ -162,6 +164,28 @@ def _parser() -> Parser:
         help="attested sessions kept open, one request at a time each (default %(default)d)",
     )
     px.set_defaults(fn=cmd_proxy)
+
+    wb = sub.add_parser(
+        "web", help="serve the browser client's page from this machine (it verifies the enclave)"
+    )
+    trust(wb)
+    wb.add_argument(
+        "--ws",
+        metavar="URL",
+        help="the host's WebSocket door, ephemeral-host --ws-listen (default "
+        "ws://127.0.0.1:BASE+1 with the base port from --base-port or $EPHEMERALML_BASE_PORT)",
+    )
+    wb.add_argument("--base-port", type=int, help="the base port of a local deployment")
+    wb.add_argument(
+        "--listen",
+        default=DEFAULT_WEB_LISTEN,
+        metavar="ADDR",
+        help="loopback address of the page (default %(default)s)",
+    )
+    wb.add_argument(
+        "--page-dir", type=Path, help="the built page (default: web/dist, built by scripts/_web.sh)"
+    )
+    wb.set_defaults(fn=cmd_web)
 
     v = sub.add_parser("verify", help="verify a stored receipt offline")
     trust(v)

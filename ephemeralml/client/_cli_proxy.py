@@ -25,13 +25,22 @@ from ._audit import AuditLog
 from ._cli_common import PROG, trust_from_args
 from ._proxy_pool import SessionPool
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_SESSIONS", "cmd_proxy"]
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_SESSIONS",
+    "bind_loopback",
+    "cmd_proxy",
+    "loopback_endpoint",
+    "url_host",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_SESSIONS = 4
 
 
-def _loopback(listen: str) -> Endpoint:
+def loopback_endpoint(listen: str, *, what: str = "the SDK") -> Endpoint:
+    """``--listen``, refused unless it is a loopback address: what is served there is
+    plaintext (``what`` names whose)."""
     ep = Endpoint.parse(listen)
     ok = ep.kind == "tcp" and ep.host is not None
     if ok:
@@ -42,13 +51,13 @@ def _loopback(listen: str) -> Endpoint:
             ok = False
     if not ok:
         raise ConfigError(
-            f"--listen {listen}: the proxy takes plaintext from the SDK, so it listens on "
+            f"--listen {listen}: this serves plaintext to {what}, so it listens on "
             "loopback only (127.0.0.1, ::1 or localhost)"
         )
     return ep
 
 
-def _bind(ep: Endpoint) -> socket.socket:
+def bind_loopback(ep: Endpoint) -> socket.socket:
     assert ep.host is not None
     family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -72,7 +81,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             f"ephemeral proxy needs its web server ({e.name} is not installed): "
             "pip install 'ephemeralml[proxy]'"
         ) from e
-    listen = _loopback(args.listen)
+    listen = loopback_endpoint(args.listen)
     timeout = positive_seconds("--timeout", args.timeout)
     if args.sessions < 1:
         raise ConfigError(f"--sessions must be at least 1, not {args.sessions}")
@@ -96,7 +105,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             f"PCR0 {doc.pcrs[0].hex()[:16]}…); models: {', '.join(models)}",
             file=sys.stderr, flush=True,
         )  # fmt: skip
-        sock = _bind(listen)
+        sock = bind_loopback(listen)
         bound = Endpoint.tcp(listen.host or "127.0.0.1", sock.getsockname()[1])
         config = uvicorn.Config(
             build_app(pool), lifespan="off", log_config=None, access_log=False,
@@ -104,7 +113,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         )  # fmt: skip
         server = ProxyServer(config)
         print(
-            f"{PROG}: proxy: OpenAI API at http://{_url_host(bound)}/v1 -> the enclave at "
+            f"{PROG}: proxy: OpenAI API at http://{url_host(bound)}/v1 -> the enclave at "
             f"{args.host}; receipts in {audit.path}",
             file=sys.stderr, flush=True,
         )  # fmt: skip
@@ -126,6 +135,6 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _url_host(ep: Endpoint) -> str:
+def url_host(ep: Endpoint) -> str:
     assert ep.host is not None
     return f"[{ep.host}]:{ep.port}" if ":" in ep.host else f"{ep.host}:{ep.port}"

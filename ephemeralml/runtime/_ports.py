@@ -24,10 +24,11 @@ _SPAN = 9
 
 @dataclass(frozen=True)
 class Ports:
-    """``client`` (the host's relay for clients), ``enclave`` (the enclave's listener),
-    ``services`` (the host's model store and credentials), ``kms`` (the host's KMS
-    egress), ``health`` (the host's /healthz, /readyz and /metrics) and, in mock mode,
-    ``mock_kms`` (the local KMS server)."""
+    """``client`` (the host's relay for clients), ``ws`` (its WebSocket door for pages,
+    when asked for), ``enclave`` (the enclave's listener), ``services`` (the host's
+    model store and credentials), ``kms`` (the host's KMS egress), ``health`` (the
+    host's /healthz, /readyz and /metrics) and, in mock mode, ``mock_kms`` (the local
+    KMS server)."""
 
     base: int = DEFAULT_BASE_PORT
 
@@ -54,6 +55,11 @@ class Ports:
     @property
     def client(self) -> int:
         return self.base
+
+    @property
+    def ws(self) -> int:
+        """The host's WebSocket door for pages (``--ws-listen``), when it has one."""
+        return self.base + 1
 
     @property
     def logs(self) -> int:

@@ -48,7 +48,8 @@ def _client(listen: str) -> openai.OpenAI:
 
 
 def _direct(stack: Stack, texts: list[str]) -> np.ndarray:
-    with connect(stack.address, policy=ClientPolicy.unsafe_mock(stack.home, warn=False)) as s:
+    policy = ClientPolicy.unsafe_mock(stack.home, warn=False)
+    with connect(stack.address, policy=policy, audit=stack.home / "direct-audit.db") as s:
         return np.concatenate([r.vectors for r in s.embed(texts, model=MODEL)])
 
 
@@ -81,6 +82,11 @@ def test_the_openai_sdk_gets_embeddings_and_verifiable_receipts(
     v = stack.cli("verify", str(tmp_path / "r.cbor"), "--attestation", str(tmp_path / "a.cbor"), "--mock", "--json")
     assert v.returncode == 0, v.stderr
     assert json.loads(v.stdout)["receipt"]["receipt_id"] == receipt["receipt_id"]
+    # Every receipt the proxy verified is in the audit log, which re-verifies offline.
+    audit = stack.cli("audit", "--mock", "--json")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["findings"] == [] and report["entries"] >= 2
 
 
 def test_models_and_openai_errors(proxy: tuple[Program, str]) -> None:
@@ -178,6 +184,6 @@ def test_the_proxy_listens_on_loopback_only(stack: Stack) -> None:
     done = stack.cli("proxy", "--mock", "--host", stack.address, "--listen", "0.0.0.0:8080")
     assert (done.returncode, done.stderr.strip().splitlines()[-1]) == (
         2,
-        "ephemeral: error: --listen 0.0.0.0:8080: the proxy takes plaintext from the SDK, so it "
+        "ephemeral: error: --listen 0.0.0.0:8080: this serves plaintext to the SDK, so it "
         "listens on loopback only (127.0.0.1, ::1 or localhost)",
     )
