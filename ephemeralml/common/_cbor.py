@@ -1,9 +1,12 @@
 """One canonical CBOR encoding, and strict decoders of untrusted bytes.
 
-Everything this project hashes or signs is encoded by :func:`encode`: RFC 8949
-§4.2.1 core deterministic encoding (preferred, shortest heads; definite lengths;
-map keys sorted by the bytewise order of their encodings). cbor2's ``canonical``
-mode implements exactly that ordering.
+Everything this project hashes or signs is encoded by :func:`encode`: cbor2's
+``canonical`` mode, which is RFC 8949 deterministic encoding (preferred, shortest
+heads; definite lengths) with map keys sorted length-first, then bytewise, by their
+encodings (the RFC 7049 §3.9 "canonical" order, RFC 8949 §4.2.3). For every map the
+protocol defines (text keys, or small non-negative integer keys) that is the same
+order as RFC 8949 §4.2.1's plain bytewise one; the two differ only for maps mixing
+key types or with negative or multi-byte integer keys, which no format here has.
 
 Two decoders:
 
