@@ -48,6 +48,7 @@ __all__ = [
     "MODEL_ID",
     "Embedder",
     "ModelFiles",
+    "load_session",
 ]
 
 #: Inputs per ONNX Runtime call. Beyond 32 the throughput gain is gone while peak
@@ -92,7 +93,7 @@ class Embedder:
         # [CLS] and [SEP]: an input with no more tokens than this has no content.
         self._n_special = len(self._tokenizer.encode("").ids)
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
-        self._session = _load_session(files.onnx, intra_op_threads, device)
+        self._session = load_session(files.onnx, intra_op_threads, device)
         self.device = device
         names = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= names:
@@ -261,7 +262,7 @@ def providers_for(device: str) -> list[str]:
     return [wanted] if device == "cpu" else [wanted, DEVICES["cpu"]]
 
 
-def _load_session(
+def load_session(
     onnx: bytes, intra_op_threads: int | None, device: str = "cpu"
 ) -> ort.InferenceSession:
     options = ort.SessionOptions()
