@@ -85,6 +85,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+#: Concurrency levels at which the enclave's CPU per inference is set beside bare ORT's.
+CPU_LEVELS = ("16", "64")
+
+
+def enclave_cpu_per_inference(r: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """At 16 and 64 sessions: the enclave's CPU ms per inference (its process's CPU time
+    over the run, per request) beside bare ONNX Runtime's CPU ms per sentence (batches
+    of as many sentences), and their ratio. Unlike throughput, this does not depend on
+    the client and the bare run sharing the machine with the enclave."""
+    out: dict[str, dict[str, float | None]] = {}
+    for c in CPU_LEVELS:
+        enclave = lookup(r, f"full.throughput_detail.{c}.cpu_ms_per_request.enclave")
+        cores, ips = lookup(r, f"bare.cpu_cores.{c}"), lookup(r, f"bare.throughput.{c}")
+        bare = None if cores is None or not ips else round(1000 * cores / ips, 3)
+        out[c] = {"enclave_ms": enclave, "bare_ms": bare, "ratio": _ratio(enclave, bare)}
+    return out
+
+
 def finalize(r: dict[str, Any]) -> dict[str, Any]:
     """Add the derived parts to a result: ratios full/bare, targets and a verdict."""
     ratios: dict[str, Any] = {}
@@ -95,6 +113,7 @@ def finalize(r: dict[str, Any]) -> dict[str, Any]:
         for c in CONCURRENCY
     }
     r["ratios"] = ratios
+    r["enclave_cpu_per_inference"] = enclave_cpu_per_inference(r)
     r["targets"] = evaluate_targets(r)
     missed = [k for k, v in r["targets"].items() if v["ok"] is False]
     unknown = [k for k, v in r["targets"].items() if v["ok"] is None]
@@ -164,14 +183,16 @@ def format_table(r: Mapping[str, Any]) -> str:
             "  bare ORT cores used per batch size: "
             + ", ".join(f"{k}: {_f(v)}" for k, v in bare_cores.items())
         )
-    per = lookup(r, "full.throughput_detail.16.cpu_ms_per_request") or {}
-    bare16 = lookup(r, "bare.throughput.16")
-    if per and bare_cores.get("16") is not None and bare16:
-        add(
-            f"  CPU ms per inference at c=16: host {_f(per.get('host'), 3)}, enclave "
-            f"{_f(per.get('enclave'), 3)}, client {_f(per.get('client'), 3)}; "
-            f"bare ORT (batch of 16) {_f(1000 * bare_cores['16'] / bare16, 3)}"
-        )
+    for c in CPU_LEVELS:
+        per = lookup(r, f"full.throughput_detail.{c}.cpu_ms_per_request") or {}
+        cpu = lookup(r, f"enclave_cpu_per_inference.{c}") or {}
+        if per:
+            add(
+                f"  CPU ms per inference at c={c}: host {_f(per.get('host'), 3)}, enclave "
+                f"{_f(per.get('enclave'), 3)}, client {_f(per.get('client'), 3)}; "
+                f"bare ORT (batch of {c}) {_f(cpu.get('bare_ms'), 3)}; "
+                f"enclave/bare {_f(cpu.get('ratio'), 2, '×')}"
+            )
     add("")
     parts = r.get("crypto_parts_ms") or {}
     add(

@@ -68,7 +68,7 @@ def test_json_on_stdout_table_on_stderr(
     assert _cli.main(["--json", "--out", str(out_file)]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out) == json.loads(out_file.read_text())
-    assert json.loads(out)["summary"]["missed"] == ["model_transfer"]
+    assert json.loads(out)["summary"]["missed"] == ["enclave_cpu_64", "model_transfer"]
     assert err == format_table(finalize(rich_result())) + "\n"
 
 

@@ -53,7 +53,8 @@ def rich_result() -> dict[str, Any]:
                 "16": {"host": 0.25, "enclave": 1.5, "client": 0.5},
             },
             "throughput_detail": {
-                "16": {"cpu_ms_per_request": {"host": 0.357, "enclave": 2.143, "client": 0.714}}
+                "16": {"cpu_ms_per_request": {"host": 0.357, "enclave": 2.143, "client": 0.714}},
+                "64": {"cpu_ms_per_request": {"host": 0.3, "enclave": 2.6, "client": 0.7}},
             },
         },
         "direct": {"p50_ms": 3.8, "p95_ms": 4.5, "p99_ms": 5.5},
@@ -116,7 +117,8 @@ TABLE = (
     "  c=16 (bare: batch of 16)                   900         700      0.78×   0.25/1.50/0.50",
     "  c=64 (bare: batch of 64)                   920         720      0.78×   n/a",
     "  bare ORT cores used per batch size: 1: 1.00, 4: 1.90, 16: 2.00, 64: 2.00",
-    "  CPU ms per inference at c=16: host 0.357, enclave 2.143, client 0.714; bare ORT (batch of 16) 2.222",
+    "  CPU ms per inference at c=16: host 0.357, enclave 2.143, client 0.714; bare ORT (batch of 16) 2.222; enclave/bare 0.96×",
+    "  CPU ms per inference at c=64: host 0.300, enclave 2.600, client 0.700; bare ORT (batch of 64) 2.174; enclave/bare 1.20×",
     "",
     "Crypto per request (in memory, 1×384 float32): 0.251 ms (seal request 0.031, open request 0.029, sign receipt + seal response 0.101, open response + verify receipt 0.090; alone: sign 0.050, verify 0.070)",
     "Attestation verification: cold 1.234 ms, cached chain 0.400 ms (mock NSM makes a document in 0.900 ms)",
@@ -130,6 +132,8 @@ TABLE = (
     "Targets",
     "  ok    single-request p50, full path                       4.000 ms            target ≤ 1.3 × bare p50 + 1 ms (= 4.250)",
     "  ok    throughput at 16 sessions                         700.000 inferences/s  target ≥ 70 % of bare batched (batch 16) (= 630.000)",
+    "  ok    enclave CPU per inference / bare, 16 sessions       0.964 ×             target ≤ 1.15 × (= 1.150)",
+    "  MISS  enclave CPU per inference / bare, 64 sessions       1.196 ×             target ≤ 1.15 × (= 1.150)",
     "  ok    crypto per request (seal+open+sign+verify)          0.251 ms            target ≤ 0.3 ms (= 0.300)",
     "  ok    attestation verification, cold                      1.234 ms            target ≤ 3 ms (= 3.000)",
     "  ok    attestation verification, cached chain              0.400 ms            target ≤ 1 ms (= 1.000)",
@@ -138,7 +142,7 @@ TABLE = (
     "  ok    host relay overhead (p50 via host − direct)         0.200 ms            target ≤ 0.3 ms (= 0.300)",
     "  ok    host RSS with 1000 idle connections                71.300 MB            target ≤ 200 MB (= 200.000)",
     "  MISS  model transfer store → host → enclave, decrypted    133.000 MB/s          target ≥ 200 MB/s (= 200.000)",
-    "MISSED: model_transfer (see docs/benchmarks.md for why)",
+    "MISSED: enclave_cpu_64, model_transfer (see docs/benchmarks.md for why)",
     "note: one note",
     "note: another note",
     "run took 44.8 s",
@@ -173,7 +177,14 @@ def test_finalize_exactly() -> None:
         "p99": 1.5,
         "throughput": {"1": 0.625, "4": 0.714, "16": 0.778, "64": 0.783},
     }
-    assert r["summary"] == {"missed": ["model_transfer"], "not_measured": [], "all_met": False}
+    # The enclave's CPU per inference beside bare ORT's per sentence: 1000 × cores / ips.
+    assert r["enclave_cpu_per_inference"] == {
+        "16": {"enclave_ms": 2.143, "bare_ms": 2.222, "ratio": 0.964},
+        "64": {"enclave_ms": 2.6, "bare_ms": 2.174, "ratio": 1.196},
+    }
+    assert r["summary"] == {
+        "missed": ["enclave_cpu_64", "model_transfer"], "not_measured": [], "all_met": False,
+    }  # fmt: skip
     assert r["targets"]["model_transfer"] == {
         "target": 200.0, "measured": 133.0, "ok": False, "rule": "≥ 200 MB/s", "unit": "MB/s",
     }  # fmt: skip

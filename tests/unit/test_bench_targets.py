@@ -24,6 +24,8 @@ def test_the_targets_in_order() -> None:
     assert [(t.name, t.measured, t.unit, t.higher_is_better) for t in TARGETS] == [
         ("latency_p50", "full.p50_ms", "ms", False),
         ("throughput_16", "full.throughput.16", "inferences/s", True),
+        ("enclave_cpu_16", "enclave_cpu_per_inference.16.ratio", "×", False),
+        ("enclave_cpu_64", "enclave_cpu_per_inference.64.ratio", "×", False),
         ("crypto", "crypto_ms", "ms", False),
         ("attestation_verify", "attestation_verify_ms", "ms", False),
         ("attestation_verify_cached", "attestation_verify_cached_ms", "ms", False),
@@ -40,6 +42,8 @@ def test_fixed_bounds() -> None:
     assert got == {
         "latency_p50": None,  # derived from the bare baseline: none here
         "throughput_16": None,
+        "enclave_cpu_16": 1.15,
+        "enclave_cpu_64": 1.15,
         "crypto": 0.3,
         "attestation_verify": 3.0,
         "attestation_verify_cached": 1.0,
