@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import re
@@ -2211,7 +2212,7 @@ def receipts(
     def rej(vid: str, path: str, check: str, desc: str, **kw: Any) -> None:
         vector(vid, path, desc, check=check, **kw)
 
-    v1 = Receipt(**{**_receipt_args(r0), "version": 1, "truncate": False, "truncated": ()})
+    v1 = dataclasses.replace(r0, version=1, truncate=False, truncated=())
     vector(
         "receipt_version_1",
         signed("version_1", v1.to_cbor()),
@@ -2485,30 +2486,6 @@ def receipts(
         "The policy requires enclave policy version 8",
         policy="mock_min_policy_version_8",
     )
-
-
-def _receipt_args(r: Receipt) -> dict[str, Any]:
-    return {
-        name: getattr(r, name)
-        for name in (
-            "receipt_id",
-            "session_id",
-            "seq",
-            "model_id",
-            "model_digest",
-            "key_release",
-            "request_hash",
-            "response_hash",
-            "attestation_hash",
-            "pcrs",
-            "policy_version",
-            "mode",
-            "time_ms",
-            "duration_us",
-            "client_nonce",
-            "transcript_hash",
-        )
-    }
 
 
 def _expectations(e: Mapping[str, Any]) -> dict[str, Any]:

@@ -183,14 +183,14 @@ def format_table(r: Mapping[str, Any]) -> str:
             "  bare ORT cores used per batch size: "
             + ", ".join(f"{k}: {_f(v)}" for k, v in bare_cores.items())
         )
-    for c in CPU_LEVELS:
-        per = lookup(r, f"full.throughput_detail.{c}.cpu_ms_per_request") or {}
-        cpu = lookup(r, f"enclave_cpu_per_inference.{c}") or {}
+    for level in CPU_LEVELS:
+        per = lookup(r, f"full.throughput_detail.{level}.cpu_ms_per_request") or {}
+        cpu = lookup(r, f"enclave_cpu_per_inference.{level}") or {}
         if per:
             add(
-                f"  CPU ms per inference at c={c}: host {_f(per.get('host'), 3)}, enclave "
+                f"  CPU ms per inference at c={level}: host {_f(per.get('host'), 3)}, enclave "
                 f"{_f(per.get('enclave'), 3)}, client {_f(per.get('client'), 3)}; "
-                f"bare ORT (batch of {c}) {_f(cpu.get('bare_ms'), 3)}; "
+                f"bare ORT (batch of {level}) {_f(cpu.get('bare_ms'), 3)}; "
                 f"enclave/bare {_f(cpu.get('ratio'), 2, '×')}"
             )
     add("")
