@@ -75,8 +75,10 @@ class Batcher:
         self._executor = executor
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(MAX_QUEUED_REQUESTS)
         self._task: asyncio.Task[None] | None = None
+        #: ONNX Runtime batches run, the requests and the texts they held.
         self.batches = 0
         self.requests = 0
+        self.texts = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -132,6 +134,7 @@ class Batcher:
             self.batches += 1
             self.requests += len(items)
             texts = [t for i in items for t in i.texts]
+            self.texts += len(texts)
             flags = [i.truncate for i in items for _ in i.texts]
             try:
                 vectors, cut = await loop.run_in_executor(

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,8 +469,21 @@ async def _run(config: EnclaveConfig) -> int:
         serve = asyncio.create_task(server.serve_forever())
         await stop.wait()
         serve.cancel()
-    print("ephemeral-enclave: stopped", file=sys.stderr, flush=True)
+        served = server.batch_stats()
+    print(f"ephemeral-enclave: stopped ({_describe_batches(served)})", file=sys.stderr, flush=True)
     return 0
+
+
+def _describe_batches(stats: Mapping[str, tuple[int, int, int]]) -> str:
+    """What the batcher did, per model: how full ONNX Runtime's batches were is what
+    its CPU per inference depends on (docs/benchmarks.md)."""
+    parts = []
+    for model, (batches, requests, texts) in sorted(stats.items()):
+        mean = f", {texts / batches:.1f} texts a batch" if batches else ""
+        parts.append(
+            f"{model}: {requests} request(s), {texts} text(s) in {batches} batch(es){mean}"
+        )
+    return "; ".join(parts) or "nothing served"
 
 
 def main(argv: Sequence[str] | None = None, *, mock_profile: MockProfile | None = None) -> int:

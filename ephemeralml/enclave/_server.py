@@ -213,6 +213,10 @@ class EnclaveServer:
         async with self._server:
             await self._server.serve_forever()
 
+    def batch_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per model: ONNX Runtime batches run, and the requests and texts they held."""
+        return {m: (b.batches, b.requests, b.texts) for m, b in self._batchers.items()}
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -323,6 +323,25 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_serve(stack: Stac
         assert enclave.stop() == 0
 
 
+def test_the_enclave_says_how_full_its_batches_were_when_it_stops(stack: Stack) -> None:
+    from ephemeralml.bench._processes import ENCLAVE, enclave_argv, start_program
+    from tests.integration.conftest import kms_port, services_port
+
+    port = free_port()
+    argv = enclave_argv(port, services_port(stack.host), kms_port(stack.host), host_wait_s=30)
+    enclave = start_program(ENCLAVE, argv, stack.env)
+    try:
+        with connect(f"127.0.0.1:{port}", policy=_policy(stack)) as s:
+            s.embed(["one", "two", "three"])
+            s.embed(["four"])
+    finally:
+        assert enclave.stop() == 0
+    assert enclave.lines[-1].rstrip("\n") == (
+        "ephemeral-enclave: stopped (all-MiniLM-L6-v2: 2 request(s), 4 text(s) in 2 batch(es), "
+        "2.0 texts a batch)"
+    )
+
+
 def test_cached_session_mode_end_to_end(stack: Stack, tmp_path: Path) -> None:
     with connect(stack.address, policy=_policy(stack), session_mode="cached") as a, connect(
         stack.address, policy=_policy(stack), session_mode="cached"

@@ -88,7 +88,7 @@ def test_requests_queued_during_a_batch_form_the_next_batch() -> None:
 def test_max_batch_is_respected() -> None:
     fake = FakeEmbedder()
 
-    async def body(b: Batcher) -> list[Rows]:
+    async def body(b: Batcher) -> tuple[int, int, int]:
         fake.gate.clear()
         first = asyncio.create_task(rows(b, ["x"]))
         await asyncio.to_thread(fake.entered.wait, 10)
@@ -96,10 +96,13 @@ def test_max_batch_is_respected() -> None:
         await asyncio.sleep(0.05)
         fake.gate.set()
         await first
-        return await asyncio.gather(*rest)
+        await asyncio.gather(*rest)
+        return b.batches, b.requests, b.texts
 
-    run(_with_batcher(fake, BatchConfig(max_batch=4), body))
+    counts = run(_with_batcher(fake, BatchConfig(max_batch=4), body))
     assert [len(c) for c in fake.calls] == [1, 4, 2]
+    # What the enclave's stop line reports: batches run, and the requests and texts in them.
+    assert counts == (3, 4, 7)
 
 
 def test_a_bad_request_fails_alone() -> None:
