@@ -73,9 +73,7 @@ def bind_loopback(ep: Endpoint) -> socket.socket:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from ._proxy import ProxyServer, build_app
+        from ._proxy import build_app, serve_on
     except ImportError as e:
         raise ConfigError(
             f"ephemeral proxy needs its web server ({e.name} is not installed): "
@@ -107,11 +105,6 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         )  # fmt: skip
         sock = bind_loopback(listen)
         bound = Endpoint.tcp(listen.host or "127.0.0.1", sock.getsockname()[1])
-        config = uvicorn.Config(
-            build_app(pool), lifespan="off", log_config=None, access_log=False,
-            server_header=False, timeout_keep_alive=5, limit_concurrency=256,
-        )  # fmt: skip
-        server = ProxyServer(config)
         print(
             f"{PROG}: proxy: OpenAI API at http://{url_host(bound)}/v1 -> the enclave at "
             f"{args.host}; receipts in {audit.path}",
@@ -122,12 +115,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                        sessions=args.sessions),
             file=sys.stderr, flush=True,
         )  # fmt: skip
-        server.run(sockets=[sock])
+        received = serve_on(build_app(pool), sock, limit_concurrency=256)
     finally:
         pool.close()
     stats = pool.stats
     print(
-        f"{PROG}: proxy: stopped ({', '.join(server.received) or 'closed'}); sessions opened "
+        f"{PROG}: proxy: stopped ({', '.join(received) or 'closed'}); sessions opened "
         f"{stats.opened}, reused {stats.reused}, retired {stats.retired_age} by age, "
         f"{stats.retired_idle} idle, {stats.retired_broken} broken",
         file=sys.stderr, flush=True,

@@ -37,9 +37,7 @@ def _ws_url(args: argparse.Namespace) -> str:
 
 def cmd_web(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from ._proxy import ProxyServer
+        from ._proxy import serve_on
         from ._web import build_web_app, page_dir
     except ImportError as e:
         raise ConfigError(
@@ -54,17 +52,13 @@ def cmd_web(args: argparse.Namespace) -> int:
     sock = bind_loopback(listen)
     bound = Endpoint.tcp(listen.host or "127.0.0.1", sock.getsockname()[1])
     url = f"http://{url_host(bound)}/"
-    server = ProxyServer(
-        uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                       server_header=False, timeout_keep_alive=5, limit_concurrency=64)
-    )  # fmt: skip
     print(
         f"{PROG}: web: the page at {url} (from {pages}); it verifies the enclave behind "
         f"{ws_url} itself, with the policy {policy.source}",
         file=sys.stderr, flush=True,
     )  # fmt: skip
     print(ready_line(PROG, listen=str(bound), url=url, ws=ws_url), file=sys.stderr, flush=True)
-    server.run(sockets=[sock])
-    stopped = ", ".join(server.received) or "closed"
+    received = serve_on(app, sock, limit_concurrency=64)
+    stopped = ", ".join(received) or "closed"
     print(f"{PROG}: web: stopped ({stopped})", file=sys.stderr, flush=True)
     return 0

@@ -29,10 +29,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import logging
 import signal
+import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,9 +54,7 @@ from ephemeralml.common._errors import (
 from ._api import Embeddings, EmbedIncomplete, Session
 from ._proxy_pool import PoolBusyError, SessionPool
 
-__all__ = ["MAX_BODY_BYTES", "MAX_INPUTS", "ProxyError", "ProxyServer", "build_app"]
-
-log = logging.getLogger("ephemeralml.client.proxy")
+__all__ = ["MAX_BODY_BYTES", "MAX_INPUTS", "ProxyError", "ProxyServer", "build_app", "serve_on"]
 
 #: Largest request body: 2048 inputs (OpenAI's cap) of a few KiB each.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -103,12 +100,6 @@ def _from_error(e: Error) -> ProxyError:
     return ProxyError(
         502, f"the enclave failed the request: {e.message}", "server_error", code=e.code
     )
-
-
-@dataclass(frozen=True)
-class _Answer:
-    results: list[Embeddings]
-    models: dict[str, bytes]
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
@@ -237,20 +228,20 @@ def build_app(pool: SessionPool[Session]) -> Starlette:
         texts, name, encoding = _inputs(body), _model(body), _encoding(body)
         dims = body.get("dimensions")
 
-        def embed(s: Session) -> _Answer:
+        def embed(s: Session) -> list[Embeddings]:
             if name not in s.models:
                 raise _no_model(name)
-            return _Answer(s.embed(texts, model=name), s.models)
+            return s.embed(texts, model=name)
 
-        answer: _Answer = await run(embed)
-        vectors = np.concatenate([r.vectors for r in answer.results])
+        results: list[Embeddings] = await run(embed)
+        vectors = np.concatenate([r.vectors for r in results])
         if dims is not None and dims != vectors.shape[1]:
             raise _bad(
                 f"'dimensions' must be {vectors.shape[1]} for {name} (the enclave does not "
                 "shorten embeddings)", param="dimensions",
             )  # fmt: skip
-        doc = answer.results[0].receipt.attestation.document
-        receipts = _receipts(answer.results)
+        doc = results[0].receipt.attestation.document
+        receipts = _receipts(results)
         content = {
             "object": "list",
             "data": [
@@ -266,7 +257,7 @@ def build_app(pool: SessionPool[Session]) -> Starlette:
                     # receipt verifies offline (``ephemeral verify --attestation``).
                     "attestation": base64.b64encode(doc.raw).decode("ascii"),
                     "module_id": doc.module_id,
-                    "mode": answer.results[0].receipt.receipt.mode,
+                    "mode": results[0].receipt.receipt.mode,
                     "pcrs": {str(i): p.hex() for i, p in sorted(doc.pcrs.items())},
                 },
             },
@@ -322,3 +313,17 @@ class ProxyServer(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+def serve_on(app: Starlette, sock: socket.socket, *, limit_concurrency: int) -> list[str]:
+    """Serve ``app`` on the bound loopback socket until SIGINT or SIGTERM; the signals
+    that stopped it. No access log, no lifespan, no server header (both the proxy and
+    ``ephemeral web`` serve this way)."""
+    server = ProxyServer(
+        uvicorn.Config(
+            app, lifespan="off", log_config=None, access_log=False, server_header=False,
+            timeout_keep_alive=5, limit_concurrency=limit_concurrency,
+        )
+    )  # fmt: skip
+    server.run(sockets=[sock])
+    return server.received

@@ -101,14 +101,11 @@ class SessionPool(Generic[S]):
         """A session for one request. A :class:`TransportError` raised inside retires
         it; any other error gives it back (the session itself is sound)."""
         slot = self._take()
-        broken = True
+        broken = False
         try:
             yield slot.session
-            broken = False
-        except TransportError:
-            raise
-        except BaseException:
-            broken = False
+        except BaseException as e:
+            broken = isinstance(e, TransportError)
             raise
         finally:
             self._give_back(slot, broken=broken)
