@@ -26,6 +26,7 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "TransportError",
+    "TruncatedError",
     "VerificationError",
     "error_from_code",
     "foreign_error",
@@ -137,6 +138,13 @@ class InferenceError(Error):
     code = "inference"
 
 
+class TruncatedError(Error):
+    """A streamed answer ended without the enclave's authenticated end and receipt
+    (protocol.md §2.8 S4): what arrived is not the answer, only a part of it."""
+
+    code = "truncated"
+
+
 class RemoteError(Error):
     """The peer reported an error in an error frame.
 
@@ -171,6 +179,7 @@ _BY_CODE: dict[str, type[Error]] = {
         KeyReleaseError,
         ConfigError,
         InferenceError,
+        TruncatedError,
     )
 }
 

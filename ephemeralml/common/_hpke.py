@@ -10,6 +10,10 @@ Responses are sealed with ChaCha20-Poly1305 under a key and base nonce *exported
 from the same HPKE context (RFC 9180 §5.3), with the per-response nonce computed
 like HPKE's own (base_nonce XOR seq), so responses may be sent in any order while
 every (key, nonce) pair is used once.
+
+The chunks of a streamed answer (§2.8) are sealed the same way under a second exported
+key, with the nonce ``base XOR (u64be(seq) ‖ u32be(k))``: chunk ``k`` of the answer to
+request ``seq`` has a nonce of its own, so a chunk opens only in its own place.
 """
 
 from __future__ import annotations
@@ -39,10 +43,14 @@ PUBLIC_KEY_BYTES = 32
 _INFO_LABEL = b"ephemeralml/1 session\x00"
 _RESPONSE_KEY_LABEL = b"ephemeralml/1 response key"
 _RESPONSE_NONCE_LABEL = b"ephemeralml/1 response nonce"
+_CHUNK_KEY_LABEL = b"ephemeralml/1 chunk key"
+_CHUNK_NONCE_LABEL = b"ephemeralml/1 chunk nonce"
 _NONCE_BYTES = 12
 #: RFC 9180 §5.2: a context must not seal more than 2^96-1 messages; we stop far
 #: earlier, and a session this long is a bug or an attack.
 MAX_SEQ = 2**32
+#: Chunks one streamed answer may have: their number takes the last 4 nonce bytes.
+MAX_CHUNKS = 2**32
 
 
 def session_info(attestation_sha256: bytes) -> bytes:
@@ -56,6 +64,13 @@ def _response_nonce(base: bytes, seq: int) -> bytes:
     if not 0 <= seq < MAX_SEQ:
         raise LocalProtocolError(f"sequence number {seq} out of range")
     return bytes(a ^ b for a, b in zip(base, seq.to_bytes(_NONCE_BYTES, "big"), strict=True))
+
+
+def _chunk_nonce(base: bytes, seq: int, k: int) -> bytes:
+    if not 0 <= seq < MAX_SEQ or not 0 <= k < MAX_CHUNKS:
+        raise LocalProtocolError(f"chunk {k} of answer {seq} out of range")
+    where = seq.to_bytes(8, "big") + k.to_bytes(4, "big")
+    return bytes(a ^ b for a, b in zip(base, where, strict=True))
 
 
 class EnclaveSessionKey:
@@ -82,6 +97,8 @@ class _Channel:
         self._ctx = ctx
         self._resp = ChaCha20Poly1305(ctx.export(_RESPONSE_KEY_LABEL, 32))  # type: ignore[attr-defined]
         self._resp_base = ctx.export(_RESPONSE_NONCE_LABEL, _NONCE_BYTES)  # type: ignore[attr-defined]
+        self._chunk = ChaCha20Poly1305(ctx.export(_CHUNK_KEY_LABEL, 32))  # type: ignore[attr-defined]
+        self._chunk_base = ctx.export(_CHUNK_NONCE_LABEL, _NONCE_BYTES)  # type: ignore[attr-defined]
 
 
 class ClientChannel(_Channel):
@@ -122,6 +139,13 @@ class ClientChannel(_Channel):
             # §4 check H3.
             raise CiphertextError(f"response {seq} failed authentication") from e
 
+    def open_chunk(self, seq: int, k: int, ciphertext: bytes, aad: bytes) -> bytes:
+        try:
+            return self._chunk.decrypt(_chunk_nonce(self._chunk_base, seq, k), ciphertext, aad)
+        except InvalidTag as e:
+            # §2.8 check S2.
+            raise CiphertextError(f"S2 chunk {k} of answer {seq} failed authentication") from e
+
 
 class EnclaveChannel(_Channel):
     """The enclave's half: opens requests, seals responses."""
@@ -144,3 +168,6 @@ class EnclaveChannel(_Channel):
 
     def seal_response(self, seq: int, plaintext: bytes, aad: bytes) -> bytes:
         return self._resp.encrypt(_response_nonce(self._resp_base, seq), plaintext, aad)
+
+    def seal_chunk(self, seq: int, k: int, plaintext: bytes, aad: bytes) -> bytes:
+        return self._chunk.encrypt(_chunk_nonce(self._chunk_base, seq, k), plaintext, aad)

@@ -27,13 +27,21 @@ __all__ = [
     "EmbedRequest",
     "EmbedResult",
     "ErrorFrame",
+    "CancelRequest",
+    "ChatMessage",
+    "GenerateRequest",
+    "GenerateResult",
     "Message",
     "RequestError",
+    "SealedChunk",
     "SealedRequest",
     "SealedResponse",
     "ServerAttest",
     "SessionOpen",
+    "decode_chunk_body",
     "decode_message",
+    "decode_request",
+    "encode_chunk_body",
 ]
 
 #: The one protocol version this code speaks. It is in every hello and is bound
@@ -224,6 +232,34 @@ class SealedResponse(Message):
 
 
 @dataclass(frozen=True)
+class SealedChunk(Message):
+    """Enclave → client: chunk ``k`` of the streamed answer to request ``seq`` (§2.8)."""
+
+    TYPE: ClassVar[str] = "chunk"
+    KEYS: ClassVar[set[str]] = {"t", "seq", "k", "ct"}
+
+    seq: int
+    k: int
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        if self.seq < 0 or self.k < 0:
+            raise RemoteProtocolError("chunk: negative seq or k")
+
+    def to_map(self) -> dict[str, Any]:
+        return {"t": self.TYPE, "seq": self.seq, "k": self.k, "ct": self.ciphertext}
+
+    @classmethod
+    def from_map(cls, m: Mapping[Any, Any]) -> SealedChunk:
+        _exact_keys(m, cls.KEYS, "chunk")
+        return cls(
+            seq=_field(m, "seq", int, "chunk"),
+            k=_field(m, "k", int, "chunk"),
+            ciphertext=_field(m, "ct", bytes, "chunk"),
+        )
+
+
+@dataclass(frozen=True)
 class ErrorFrame(Message):
     """Either side: the session is over, and why (protocol.md §6).
 
@@ -253,7 +289,15 @@ class ErrorFrame(Message):
 
 _TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (ClientHello, ServerAttest, SessionOpen, SealedRequest, SealedResponse, ErrorFrame)
+    for cls in (
+        ClientHello,
+        ServerAttest,
+        SessionOpen,
+        SealedRequest,
+        SealedResponse,
+        SealedChunk,
+        ErrorFrame,
+    )
 }
 
 
@@ -300,6 +344,10 @@ class EmbedRequest:
         m = decode_deterministic(data, what="request")
         if not isinstance(m, dict):
             raise RemoteProtocolError("request is not a CBOR map")
+        return cls.from_map(m)
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> EmbedRequest:
         truncate = "truncate" in m
         _exact_keys(m, cls.KEYS | ({"truncate"} if truncate else set()), "request")
         if m["op"] != "embed":
@@ -352,6 +400,274 @@ class EmbedResult:
         return cls.from_map(decode_deterministic(data, what="result"))
 
 
+#: Messages in one chat request, and UTF-8 bytes of its prompt or of all its messages'
+#: contents together: far beyond any model's context (SmolLM2's 8192 tokens are ~32 KiB
+#: of text), so that only a hostile request meets them, before any tokenizing.
+MAX_MESSAGES = 256
+MAX_PROMPT_BYTES = 256 * 1024
+#: Chat roles a request may use (the OpenAI API's, less tools).
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+#: Keys of a generate request besides ``op`` and ``model``: exactly one of
+#: ``messages`` and ``prompt``, ``max_tokens``, and the sampling keys only when they
+#: differ from greedy decoding (one encoding per request, as ``truncate``).
+_GENERATE_OPTIONAL = ("temperature", "top_p", "top_k", "seed", "stop")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat: its role and its text."""
+
+    role: str
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in CHAT_ROLES:
+            raise RemoteProtocolError(
+                f"message role {self.role!r} is not one of {sorted(CHAT_ROLES)}"
+            )
+        if not isinstance(self.content, str):
+            raise RemoteProtocolError("message content must be text")
+
+    def to_map(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """The plaintext of a sealed generate request (protocol.md §2.8).
+
+    ``messages`` (a chat, rendered by the model's chat template in the enclave) or
+    ``prompt`` (plain text, continued as it is), never both. The sampling fields have
+    their greedy defaults and travel only when they differ from them; their ranges
+    are the enclave's to check (a sealed ``inference`` refusal).
+    """
+
+    model: str
+    max_tokens: int
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise RemoteProtocolError("a generate request has messages or a prompt, not both")
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
+            raise RemoteProtocolError("generate max_tokens must be an integer")
+        if self.messages is not None:
+            if not self.messages:
+                raise RemoteProtocolError("a chat needs at least one message")
+            if len(self.messages) > MAX_MESSAGES:
+                raise LimitError(f"{len(self.messages)} messages; the limit is {MAX_MESSAGES}")
+            size = sum(_utf8_len(m.content) for m in self.messages)
+        else:
+            assert self.prompt is not None
+            size = _utf8_len(self.prompt)
+        if size > MAX_PROMPT_BYTES:
+            raise LimitError(f"the prompt is {size} bytes; the limit is {MAX_PROMPT_BYTES}")
+        for name, typ in (("temperature", float), ("top_p", float)):
+            if not isinstance(getattr(self, name), typ):
+                raise RemoteProtocolError(f"generate {name} must be a float")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
+            raise RemoteProtocolError("generate top_k must be an integer")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise RemoteProtocolError("generate seed must be an integer")
+        if not all(isinstance(x, str) for x in self.stop):
+            raise RemoteProtocolError("generate stop must be a list of text")
+
+    def to_map(self) -> dict[str, Any]:
+        m: dict[str, Any] = {"op": "generate", "model": self.model, "max_tokens": self.max_tokens}
+        if self.messages is not None:
+            m["messages"] = [x.to_map() for x in self.messages]
+        else:
+            m["prompt"] = self.prompt
+        for key in _GENERATE_OPTIONAL:
+            if (value := self._wire(key)) is not None:
+                m[key] = value
+        return m
+
+    def _wire(self, key: str) -> Any:
+        """A sampling field's wire value, ``None`` when it has its default."""
+        value = getattr(self, key)
+        default = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": None, "stop": ()}[key]
+        if value == default and type(value) is type(default):
+            return None
+        return list(value) if key == "stop" else value
+
+    def to_cbor(self) -> bytes:
+        return encode(self.to_map())
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> GenerateRequest:
+        chat = "messages" in m
+        present = {k for k in _GENERATE_OPTIONAL if k in m}
+        keys = {"op", "model", "max_tokens", "messages" if chat else "prompt"} | present
+        _exact_keys(m, keys, "generate request")
+        messages = None
+        if chat:
+            raw = _field(m, "messages", list, "generate request")
+            if len(raw) > MAX_MESSAGES:
+                raise LimitError(f"{len(raw)} messages; the limit is {MAX_MESSAGES}")
+            parsed = []
+            for i, x in enumerate(raw):
+                if not isinstance(x, dict):
+                    raise RemoteProtocolError(f"message {i} is not a map")
+                _exact_keys(x, {"role", "content"}, f"message {i}")
+                parsed.append(
+                    ChatMessage(
+                        _field(x, "role", str, f"message {i}"),
+                        _field(x, "content", str, f"message {i}"),
+                    )
+                )
+            messages = tuple(parsed)
+        fields: dict[str, Any] = {}
+        for key, typ in (
+            ("temperature", float), ("top_p", float), ("top_k", int), ("seed", int), ("stop", list)
+        ):  # fmt: skip
+            if key in m:
+                fields[key] = _field(m, key, typ, "generate request")
+        if "stop" in fields:
+            fields["stop"] = tuple(fields["stop"])
+        request = cls(
+            model=_field(m, "model", str, "generate request"),
+            max_tokens=_field(m, "max_tokens", int, "generate request"),
+            messages=messages,
+            prompt=None if chat else _field(m, "prompt", str, "generate request"),
+            **fields,
+        )
+        # One encoding per request: a sampling key with its default value is refused.
+        if any(request._wire(k) is None for k in present):
+            raise RemoteProtocolError(
+                f"generate request carries a default value in {sorted(present)}"
+                " (a key with its default is left out)"
+            )
+        return request
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """The plaintext of a sealed cancel: stop generating the answer to request ``seq``
+    (§2.8). It has no answer of its own; the stream it names ends early, with its
+    receipt."""
+
+    seq: int
+
+    def to_map(self) -> dict[str, Any]:
+        return {"op": "cancel", "seq": self.seq}
+
+    def to_cbor(self) -> bytes:
+        return encode(self.to_map())
+
+    @classmethod
+    def from_map(cls, m: dict[Any, Any]) -> CancelRequest:
+        _exact_keys(m, {"op", "seq"}, "cancel request")
+        seq = _field(m, "seq", int, "cancel request")
+        if seq < 0:
+            raise RemoteProtocolError("cancel request seq is negative")
+        return cls(seq)
+
+
+def decode_request(data: bytes) -> EmbedRequest | GenerateRequest | CancelRequest:
+    """Parse a sealed request's plaintext, by its ``op`` (§2.4, §2.8)."""
+    m = decode_deterministic(data, what="request")
+    if not isinstance(m, dict):
+        raise RemoteProtocolError("request is not a CBOR map")
+    op = m.get("op")
+    if op == "generate":
+        return GenerateRequest.from_map(m)
+    if op == "cancel":
+        return CancelRequest.from_map(m)
+    return EmbedRequest.from_map(m)
+
+
+#: How a stream ended (§2.8): a stop token or sequence, max_tokens or the context
+#: reached, or the client's cancel.
+FINISH_REASONS = frozenset({"stop", "length", "cancelled"})
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """The end of a streamed answer (§2.8): how it finished, the token counts, and the
+    number and hash of its chunks. Its CBOR is what the receipt's ``response_hash``
+    covers, so the receipt covers every chunk's exact bytes, in order, through
+    ``stream``."""
+
+    KEYS: ClassVar[set[str]] = {
+        "model", "finish", "chunks", "stream", "prompt_tokens", "completion_tokens",
+        "device",
+    }  # fmt: skip
+
+    model: str
+    finish: str
+    chunks: int
+    stream: bytes
+    prompt_tokens: int
+    completion_tokens: int
+    #: Where the model ran: ONNX Runtime's execution provider (e.g. ``CPUExecutionProvider``).
+    device: str
+
+    def __post_init__(self) -> None:
+        if self.finish not in FINISH_REASONS:
+            raise RemoteProtocolError(f"result finish {self.finish!r} is not a finish reason")
+        if len(self.stream) != 32:
+            raise RemoteProtocolError("result stream hash is not 32 bytes")
+        if min(self.chunks, self.prompt_tokens, self.completion_tokens) < 0:
+            raise RemoteProtocolError("result counts must not be negative")
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "finish": self.finish,
+            "chunks": self.chunks,
+            "stream": self.stream,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "device": self.device,
+        }
+
+    def to_cbor(self) -> bytes:
+        """The bytes whose SHA-256 is the receipt's ``response_hash``."""
+        return encode(self.to_map())
+
+    @classmethod
+    def from_map(cls, m: Any) -> GenerateResult:
+        if not isinstance(m, dict):
+            raise RemoteProtocolError("result is not a CBOR map")
+        _exact_keys(m, cls.KEYS, "result")
+        return cls(
+            model=_field(m, "model", str, "result"),
+            finish=_field(m, "finish", str, "result"),
+            chunks=_field(m, "chunks", int, "result"),
+            stream=_field(m, "stream", bytes, "result"),
+            prompt_tokens=_field(m, "prompt_tokens", int, "result"),
+            completion_tokens=_field(m, "completion_tokens", int, "result"),
+            device=_field(m, "device", str, "result"),
+        )
+
+
+def encode_chunk_body(text: str) -> bytes:
+    """The plaintext of a chunk: ``{"text": t}``, ``t`` not empty (§2.8)."""
+    return encode({"text": text})
+
+
+def decode_chunk_body(data: bytes) -> str:
+    m = decode_deterministic(data, what="chunk")
+    if not isinstance(m, dict):
+        raise RemoteProtocolError("chunk is not a CBOR map")
+    _exact_keys(m, {"text"}, "chunk")
+    text: str = _field(m, "text", str, "chunk")
+    if not text:
+        raise RemoteProtocolError("chunk text is empty")
+    return text
+
+
 @dataclass(frozen=True)
 class RequestError:
     """A per-request failure, sealed like a result: the session goes on."""
@@ -365,7 +681,7 @@ class RequestError:
 
 
 def encode_response_body(
-    result: EmbedResult | None, receipt: bytes | None, error: RequestError | None
+    result: EmbedResult | GenerateResult | None, receipt: bytes | None, error: RequestError | None
 ) -> bytes:
     """The plaintext of a sealed response: ``{result, receipt}`` or ``{error}``."""
     if error is not None:
@@ -374,7 +690,9 @@ def encode_response_body(
     return encode({"result": result.to_map(), "receipt": receipt})
 
 
-def decode_response_body(data: bytes) -> tuple[EmbedResult, bytes] | RequestError:
+def decode_response_body(
+    data: bytes, result_type: type[EmbedResult] | type[GenerateResult] = EmbedResult
+) -> tuple[EmbedResult | GenerateResult, bytes] | RequestError:
     m = decode_deterministic(data, what="response")
     if not isinstance(m, dict):
         raise RemoteProtocolError("response is not a CBOR map")
@@ -388,4 +706,4 @@ def decode_response_body(data: bytes) -> tuple[EmbedResult, bytes] | RequestErro
             message=_field(e, "msg", str, "response error")[:MAX_ERROR_MESSAGE_CHARS],
         )
     _exact_keys(m, {"result", "receipt"}, "response")
-    return EmbedResult.from_map(m["result"]), _field(m, "receipt", bytes, "response")
+    return result_type.from_map(m["result"]), _field(m, "receipt", bytes, "response")

@@ -12,6 +12,14 @@ every call raises.
     open(enc)           ───────▶   (HPKE recipient context)
     req(seq, ct)        ───────▶   RequestReceived (program runs the model)
     Response  ◀───────  resp(seq, ct{result, receipt})
+
+A generate request (§2.8) is answered by numbered chunks, then the resp that ends the
+stream with its receipt:
+
+    req(seq, ct{generate}) ────▶   RequestReceived
+    Chunk     ◀───────  chunk(seq, k=0, ct{text}) … chunk(seq, k=n-1, …)
+    StreamEnded ◀─────  resp(seq, ct{result: finish, usage, chunks=n, stream hash; receipt})
+    req(seq', ct{cancel seq}) ─▶   CancelReceived (the stream ends early, with its receipt)
 """
 
 from __future__ import annotations
@@ -45,18 +53,25 @@ from ._messages import (
     NONCE_BYTES,
     PROTOCOL_VERSION,
     SESSION_ID_BYTES,
+    CancelRequest,
     ClientHello,
     EmbedRequest,
     EmbedResult,
     ErrorFrame,
+    GenerateRequest,
+    GenerateResult,
     Message,
     RequestError,
+    SealedChunk,
     SealedRequest,
     SealedResponse,
     ServerAttest,
     SessionOpen,
+    decode_chunk_body,
     decode_message,
+    decode_request,
     decode_response_body,
+    encode_chunk_body,
     encode_response_body,
 )
 from ._proof import CACHED_SESSION_ID, SessionProof, verify_session_proof
@@ -76,6 +91,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_OUTSTANDING_REQUESTS",
     "Attested",
+    "CancelReceived",
+    "ChunkReceived",
     "ClientSession",
     "ClientState",
     "EnclaveIdentity",
@@ -85,6 +102,8 @@ __all__ = [
     "RequestFailed",
     "RequestReceived",
     "ResponseReceived",
+    "StreamEnded",
+    "chunk_link",
 ]
 
 #: Requests a client may have in flight in one session; bounds what the enclave
@@ -107,6 +126,27 @@ def _aad(kind: str, session_id: bytes, seq: int) -> bytes:
     return encode({"t": kind, "sid": session_id, "seq": seq})
 
 
+def _chunk_aad(session_id: bytes, seq: int, k: int) -> bytes:
+    # §2.8 S2: a chunk's place (session, answer, number) is authenticated.
+    return encode({"k": k, "t": "chunk", "sid": session_id, "seq": seq})
+
+
+def chunk_link(plaintext: bytes) -> bytes:
+    """What one chunk adds to its stream's hash (§2.8): ``u32be(len) ‖ plaintext``."""
+    return len(plaintext).to_bytes(4, "big") + plaintext
+
+
+class _Stream:
+    """One streamed answer in progress, on either side: the next chunk number and
+    the running SHA-256 of the chunks so far (§2.8)."""
+
+    __slots__ = ("hash", "next_k")
+
+    def __init__(self) -> None:
+        self.next_k = 0
+        self.hash = hashlib.sha256()
+
+
 # ---------------------------------------------------------------- events
 
 
@@ -125,6 +165,27 @@ class ResponseReceived:
     seq: int
     request: EmbedRequest
     result: EmbedResult
+    receipt: VerifiedReceipt
+
+
+@dataclass(frozen=True)
+class ChunkReceived:
+    """Client: chunk ``k`` of the streamed answer to request ``seq`` opened in its place.
+    Its text is not yet covered by a receipt: that comes with :class:`StreamEnded`."""
+
+    seq: int
+    k: int
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """Client: a streamed answer ended; its chunks agree with the end, whose receipt
+    verified against the session (§2.8 S3)."""
+
+    seq: int
+    request: GenerateRequest
+    result: GenerateResult
     receipt: VerifiedReceipt
 
 
@@ -154,12 +215,21 @@ class RequestReceived:
     """Enclave: an authenticated request to serve (or to refuse with respond_error)."""
 
     seq: int
-    request: EmbedRequest | None
+    request: EmbedRequest | GenerateRequest | None
     #: SHA-256 of the request plaintext as received: the receipt's request_hash.
     request_hash: bytes
     #: Set when the request authenticated but its body is not a valid request:
     #: the client's fault, answered with a sealed error, and the session goes on.
     error: Error | None = None
+
+
+@dataclass(frozen=True)
+class CancelReceived:
+    """Enclave: the client asks to stop the stream answering request ``target``
+    (§2.8). ``target`` may have ended already; then there is nothing to do."""
+
+    seq: int
+    target: int
 
 
 # ---------------------------------------------------------------- client
@@ -175,7 +245,7 @@ class ClientState(Enum):
 _CLIENT_ACCEPTS: dict[ClientState, tuple[type[Message], ...]] = {
     ClientState.START: (),
     ClientState.AWAIT_ATTEST: (ServerAttest, ErrorFrame),
-    ClientState.READY: (SealedResponse, ErrorFrame),
+    ClientState.READY: (SealedResponse, SealedChunk, ErrorFrame),
     ClientState.ERROR: (),
 }
 
@@ -207,7 +277,8 @@ class ClientSession:
         self.binding: EnclaveBinding | None = None
         self._channel: ClientChannel | None = None
         self._next_seq = 0
-        self._pending: dict[int, tuple[EmbedRequest, bytes]] = {}
+        self._pending: dict[int, tuple[EmbedRequest | GenerateRequest, bytes]] = {}
+        self._streams: dict[int, _Stream] = {}
 
     # -- outbound
     def hello(self) -> bytes:
@@ -222,27 +293,44 @@ class ClientSession:
         self._out.clear()
         return out
 
-    def send_request(self, request: EmbedRequest) -> tuple[int, bytes]:
-        """Seal ``request``; returns its sequence number and the frame to send."""
+    def send_request(self, request: EmbedRequest | GenerateRequest) -> tuple[int, bytes]:
+        """Seal ``request``; returns its sequence number and the frame to send. A
+        :class:`GenerateRequest` is answered by chunks, then its end (§2.8)."""
         self._expect_state(ClientState.READY)
-        assert self._channel is not None and self.binding is not None
+        assert self.binding is not None
         # A model the enclave did not attest is still asked for: the enclave answers
         # (sealed) why it does not serve it, e.g. that its key release was refused.
         if len(self._pending) >= MAX_OUTSTANDING_REQUESTS:
             raise LocalProtocolError("too many requests in flight")
+        seq, frame, body = self._seal(request.to_cbor())
+        self._pending[seq] = (request, hashlib.sha256(body).digest())
+        if isinstance(request, GenerateRequest):
+            self._streams[seq] = _Stream()
+        return seq, frame
+
+    def cancel(self, seq: int) -> bytes:
+        """The frame that asks the enclave to stop the stream answering ``seq``
+        (§2.8). The stream still ends with its end and receipt (finish
+        ``"cancelled"``, unless it finished first); the cancel has no answer."""
+        self._expect_state(ClientState.READY)
+        if seq not in self._streams:
+            raise LocalProtocolError(f"request {seq} is no stream in flight")
+        return self._seal(CancelRequest(seq).to_cbor())[1]
+
+    def _seal(self, body: bytes) -> tuple[int, bytes, bytes]:
+        assert self._channel is not None and self.session_id is not None
         seq = self._next_seq
-        body = request.to_cbor()
-        assert self.session_id is not None
         ct = self._channel.seal_request(seq, body, _aad("req", self.session_id, seq))
         self._next_seq += 1
-        self._pending[seq] = (request, hashlib.sha256(body).digest())
-        return seq, encode_frame(SealedRequest(seq, ct).to_cbor())
+        return seq, encode_frame(SealedRequest(seq, ct).to_cbor()), body
 
     # -- inbound
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
 
-    def next_event(self, *, now: datetime) -> Attested | ResponseReceived | RequestFailed | None:
+    def next_event(
+        self, *, now: datetime
+    ) -> Attested | ResponseReceived | RequestFailed | ChunkReceived | StreamEnded | None:
         """Process at most one frame; ``now`` is the time attestation is checked at."""
         if self.state is ClientState.ERROR:
             raise LocalProtocolError("session already failed")
@@ -259,6 +347,8 @@ class ClientSession:
                 raise RemoteError(msg.code, msg.message)
             if isinstance(msg, ServerAttest):
                 return self._on_attest(frame, msg, now)
+            if isinstance(msg, SealedChunk):
+                return self._on_chunk(msg)
             assert isinstance(msg, SealedResponse)
             return self._on_response(msg)
         except Error:
@@ -326,22 +416,56 @@ class ClientSession:
         self._decoder.max_bytes = MAX_FRAME_BYTES
         return Attested(verified, binding)
 
-    def _on_response(self, msg: SealedResponse) -> ResponseReceived | RequestFailed:
+    def _on_chunk(self, msg: SealedChunk) -> ChunkReceived:
+        assert self._channel is not None and self.session_id is not None
+        stream = self._streams.get(msg.seq)
+        if stream is None:
+            raise CiphertextError(f"S1 chunk for answer {msg.seq}, which is no stream in flight")
+        # §2.8 S1: chunks come numbered 0, 1, 2, ...; a dropped, repeated or reordered
+        # one is named here (and a renumbered one cannot open, S2).
+        if msg.k != stream.next_k:
+            raise CiphertextError(
+                f"S1 chunk {msg.k} of answer {msg.seq} out of order: expected chunk"
+                f" {stream.next_k} (dropped, repeated or reordered)"
+            )
+        body = self._channel.open_chunk(
+            msg.seq, msg.k, msg.ciphertext, _chunk_aad(self.session_id, msg.seq, msg.k)
+        )
+        text = decode_chunk_body(body)
+        stream.hash.update(chunk_link(body))
+        stream.next_k += 1
+        return ChunkReceived(msg.seq, msg.k, text)
+
+    def _on_response(
+        self, msg: SealedResponse
+    ) -> ResponseReceived | RequestFailed | StreamEnded:
         assert self._channel is not None and self.binding is not None
         assert self.attestation is not None and self.transcript_hash is not None
         pending = self._pending.pop(msg.seq, None)
         if pending is None:
             raise CiphertextError(f"response {msg.seq} answers no request in flight (replay?)")
         request, request_hash = pending
+        stream = self._streams.pop(msg.seq, None)
         body = self._channel.open_response(
             msg.seq, msg.ciphertext, _aad("resp", self.session_id or b"", msg.seq)
         )
-        parsed = decode_response_body(body)
+        parsed = decode_response_body(
+            body, GenerateResult if isinstance(request, GenerateRequest) else EmbedResult
+        )
         if isinstance(parsed, RequestError):
             return RequestFailed(msg.seq, parsed.code, parsed.message)
         result, receipt = parsed
         if result.model != request.model:
             raise RemoteProtocolError("response is for a different model than requested")
+        if isinstance(result, GenerateResult):
+            assert stream is not None
+            # §2.8 S3: the end counts and hashes the chunks the enclave sent; ours
+            # must be the same, so a chunk dropped at the end is caught here.
+            if result.chunks != stream.next_k or result.stream != stream.hash.digest():
+                raise CiphertextError(
+                    f"S3 the end of answer {msg.seq} covers {result.chunks} chunk(s);"
+                    f" {stream.next_k} arrived, or not the same (dropped or altered)"
+                )
         # §5 R1-R11: the receipt is the enclave's signed account of this exchange.
         verified = verify_receipt(
             receipt,
@@ -354,10 +478,14 @@ class ClientSession:
                 request_hash=request_hash,
                 response_hash=hashlib.sha256(result.to_cbor()).digest(),
                 model_id=request.model,
-                truncate=request.truncate,
-                inputs=len(request.inputs),
+                truncate=isinstance(request, EmbedRequest) and request.truncate,
+                inputs=len(request.inputs) if isinstance(request, EmbedRequest) else 0,
             ),
         )
+        if isinstance(result, GenerateResult):
+            assert isinstance(request, GenerateRequest)
+            return StreamEnded(msg.seq, request, result, verified)
+        assert isinstance(request, EmbedRequest)
         return ResponseReceived(msg.seq, request, result, verified)
 
     @property
@@ -417,6 +545,7 @@ class EnclaveSession:
         self.attestation_time_ms: int | None = None
         self._channel: EnclaveChannel | None = None
         self._pending: set[int] = set()
+        self._streams: dict[int, _Stream] = {}
 
     @property
     def public_key(self) -> bytes:
@@ -451,7 +580,7 @@ class EnclaveSession:
     def receive_data(self, data: bytes) -> None:
         self._decoder.receive_data(data)
 
-    def next_event(self) -> HelloReceived | RequestReceived | None:
+    def next_event(self) -> HelloReceived | RequestReceived | CancelReceived | None:
         if self.state is EnclaveState.ERROR:
             raise LocalProtocolError("session already failed")
         try:
@@ -493,19 +622,25 @@ class EnclaveSession:
             self.state = EnclaveState.ERROR
             raise foreign_error(e, "client's frame") from e
 
-    def _on_request(self, msg: SealedRequest) -> RequestReceived:
+    def _on_request(self, msg: SealedRequest) -> RequestReceived | CancelReceived:
         assert self._channel is not None
         if len(self._pending) >= MAX_OUTSTANDING_REQUESTS:
             raise RemoteProtocolError("too many requests in flight")
         body = self._channel.open_request(
             msg.seq, msg.ciphertext, _aad("req", self.session_id, msg.seq)
         )
-        self._pending.add(msg.seq)
         digest = hashlib.sha256(body).digest()
         try:
-            request = EmbedRequest.from_cbor(body)
+            request = decode_request(body)
         except (DecodeError, RemoteProtocolError) as e:
+            self._pending.add(msg.seq)
             return RequestReceived(msg.seq, None, digest, InferenceError(f"bad request: {e}"))
+        if isinstance(request, CancelRequest):
+            # §2.8: a cancel takes a seq (it is sealed in order) but has no answer.
+            return CancelReceived(msg.seq, request.seq)
+        self._pending.add(msg.seq)
+        if isinstance(request, GenerateRequest):
+            self._streams[msg.seq] = _Stream()
         return RequestReceived(msg.seq, request, digest)
 
     def attest(self, document: bytes, *, timestamp_ms: int) -> bytes:
@@ -550,9 +685,93 @@ class EnclaveSession:
         names the inputs that were cut (only when the request asked for it)."""
         self._expect_state(EnclaveState.READY)
         seq = self._take(event.seq)
-        assert self._channel is not None and event.request is not None
-        assert self.nonce is not None and self.attestation_hash is not None
-        assert self.transcript_hash is not None and self.attestation_time_ms is not None
+        assert isinstance(event.request, EmbedRequest)
+        return self._sealed_result(
+            seq,
+            event,
+            result,
+            model_digest=model_digest,
+            time_ms=time_ms,
+            duration_us=duration_us,
+            receipt_id=receipt_id,
+            truncate=event.request.truncate,
+            truncated=truncated,
+        )
+
+    def chunk(self, event: RequestReceived, text: str) -> bytes:
+        """The next chunk of the streamed answer to ``event``'s generate request (§2.8)."""
+        self._expect_state(EnclaveState.READY)
+        assert self._channel is not None
+        stream = self._streams.get(event.seq)
+        if stream is None or event.seq not in self._pending:
+            raise LocalProtocolError(f"request {event.seq} is no stream in progress")
+        if not text:
+            raise LocalProtocolError("a chunk carries text")
+        k, body = stream.next_k, encode_chunk_body(text)
+        ct = self._channel.seal_chunk(
+            event.seq, k, body, _chunk_aad(self.session_id, event.seq, k)
+        )
+        stream.hash.update(chunk_link(body))
+        stream.next_k += 1
+        return encode_frame(SealedChunk(event.seq, k, ct).to_cbor())
+
+    def end_stream(
+        self,
+        event: RequestReceived,
+        *,
+        model_digest: bytes,
+        finish: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        device: str,
+        time_ms: int,
+        duration_us: int,
+        receipt_id: bytes | None = None,
+    ) -> bytes:
+        """The end of ``event``'s stream: its result (the count and hash of the chunks
+        sealed, which this session kept) and the receipt that covers it (§2.8)."""
+        self._expect_state(EnclaveState.READY)
+        stream = self._streams.get(event.seq)
+        if stream is None:
+            raise LocalProtocolError(f"request {event.seq} is no stream in progress")
+        seq = self._take(event.seq)
+        del self._streams[seq]
+        assert event.request is not None
+        result = GenerateResult(
+            model=event.request.model,
+            finish=finish,
+            chunks=stream.next_k,
+            stream=stream.hash.digest(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            device=device,
+        )
+        return self._sealed_result(
+            seq,
+            event,
+            result,
+            model_digest=model_digest,
+            time_ms=time_ms,
+            duration_us=duration_us,
+            receipt_id=receipt_id,
+        )
+
+    def _sealed_result(
+        self,
+        seq: int,
+        event: RequestReceived,
+        result: EmbedResult | GenerateResult,
+        *,
+        model_digest: bytes,
+        time_ms: int,
+        duration_us: int,
+        receipt_id: bytes | None,
+        truncate: bool = False,
+        truncated: tuple[int, ...] = (),
+    ) -> bytes:
+        assert self._channel is not None and self.nonce is not None
+        assert self.attestation_hash is not None and self.transcript_hash is not None
+        assert self.attestation_time_ms is not None
         if time_ms > self.attestation_time_ms + MAX_SESSION_S * 1000:
             raise LocalProtocolError("session is older than its maximum lifetime")
         receipt = Receipt(
@@ -572,7 +791,7 @@ class EnclaveSession:
             duration_us=duration_us,
             client_nonce=self.nonce,
             transcript_hash=self.transcript_hash,
-            truncate=event.request.truncate,
+            truncate=truncate,
             truncated=truncated,
         )
         body = encode_response_body(result, sign_receipt(receipt, self.identity.receipt_key), None)
@@ -583,6 +802,7 @@ class EnclaveSession:
         """A sealed per-request error; the session goes on."""
         self._expect_state(EnclaveState.READY)
         seq = self._take(event.seq)
+        self._streams.pop(seq, None)
         assert self._channel is not None
         body = encode_response_body(None, None, RequestError(error.code, error.message[:300]))
         ct = self._channel.seal_response(seq, body, _aad("resp", self.session_id, seq))
