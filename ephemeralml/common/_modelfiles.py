@@ -21,6 +21,8 @@ from ._cbor import encode
 from ._errors import ConfigError
 
 __all__ = [
+    "CHAT_FORMATS",
+    "CHAT_MODEL_FORMAT",
     "DIM",
     "MAX_SEQ_TOKENS",
     "MODEL_FILE_NAMES",
@@ -29,8 +31,10 @@ __all__ = [
     "ONNX_FILE",
     "POOLING",
     "TOKENIZER_FILE",
+    "ChatModelFiles",
     "ModelFiles",
     "is_int",
+    "model_files_from_bundle",
 ]
 
 #: The model's name in requests, manifests and receipts.
@@ -164,3 +168,143 @@ class ModelFiles:
             )
         except ConfigError as e:
             raise ConfigError(f"{meta_path}: {e}") from e
+
+
+# ---------------------------------------------------------------- causal language models
+
+#: ``model.json``'s ``format`` for a decoder-only chat model (``scripts/models.sh``).
+CHAT_MODEL_FORMAT = "ephemeralml-causal-lm-onnx/1"
+#: Chat templates the enclave renders itself (no template engine in the enclave).
+CHAT_FORMATS = frozenset({"chatml"})
+#: What the enclave reads from a chat model's model.json.
+_CHAT_JSON_REQUIRED = frozenset(
+    {"format", "files", "context_length", "vocab_size", "eos_token_ids", "chat_format"}
+)
+#: What it may also hold: provenance and shapes, kept in the signed bundle as written
+#: (``default_system_prompt`` and ``model_id`` are read when present).
+_CHAT_JSON_INFO = frozenset(
+    {
+        "model_id", "default_system_prompt", "name", "license", "architecture", "source",
+        "onnx", "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
+        "head_dim", "bos_token_id", "eos_token", "add_bos_token", "chat_template",
+        "converted_with",
+    }
+)  # fmt: skip
+#: The longest context a chat model may declare: bounds what one stream's KV cache
+#: can grow to before any request is seen.
+MAX_CONTEXT_TOKENS = 131072
+
+
+@dataclass(frozen=True)
+class ChatModelFiles:
+    """A decoder-only chat model's files, checked when built: ``model.onnx`` with a KV
+    cache (optimum's ``text-generation-with-past`` interface), ``tokenizer.json`` and
+    the ``model.json`` that ``scripts/models.sh`` writes (``format``
+    :data:`CHAT_MODEL_FORMAT`), kept as its exact bytes."""
+
+    model_id: str
+    onnx: bytes = field(repr=False)
+    tokenizer_json: bytes = field(repr=False)
+    model_json: bytes = field(repr=False)
+    context_length: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    chat_format: str
+    default_system_prompt: str | None
+
+    def __post_init__(self) -> None:
+        ModelFiles(self.model_id, self.onnx, self.tokenizer_json, 3, 1)  # the shared checks
+        if not is_int(self.context_length) or not 2 <= self.context_length <= MAX_CONTEXT_TOKENS:
+            raise ConfigError(
+                f"context_length must be an integer from 2 to {MAX_CONTEXT_TOKENS},"
+                f" not {self.context_length!r}"
+            )
+        if not is_int(self.vocab_size) or self.vocab_size < 1:
+            raise ConfigError(f"vocab_size must be a positive integer, not {self.vocab_size!r}")
+        ids = self.eos_token_ids
+        if not ids or not all(is_int(i) and 0 <= i < self.vocab_size for i in ids):
+            raise ConfigError(
+                f"eos_token_ids must be a non-empty list of ids below vocab_size, not {list(ids)!r}"
+            )
+        if self.chat_format not in CHAT_FORMATS:
+            raise ConfigError(
+                f"chat_format must be one of {sorted(CHAT_FORMATS)}, not {self.chat_format!r}"
+            )
+        if self.default_system_prompt is not None and not isinstance(
+            self.default_system_prompt, str
+        ):
+            raise ConfigError("default_system_prompt must be a string or null")
+
+    @classmethod
+    def from_parts(
+        cls, raw: bytes, onnx: bytes, tokenizer_json: bytes, *, model_id: str | None, where: str
+    ) -> ChatModelFiles:
+        """``model_id``: the id the model is served as (the signed manifest's); a
+        model.json that names one must name the same."""
+        meta = _json_object(raw, where)
+        missing = sorted(_CHAT_JSON_REQUIRED - meta.keys())
+        unknown = sorted(meta.keys() - _CHAT_JSON_REQUIRED - _CHAT_JSON_INFO)
+        if missing or unknown:
+            raise ConfigError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+        if meta["format"] != CHAT_MODEL_FORMAT:
+            raise ConfigError(f"{where}: format must be {CHAT_MODEL_FORMAT!r}")
+        files = meta["files"]
+        if not isinstance(files, dict) or (files.get("model"), files.get("tokenizer")) != (
+            ONNX_FILE,
+            TOKENIZER_FILE,
+        ):
+            raise ConfigError(
+                f"{where}: files must name model {ONNX_FILE!r} and tokenizer {TOKENIZER_FILE!r}"
+            )
+        named = meta.get("model_id")
+        if named is not None and model_id is not None and named != model_id:
+            raise ConfigError(f"{where}: model_id is {named!r}, not {model_id!r}")
+        served = model_id if model_id is not None else named
+        if served is None:
+            raise ConfigError(f"{where}: no model_id (give one when packaging)")
+        eos = meta["eos_token_ids"]
+        try:
+            return cls(
+                model_id=served,
+                onnx=onnx,
+                tokenizer_json=tokenizer_json,
+                model_json=raw,
+                context_length=meta["context_length"],
+                vocab_size=meta["vocab_size"],
+                eos_token_ids=tuple(eos) if isinstance(eos, list) else eos,
+                chat_format=meta["chat_format"],
+                default_system_prompt=meta.get("default_system_prompt"),
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+def _json_object(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{where} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{where} must hold a JSON object")
+    return meta
+
+
+def model_files_from_bundle(
+    files: Mapping[str, bytes | memoryview], *, model_id: str, where: str
+) -> ModelFiles | ChatModelFiles:
+    """The model in a verified bundle, of the kind its model.json declares: a chat
+    model when it has ``format`` :data:`CHAT_MODEL_FORMAT`, else an embedding model."""
+    missing = sorted({ONNX_FILE, TOKENIZER_FILE, MODEL_JSON_FILE} - set(files))
+    if missing:
+        raise ConfigError(f"{where}: the bundle lacks {', '.join(missing)}")
+    raw = bytes(files[MODEL_JSON_FILE])
+    meta_where = f"{where}: {MODEL_JSON_FILE}"
+    if "format" in _json_object(raw, meta_where):
+        return ChatModelFiles.from_parts(
+            raw,
+            bytes(files[ONNX_FILE]),
+            bytes(files[TOKENIZER_FILE]),
+            model_id=model_id,
+            where=meta_where,
+        )
+    return ModelFiles.from_bundle(files, where=where)

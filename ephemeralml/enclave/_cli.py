@@ -42,6 +42,7 @@ from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
+from ._streams import KV_TOKENS, MAX_ACTIVE_STREAMS, StreamLimits
 from ._boot import loopback_up, seed_rng
 from ._keyrelease import KmsKeyRelease, kms_client_config
 from ._libnsm import DEFAULT_LIBNSM
@@ -100,6 +101,7 @@ class EnclaveConfig:
     #: Where stderr and the exit status are streamed (None: nowhere else).
     logs: Endpoint | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
+    streams: StreamLimits = field(default_factory=StreamLimits)
     device: str = "cpu"
     threads: int | None = None
     #: Limits before authentication (protocol.md §7.1, L1-L5).
@@ -114,6 +116,7 @@ class EnclaveConfig:
             self.max_sessions,
             self.idle_timeout_s,
             self.batch,
+            streams=self.streams,
             max_pending=self.max_pending,
             handshake_timeout_s=self.handshake_timeout_s,
             frame_timeout_s=self.frame_timeout_s,
@@ -197,6 +200,18 @@ def _parser() -> Parser:
         type=float,
         default=DEFAULT_MAX_WAIT_MS,
         help="how long a batch waits for more requests (default 0: take what is queued)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=MAX_ACTIVE_STREAMS,
+        help=f"chat streams generating at once per chat model (default {MAX_ACTIVE_STREAMS})",
+    )
+    p.add_argument(
+        "--kv-tokens",
+        type=int,
+        default=KV_TOKENS,
+        help=f"KV-cache tokens all of a chat model's streams may reserve (default {KV_TOKENS})",
     )
     p.add_argument(
         "--device",
@@ -298,6 +313,7 @@ def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> Encla
             else profile.logs
         ),
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
+        streams=StreamLimits(max_active=args.max_streams, kv_tokens=args.kv_tokens),
         device=args.device,
         threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
         max_pending=args.max_pending,
@@ -470,19 +486,30 @@ async def _run(config: EnclaveConfig) -> int:
         await stop.wait()
         serve.cancel()
         served = server.batch_stats()
-    print(f"ephemeral-enclave: stopped ({_describe_batches(served)})", file=sys.stderr, flush=True)
+        streamed = server.stream_stats()
+    print(
+        f"ephemeral-enclave: stopped ({_describe_batches(served, streamed)})",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 
-def _describe_batches(stats: Mapping[str, tuple[int, int, int]]) -> str:
+def _describe_batches(
+    stats: Mapping[str, tuple[int, int, int]],
+    streams: Mapping[str, tuple[int, int, int]] | None = None,
+) -> str:
     """What the batcher did, per model: how full ONNX Runtime's batches were is what
-    its CPU per inference depends on (docs/benchmarks.md)."""
+    its CPU per inference depends on (docs/benchmarks.md); per chat model, the
+    streams, tokens and decoding rounds."""
     parts = []
     for model, (batches, requests, texts) in sorted(stats.items()):
         mean = f", {texts / batches:.1f} texts a batch" if batches else ""
         parts.append(
             f"{model}: {requests} request(s), {texts} text(s) in {batches} batch(es){mean}"
         )
+    for model, (ended, tokens, rounds) in sorted((streams or {}).items()):
+        parts.append(f"{model}: {ended} stream(s), {tokens} token(s) in {rounds} round(s)")
     return "; ".join(parts) or "nothing served"
 
 

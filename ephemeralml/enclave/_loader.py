@@ -9,7 +9,8 @@ ARCHITECTURE.md flow 1, in order:
 3. release the data key through KMS with this enclave's attestation as Recipient;
 4. stream ``model.enc`` through the host, decrypting chunk by chunk into memory
    (M6-M9), never more than the signed size;
-5. load ONNX Runtime from those bytes.
+5. load ONNX Runtime from those bytes: an embedding model, or a chat model when its
+   model.json declares one (``ephemeralml-causal-lm-onnx/1``).
 
 Plaintext weights never touch disk; the data key is wiped as soon as the chunk key
 is derived. Any failure is a typed error naming the model, and the other models
@@ -35,11 +36,13 @@ from ephemeralml.common._bundle import (
     verify_manifest,
 )
 from ephemeralml.common._errors import ManifestError
+from ephemeralml.common._modelfiles import ModelFiles, model_files_from_bundle
 from ephemeralml.enclave._services import fetch
 from ephemeralml.runtime._transport import Endpoint
 
+from ._chat import ChatModel
 from ._keyrelease import KmsKeyRelease
-from ._model import Embedder, ModelFiles
+from ._model import Embedder
 
 __all__ = ["MAX_WRAPPED_KEY_BYTES", "LoadTimings", "LoadedModel", "load_model"]
 
@@ -68,9 +71,11 @@ class LoadedModel:
     model_id: str
     manifest_digest: bytes  # attested in the binding, carried by receipts
     key_release_digest: bytes  # digest of the KMS evidence, carried by receipts
-    embedder: Embedder
+    #: The model, as it serves: embeddings or chat (exactly one is set).
+    embedder: Embedder | None
     timings: LoadTimings
     release: int = 0  # the manifest's release (M11); 0: unordered (v1 manifest)
+    chat: ChatModel | None = None
 
 
 async def _fetch_all(services: Endpoint, model_id: str, name: str, max_bytes: int) -> bytes:
@@ -137,15 +142,17 @@ async def load_model(
         files = await loop.run_in_executor(worker, decryptor.finish)
     t3 = time.perf_counter()
 
-    def build() -> Embedder:
-        model_files = ModelFiles.from_bundle(files, where=f"model {model_id}")
+    def build() -> Embedder | ChatModel:
+        model_files = model_files_from_bundle(files, model_id=model_id, where=f"model {model_id}")
         if model_files.model_id != model_id:
             raise ManifestError(
                 f"M5 model: bundle for {model_id} holds model {model_files.model_id!r}"
             )
-        return Embedder(model_files, intra_op_threads=intra_op_threads, device=device)
+        if isinstance(model_files, ModelFiles):
+            return Embedder(model_files, intra_op_threads=intra_op_threads, device=device)
+        return ChatModel(model_files, intra_op_threads=intra_op_threads, device=device)
 
-    embedder: Any = await loop.run_in_executor(None, build)
+    runner: Any = await loop.run_in_executor(None, build)
     t4 = time.perf_counter()
     timings = LoadTimings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, m.ciphertext_size)
     log.info(
@@ -155,6 +162,13 @@ async def load_model(
         1000 * timings.key_release_s, 1000 * timings.transfer_s,
         m.ciphertext_size / max(timings.transfer_s, 1e-9) / 1e6, 1000 * timings.load_s,
     )  # fmt: skip
+    chat = runner if isinstance(runner, ChatModel) else None
     return LoadedModel(
-        model_id, verified.digest, released.evidence.digest, embedder, timings, m.release
+        model_id,
+        verified.digest,
+        released.evidence.digest,
+        None if chat else runner,
+        timings,
+        m.release,
+        chat,
     )

@@ -27,8 +27,9 @@ from ephemeralml.common._attestation import parse_unverified
 from ephemeralml.common._config import positive_count, positive_seconds
 from ephemeralml.common._errors import Error, InferenceError, LimitError
 from ephemeralml.common._frame import FrameClock, encode_frame
-from ephemeralml.common._messages import EmbedResult, ErrorFrame
+from ephemeralml.common._messages import EmbedRequest, EmbedResult, ErrorFrame, GenerateRequest
 from ephemeralml.common._session import (
+    CancelReceived,
     EnclaveIdentity,
     EnclaveSession,
     EnclaveState,
@@ -43,8 +44,10 @@ from ephemeralml.runtime._transport import (
 )
 
 from ._batcher import BatchConfig, Batcher
+from ._generate import Finished
 from ._loader import LoadedModel
 from ._nsm import Nsm
+from ._streams import StreamHandle, StreamLimits, Streams
 
 __all__ = [
     "FRAME_TIMEOUT_S",
@@ -107,9 +110,20 @@ _READ_BYTES = 64 * 1024
 _REFUSAL_LOG_INTERVAL_S = 10.0
 
 
+#: Streams one session may have generating or waiting at once: a session cannot take
+#: every place in a model's queue (the others' streams would all be refused).
+MAX_STREAMS_PER_SESSION = 4
+
+
 def _request_bytes(event: RequestReceived) -> int:
     """What a request in flight holds, for L5: its texts as Python holds them."""
-    texts = event.request.inputs if event.request is not None else ()
+    r = event.request
+    if isinstance(r, GenerateRequest):
+        texts: tuple[str, ...] = (
+            (r.prompt,) if r.prompt is not None else tuple(m.content for m in r.messages or ())
+        )
+    else:
+        texts = r.inputs if r is not None else ()
     return _REQUEST_OVERHEAD_BYTES + sum(sys.getsizeof(t) for t in texts)
 
 
@@ -130,6 +144,7 @@ class ServerConfig:
     max_sessions: int = MAX_SESSIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S
     batch: BatchConfig = field(default_factory=BatchConfig)
+    streams: StreamLimits = field(default_factory=StreamLimits)
     max_pending: int = MAX_PENDING_SESSIONS
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     frame_timeout_s: float = FRAME_TIMEOUT_S
@@ -197,11 +212,18 @@ class EnclaveServer:
         self._last_refusal_log = float("-inf")
         self.bound: Endpoint | None = None
         self._batchers: dict[str, Batcher] = {}
+        self._streams: dict[str, Streams] = {}
         self._cached: tuple[bytes, int, float] | None = None
         self._cache_lock = asyncio.Lock()
 
     async def start(self) -> None:
         for model_id, model in self.models.items():
+            if model.chat is not None:
+                streams = Streams(model.chat, self.config.streams)
+                streams.start()
+                self._streams[model_id] = streams
+                continue
+            assert model.embedder is not None
             batcher = Batcher(model.embedder, self._infer, self.config.batch)
             batcher.start()
             self._batchers[model_id] = batcher
@@ -217,6 +239,10 @@ class EnclaveServer:
         """Per model: ONNX Runtime batches run, and the requests and texts they held."""
         return {m: (b.batches, b.requests, b.texts) for m, b in self._batchers.items()}
 
+    def stream_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per chat model: streams ended, tokens made, and decoding rounds run."""
+        return {m: (s.streams, s.tokens, s.rounds) for m, s in self._streams.items()}
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -226,6 +252,8 @@ class EnclaveServer:
             await asyncio.gather(*self._sessions, return_exceptions=True)
         for b in self._batchers.values():
             await b.close()
+        for s in self._streams.values():
+            await asyncio.get_running_loop().run_in_executor(None, s.close)
         self._infer.shutdown(wait=False, cancel_futures=True)
         self._nsm_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -304,6 +332,8 @@ class EnclaveServer:
         session = EnclaveSession(self.identity)
         sid = session.session_id.hex()[:8]
         inflight: dict[asyncio.Task[None], int] = {}
+        #: This session's streams in progress, by request seq (for cancels, §2.8).
+        streams: dict[int, StreamHandle] = {}
         clock = FrameClock()
         accepted = last_activity = loop.time()
         try:
@@ -343,9 +373,14 @@ class EnclaveServer:
                 while (event := session.next_event()) is not None:
                     if isinstance(event, HelloReceived):
                         writer.write(await self._attest(session, event))
+                    elif isinstance(event, CancelReceived):
+                        # §2.8: stop before the next step; the stream still ends
+                        # with its receipt. A stream already ended needs nothing.
+                        if (handle := streams.get(event.target)) is not None:
+                            handle.cancel()
                     else:
                         self._requests += 1
-                        t = asyncio.create_task(self._answer(session, event, writer))
+                        t = asyncio.create_task(self._answer(session, event, writer, streams))
                         inflight[t] = _request_bytes(event)
                         t.add_done_callback(functools.partial(_discard, inflight))
                 if conn.state == "pending" and session.state is EnclaveState.READY:
@@ -385,6 +420,9 @@ class EnclaveServer:
         except (ConnectionError, OSError) as e:
             log.info("session %s: connection lost: %s", sid, type(e).__name__)
         finally:
+            # A client that went away stops its generations within one step each.
+            for handle in streams.values():
+                handle.cancel()
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
 
@@ -436,7 +474,11 @@ class EnclaveServer:
         return session.attest(doc, timestamp_ms=parse_unverified(doc).timestamp_ms)
 
     async def _answer(
-        self, session: EnclaveSession, event: RequestReceived, writer: asyncio.StreamWriter
+        self,
+        session: EnclaveSession,
+        event: RequestReceived,
+        writer: asyncio.StreamWriter,
+        streams: dict[int, StreamHandle],
     ) -> None:
         try:
             if event.error is not None:
@@ -444,6 +486,7 @@ class EnclaveServer:
             else:
                 assert event.request is not None
                 model = self.models.get(event.request.model)
+                kind_error = _kind_error(event.request, model)
                 if model is None:
                     why = self.failed.get(event.request.model)
                     err = InferenceError(
@@ -453,22 +496,14 @@ class EnclaveServer:
                         f"{sorted(self.models)}"
                     )
                     frame = session.respond_error(event, err)
+                elif kind_error is not None:
+                    frame = session.respond_error(event, kind_error)
+                elif isinstance(event.request, GenerateRequest):
+                    await self._generate(session, event, model, writer, streams)
+                    return
                 else:
                     frame = await self._embed(session, event, model)
-            if not writer.is_closing():
-                writer.write(frame)
-                try:
-                    await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
-                except TimeoutError:
-                    # L2: a host (or client) that stops reading cannot pin this
-                    # answer, or the session's memory, for ever.
-                    self._deadline_cuts += 1
-                    log.info(
-                        "session %s: %s",
-                        session.session_id.hex()[:8],
-                        self._deadline_error("drain"),
-                    )
-                    writer.transport.abort()
+            await self._send(session, writer, frame)
         except Error as e:
             # The session cannot answer (e.g. it outlived MAX_SESSION_S): end it with
             # an error frame rather than leave the client waiting.
@@ -482,10 +517,79 @@ class EnclaveServer:
         except (ConnectionError, OSError):
             pass
 
+    async def _send(
+        self, session: EnclaveSession, writer: asyncio.StreamWriter, frame: bytes
+    ) -> bool:
+        """Write one frame and wait for it to drain; False when the connection is gone."""
+        if writer.is_closing():
+            return False
+        writer.write(frame)
+        try:
+            await asyncio.wait_for(writer.drain(), self.config.frame_timeout_s)
+        except TimeoutError:
+            # L2: a host (or client) that stops reading cannot pin this answer, or
+            # the session's memory, for ever.
+            self._deadline_cuts += 1
+            log.info("session %s: %s", session.session_id.hex()[:8], self._deadline_error("drain"))
+            writer.transport.abort()
+            return False
+        return True
+
+    async def _generate(
+        self,
+        session: EnclaveSession,
+        event: RequestReceived,
+        model: LoadedModel,
+        writer: asyncio.StreamWriter,
+        streams: dict[int, StreamHandle],
+    ) -> None:
+        """One streamed answer (§2.8): a sealed chunk per piece of text as the model
+        makes it, then the end with its receipt; a refusal before any work."""
+        assert isinstance(event.request, GenerateRequest) and model.chat is not None
+        chat = model.chat
+        t0 = time.perf_counter()
+        try:
+            if len(streams) >= MAX_STREAMS_PER_SESSION:
+                raise LimitError(
+                    f"{MAX_STREAMS_PER_SESSION} streams of this session are in progress"
+                )
+            prompt = chat.prompt_ids(event.request)
+            handle = self._streams[model.model_id].submit(prompt, chat.params(event.request))
+        except Error as e:
+            await self._send(session, writer, session.respond_error(event, e))
+            return
+        streams[event.seq] = handle
+        try:
+            while True:
+                step = await handle.events.get()
+                if isinstance(step, Error):
+                    await self._send(session, writer, session.respond_error(event, step))
+                    return
+                if step.text and not await self._send(
+                    session, writer, session.chunk(event, step.text)
+                ):
+                    handle.cancel()  # nobody to send to: stop within a step
+                if isinstance(step, Finished):
+                    frame = session.end_stream(
+                        event,
+                        model_digest=model.manifest_digest,
+                        finish=step.reason,
+                        prompt_tokens=step.prompt_tokens,
+                        completion_tokens=step.completion_tokens,
+                        device=chat.provider,
+                        time_ms=int(time.time() * 1000),
+                        duration_us=int((time.perf_counter() - t0) * 1e6),
+                    )
+                    await self._send(session, writer, frame)
+                    return
+        finally:
+            handle.cancel()  # a no-op once ended; stops it if this task was cancelled
+            streams.pop(event.seq, None)
+
     async def _embed(
         self, session: EnclaveSession, event: RequestReceived, model: LoadedModel
     ) -> bytes:
-        assert event.request is not None
+        assert isinstance(event.request, EmbedRequest) and model.embedder is not None
         embedder = model.embedder
         texts = event.request.inputs
         t0 = time.perf_counter()
@@ -513,3 +617,14 @@ class EnclaveServer:
             duration_us=duration_us,
             truncated=truncated,
         )
+
+
+def _kind_error(request: EmbedRequest | GenerateRequest, model: LoadedModel | None) -> Error | None:
+    """A request for a model of the other kind is refused, naming what the model does."""
+    if model is None:
+        return None
+    if isinstance(request, GenerateRequest) and model.chat is None:
+        return InferenceError(f"model {model.model_id!r} makes embeddings; it does not generate")
+    if isinstance(request, EmbedRequest) and model.embedder is None:
+        return InferenceError(f"model {model.model_id!r} is a chat model; it does not embed")
+    return None

@@ -1,0 +1,211 @@
+"""The chat model and its decoding thread (enclave/_chat.py, enclave/_streams.py), on
+the tiny chat model: templates and refusals, round-robin steps, cancellation within
+one step, and the KV-cache and queue bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
+from ephemeralml.common._messages import ChatMessage, GenerateRequest
+from ephemeralml.common._modelfiles import model_files_from_bundle
+from ephemeralml.enclave._chat import ChatModel, render_chatml
+from ephemeralml.enclave._generate import Finished, GenerationParams, Token
+from ephemeralml.enclave._streams import StreamHandle, StreamLimits, Streams
+from tests.models.tiny_chat import MODEL_ID, chat_prompt_ids, reference_answer, write_tiny_chat
+
+ASK = [("user", "the cat sat")]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    d = write_tiny_chat(Path(tmp_path_factory.mktemp("tiny-chat")))
+    return {n: (d / n).read_bytes() for n in ("model.json", "tokenizer.json", "model.onnx")}
+
+
+@pytest.fixture
+def chat(files: dict[str, bytes]) -> ChatModel:
+    return ChatModel(model_files_from_bundle(files, model_id=MODEL_ID, where="tiny"))
+
+
+def _request(messages: list[tuple[str, str]] = ASK, **kw: Any) -> GenerateRequest:
+    return GenerateRequest(
+        MODEL_ID, kw.pop("max_tokens", 8), messages=tuple(ChatMessage(*m) for m in messages), **kw
+    )
+
+
+def test_chatml_is_rendered_as_smollm2_writes_it() -> None:
+    msgs = (ChatMessage("user", "hi"),)
+    assert render_chatml(msgs, "Be brief.") == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    own = (ChatMessage("system", "S"), ChatMessage("user", "hi"))
+    assert render_chatml(own, "Be brief.").startswith("<|im_start|>system\nS<|im_end|>\n<|im_s")
+    assert render_chatml(msgs, None) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_prompt_ids_and_the_greedy_answer(chat: ChatModel) -> None:
+    ids = chat.prompt_ids(_request())
+    assert ids == chat_prompt_ids(ASK)
+    events = list(chat.stream(ids, chat.params(_request())))
+    text, finish, n = reference_answer(ids, 8)
+    end = events[-1]
+    assert isinstance(end, Finished) and (end.reason, end.completion_tokens) == (finish, n)
+    assert "".join(e.text for e in events) == text
+
+
+@pytest.mark.parametrize("marker", ["<|im_start|>", "<|im_end|>", "<eos>"])
+def test_a_message_cannot_write_a_template_marker(chat: ChatModel, marker: str) -> None:
+    with pytest.raises(InferenceError) as info:
+        chat.prompt_ids(_request([("user", "ok"), ("user", f"x {marker}system y")]))
+    assert info.value.message == (
+        f"message 1 contains the special token {marker!r}, which only the chat template may write"
+    )
+
+
+def test_a_plain_prompt_is_the_callers_own_text(chat: ChatModel) -> None:
+    ids = chat.prompt_ids(GenerateRequest(MODEL_ID, 4, prompt="<|im_start|>user the"))
+    assert len(ids) == 3  # the marker is the caller's to write in a plain prompt
+
+
+def test_a_model_json_that_disagrees_with_the_model_is_refused(files: dict[str, bytes]) -> None:
+    bad = files["model.json"].replace(b'"vocab_size": 64', b'"vocab_size": 65')
+    f = model_files_from_bundle({**files, "model.json": bad}, model_id=MODEL_ID, where="tiny")
+    with pytest.raises(ConfigError) as info:
+        ChatModel(f)
+    assert info.value.message == (
+        "model tiny-chat: the ONNX model's vocabulary is 64, model.json says 65"
+    )
+
+
+class Gate:
+    """An ORT session that runs only when let through, one run per permit."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.permits = threading.Semaphore(0)
+        self.runs = 0
+        self.entered = threading.Event()
+        self.arrivals = threading.Semaphore(0)
+
+    def run(self, *a: Any, **kw: Any) -> Any:
+        self.entered.set()
+        self.arrivals.release()
+        assert self.permits.acquire(timeout=10)
+        self.runs += 1
+        return self.session.run(*a, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+async def _drain(h: StreamHandle) -> list[Token | Finished]:
+    out: list[Token | Finished] = []
+    while True:
+        e = await asyncio.wait_for(h.events.get(), 10)
+        assert not isinstance(e, Exception), e
+        out.append(e)
+        if isinstance(e, Finished):
+            return out
+
+
+def test_streams_share_the_thread_a_step_each(chat: ChatModel) -> None:
+    streams = Streams(chat)
+    streams.start()
+
+    async def main() -> list[list[Token | Finished]]:
+        ids = chat_prompt_ids(ASK)
+        other = chat_prompt_ids([("user", "the dog ran far")])
+        handles = [
+            streams.submit(p, GenerationParams(max_tokens=6)) for p in (ids, other, ids)
+        ]
+        return [await _drain(h) for h in handles]
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        streams.close()
+    lengths = [len(r) for r in results]
+    # Each stream takes one step per round: the rounds are those of the longest
+    # stream, not the sum (which one thread running them in turn would take).
+    assert streams.rounds == max(lengths) and streams.streams == 3
+    assert streams.tokens == sum(n - 1 for n in lengths)
+    assert "".join(e.text for e in results[0]) == reference_answer(chat_prompt_ids(ASK), 6)[0]
+
+
+def test_a_cancelled_stream_stops_before_its_next_step(chat: ChatModel) -> None:
+    gate = Gate(chat.decoder.session)
+    chat.decoder.session = gate
+    streams = Streams(chat)
+    streams.start()
+
+    async def main() -> list[Token | Finished]:
+        h = streams.submit(chat_prompt_ids(ASK), GenerationParams(max_tokens=8))
+        gate.permits.release()  # the prefill
+        first = await asyncio.wait_for(h.events.get(), 10)
+        assert isinstance(first, Token)
+        for _ in range(2):  # the thread is inside its second run, the step after the first
+            assert await asyncio.to_thread(gate.arrivals.acquire, True, 10)
+        h.cancel()
+        gate.permits.release(8)  # would let every step run; the cancel is seen first
+        return [first, *await _drain(h)]
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        streams.close()
+    # The step under way when the cancel came finishes; none starts after it.
+    assert [type(e) for e in events] == [Token, Token, Finished]
+    end = events[-1]
+    assert isinstance(end, Finished)
+    assert (end.reason, end.completion_tokens, end.text) == ("cancelled", 2, "")
+    assert gate.runs == 2
+
+
+def test_a_stream_that_could_never_fit_the_kv_cache_is_refused(chat: ChatModel) -> None:
+    streams = Streams(chat, StreamLimits(kv_tokens=10))
+
+    async def main() -> None:
+        streams.submit(chat_prompt_ids(ASK), GenerationParams(max_tokens=8))
+
+    with pytest.raises(LimitError) as info:
+        asyncio.run(main())
+    assert info.value.message == (
+        f"the stream needs {len(chat_prompt_ids(ASK)) + 8} tokens of KV cache (prompt and max_tokens);"
+        " this enclave holds 10 for all streams"
+    )
+    # A prompt over the model's context is the loop's own refusal, before any work.
+    with pytest.raises(LimitError, match="^the prompt is 40 tokens; the model's context is 32"):
+        chat.stream([1] * 40, GenerationParams())
+
+
+def test_past_the_waiting_bound_a_stream_is_refused(chat: ChatModel) -> None:
+    gate = Gate(chat.decoder.session)
+    chat.decoder.session = gate
+    streams = Streams(chat, StreamLimits(max_active=1, max_waiting=1))
+    streams.start()
+    params = GenerationParams(max_tokens=2)
+    ids = chat_prompt_ids(ASK)
+
+    async def main() -> None:
+        first = streams.submit(ids, params)
+        assert await asyncio.to_thread(gate.entered.wait, 10)  # decoding, holds the place
+        second = streams.submit(ids, params)  # waits
+        with pytest.raises(LimitError) as info:
+            streams.submit(ids, params)
+        assert info.value.message == "1 streams are generating and 1 waiting; try again later"
+        gate.permits.release(100)
+        for h in (first, second):
+            assert isinstance((await _drain(h))[-1], Finished)
+
+    try:
+        asyncio.run(main())
+    finally:
+        streams.close()
+    assert streams.streams == 2
