@@ -14,7 +14,7 @@ import errno
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -31,15 +31,24 @@ from ephemeralml.common._errors import (
     RemoteError,
     RemoteProtocolError,
     TransportError,
+    TruncatedError,
     error_from_code,
 )
-from ephemeralml.common._messages import EmbedRequest, EmbedResult
+from ephemeralml.common._messages import (
+    ChatMessage,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+)
 from ephemeralml.common._receipt import VerifiedReceipt
 from ephemeralml.common._session import (
     Attested,
+    ChunkReceived,
     ClientSession,
     RequestFailed,
     ResponseReceived,
+    StreamEnded,
 )
 from ephemeralml.runtime._transport import Endpoint
 
@@ -52,10 +61,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT_S",
     "MAX_TEXTS_PER_REQUEST",
+    "DEFAULT_MAX_TOKENS",
     "EmbedIncomplete",
     "Embeddings",
+    "Generation",
     "PeerReportedError",
     "Session",
+    "TextStream",
     "connect",
 ]
 
@@ -69,6 +81,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_TIMEOUT_S = 30.0
 #: Texts per sealed request; more are split into several requests (one receipt each).
 MAX_TEXTS_PER_REQUEST = 64
+#: Tokens a generation may make unless the caller says otherwise.
+DEFAULT_MAX_TOKENS = 256
 
 _READ_BYTES = 64 * 1024
 
@@ -98,6 +112,106 @@ class Embeddings:
         """List-wide indices of the texts the enclave cut to the token limit, as its
         verified receipt records them (only when ``embed(..., truncate=True)``)."""
         return tuple(self.first + i for i in self.receipt.receipt.truncated)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A whole streamed answer, with the verified receipt that covers its every chunk."""
+
+    model: str
+    text: str
+    #: ``"stop"`` (a stop token or sequence), ``"length"`` (max_tokens or the model's
+    #: context) or ``"cancelled"``.
+    finish: str
+    prompt_tokens: int
+    completion_tokens: int
+    #: Where the model ran (ONNX Runtime's execution provider), as the enclave signed it.
+    device: str
+    receipt: VerifiedReceipt
+    request_cbor: bytes  # the exact bytes whose hash is the receipt's request_hash
+    response_cbor: bytes  # the exact bytes whose hash is the receipt's response_hash
+
+
+class TextStream:
+    """The answer to a generate request, as it arrives (protocol.md §2.8).
+
+    Iterate for the pieces of text, each opened in its place (S1, S2); when the
+    iteration ends, :attr:`result` is the :class:`Generation`, its receipt verified
+    against the chunks (S3) and recorded in the audit log. A stream cut short raises
+    :class:`TruncatedError` (S4): what arrived is never passed off as the answer.
+    :meth:`cancel` asks the enclave to stop; the stream then ends ``"cancelled"``
+    with a receipt for what was sent. Each wait for the next chunk has the session's
+    timeout.
+    """
+
+    def __init__(self, session: Session, request: GenerateRequest, seq: int) -> None:
+        self._session = session
+        self.request = request
+        self.seq = seq
+        self._pieces: list[str] = []
+        self._cancelled = False
+        self.result: Generation | None = None
+
+    @property
+    def text(self) -> str:
+        """The text so far (all of it, once :attr:`result` is set)."""
+        return "".join(self._pieces)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self.result is not None:
+            raise StopIteration
+        s = self._session
+        doing = f"no next chunk from {s.address}"
+        try:
+            event = s._next_event(_Deadline("stream", s.timeout), doing)
+        except (TransportError, RemoteError) as e:
+            s._stream = None
+            raise TruncatedError(
+                f"answer {self.seq} cut short after {len(self._pieces)} chunk(s), without"
+                f" the enclave's end and receipt: {e.message}"
+            ) from e
+        except Error:
+            s._stream = None
+            raise
+        if isinstance(event, ChunkReceived) and event.seq == self.seq:
+            self._pieces.append(event.text)
+            return event.text
+        s._stream = None
+        if isinstance(event, RequestFailed) and event.seq == self.seq:
+            s._refused(event)
+        if not isinstance(event, StreamEnded) or event.seq != self.seq:
+            raise RemoteProtocolError(f"unexpected {type(event).__name__} in a stream")
+        s.audit.record(event.receipt)
+        r: GenerateResult = event.result
+        self.result = Generation(
+            model=r.model,
+            text=self.text,
+            finish=r.finish,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            device=r.device,
+            receipt=event.receipt,
+            request_cbor=event.request.to_cbor(),
+            response_cbor=r.to_cbor(),
+        )
+        raise StopIteration
+
+    def cancel(self) -> None:
+        """Ask the enclave to stop (once); keep iterating for the end and receipt."""
+        if self.result is None and not self._cancelled:
+            self._cancelled = True
+            s = self._session
+            s._send(s._proto.cancel(self.seq), _Deadline("request", s.timeout))
+
+    def finish(self) -> Generation:
+        """Read the rest of the stream; the whole :class:`Generation`."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
 
 
 class EmbedIncomplete(Error):
@@ -222,6 +336,8 @@ class Session:
         self.timeout = _check_timeout(timeout)
         self.audit = audit_log(audit)
         self._closed = False
+        #: A stream not read to its end: finished (cancelled) before the next request.
+        self._stream: TextStream | None = None
 
     @property
     def attestation(self) -> VerifiedAttestation:
@@ -257,6 +373,7 @@ class Session:
         """
         texts = check_texts(texts)
         self.policy.check_model(self.binding, model)
+        self._end_stream()
         out: list[Embeddings] = []
         for start in range(0, len(texts), MAX_TEXTS_PER_REQUEST):
             chunk = tuple(texts[start : start + MAX_TEXTS_PER_REQUEST])
@@ -271,6 +388,68 @@ class Session:
             out.append(e)
         return out
 
+    def generate(
+        self,
+        messages: Sequence[ChatMessage | tuple[str, str]] | None = None,
+        *,
+        model: str,
+        prompt: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> TextStream:
+        """Ask ``model`` to answer a chat (``messages``: (role, content) pairs) or to
+        continue ``prompt``; returns the :class:`TextStream` of its answer.
+
+        Greedy decoding unless ``temperature`` > 0 (then ``top_p``, ``top_k`` and
+        ``seed``, by the enclave's stated sampling rule). The enclave checks the
+        values and refuses a bad one (:class:`InferenceError`, before any work).
+        The model is checked against the policy (P1) before anything is sent.
+        """
+        self.policy.check_model(self.binding, model)
+        self._end_stream()
+        chat = None
+        if messages is not None:
+            chat = tuple(
+                m if isinstance(m, ChatMessage) else ChatMessage(m[0], m[1]) for m in messages
+            )
+        request = GenerateRequest(
+            model=model,
+            max_tokens=max_tokens,
+            messages=chat,
+            prompt=prompt,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=top_k,
+            seed=seed,
+            stop=tuple(stop),
+        )
+        seq, frame = self._proto.send_request(request)
+        self._send(frame, _Deadline("request", self.timeout))
+        self._stream = TextStream(self, request, seq)
+        return self._stream
+
+    def _end_stream(self) -> None:
+        """A stream left unread is cancelled and read to its end (its receipt is
+        recorded) before the session is used again."""
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.result is None:
+            stream.cancel()
+            stream.finish()
+
+    def _refused(self, event: RequestFailed, offset: int = 0, count: int = 0) -> None:
+        """Record a refusal (its code) in the audit log, then raise it."""
+        why = _list_wide(event.message, offset, count)
+        refused = error_from_code(event.code)(f"enclave refused the request: {why}")
+        # protocol.md §12.1: the refusal accounts for its seq in the audit log (its
+        # code only), before the caller hears of it.
+        assert self._proto.session_id is not None
+        self.audit.record_refusal(self.attestation, self._proto.session_id, event.seq, event.code)
+        raise refused
+
     def _request(self, request: EmbedRequest, *, offset: int = 0) -> Embeddings:
         """One request; ``offset``: the list-wide index of its first text."""
         deadline = _Deadline("request", self.timeout)
@@ -279,15 +458,7 @@ class Session:
         while True:
             event = self._next_event(deadline, "no verified answer from " + self.address)
             if isinstance(event, RequestFailed):
-                why = _list_wide(event.message, offset, len(request.inputs))
-                refused = error_from_code(event.code)(f"enclave refused the request: {why}")
-                # protocol.md §12.1: the refusal accounts for its seq in the audit log
-                # (its code only), before the caller hears of it.
-                assert self._proto.session_id is not None
-                self.audit.record_refusal(
-                    self.attestation, self._proto.session_id, event.seq, event.code
-                )
-                raise refused
+                self._refused(event, offset, len(request.inputs))
             if isinstance(event, ResponseReceived):
                 if event.seq != seq:  # pragma: no cover - one request in flight
                     raise LocalProtocolError("response for another request")
@@ -311,7 +482,7 @@ class Session:
 
     def _next_event(
         self, deadline: _Deadline, doing: str
-    ) -> Attested | ResponseReceived | RequestFailed:
+    ) -> Attested | ResponseReceived | RequestFailed | ChunkReceived | StreamEnded:
         while True:
             try:
                 event = self._proto.next_event(now=datetime.now(UTC))

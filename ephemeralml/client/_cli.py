@@ -4,6 +4,7 @@ one function each, by group, in ``_cli_session`` (attest, embed), ``_cli_offline
 
 ephemeral attest [--mock]                 verify the enclave, print what it proves
 ephemeral embed [--mock] TEXT...          attested, encrypted embeddings + receipts
+ephemeral chat [--mock] [PROMPT]          a chat model's answer, streamed and verified
 ephemeral proxy [--mock] [--listen ADDR]  the OpenAI API on loopback, attested underneath
 ephemeral web [--mock] [--ws URL]         the browser client's page, served from this machine
 ephemeral verify RECEIPT [--mock]         offline receipt verification
@@ -27,7 +28,8 @@ from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._ports import ENV_BASE_PORT, Ports
 from ephemeralml.runtime._runner import Parser, run_main
 
-from ._api import DEFAULT_ADDRESS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S
+from ._api import DEFAULT_ADDRESS, DEFAULT_MAX_TOKENS, DEFAULT_MODEL, DEFAULT_TIMEOUT_S
+from ._cli_chat import DEFAULT_CHAT_MODEL, cmd_chat
 from ._cli_common import PROG
 from ._cli_model import cmd_model_keygen, cmd_model_package, cmd_model_show, cmd_model_upload
 from ._cli_offline import cmd_attestation, cmd_verify
@@ -146,6 +148,21 @@ def _parser() -> Parser:
         help="with --receipt-out: also store the request and response bytes (plaintext!)",
     )
     e.set_defaults(fn=cmd_embed)
+
+    c = sub.add_parser("chat", help="chat with a model in the enclave; the answer streams, its receipt verified")
+    online(c)
+    c.add_argument("prompt", nargs="*", metavar="PROMPT", help="one message (default: read one a line from stdin, interactively)")
+    c.add_argument("--model", default=DEFAULT_CHAT_MODEL, help="the chat model (default %(default)s)")
+    c.add_argument("--system", help="a system message to start the chat with (default: the model's own)")
+    c.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="most tokens an answer may have (default %(default)d)")
+    c.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); up to 2: sampled")
+    c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1: off)")
+    c.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (default 0: off)")
+    c.add_argument("--seed", type=int, help="seed of a sampled answer (the same seed gives the same answer)")
+    c.add_argument("--stop", action="append", metavar="TEXT", help="stop before TEXT (repeatable, up to 4)")
+    c.add_argument("--receipt-out", type=Path, metavar="DIR", help="store receipts and their attestation documents here")
+    c.add_argument("--save-payloads", action="store_true", help="with --receipt-out: also store the request and result bytes (plaintext!)")
+    c.set_defaults(fn=cmd_chat)
 
     px = sub.add_parser(
         "proxy", help="serve the OpenAI API on loopback over verified, sealed enclave sessions"

@@ -17,7 +17,7 @@ from ephemeralml.common._errors import ConfigError, Error
 from ephemeralml.runtime._home import default_home, write_atomic
 from ephemeralml.runtime._runner import error_line
 
-from ._api import Embeddings, EmbedIncomplete, connect
+from ._api import Embeddings, EmbedIncomplete, Generation, connect
 from ._audit import AuditLog
 from ._cli_common import PROG, doc_json, echo, print_doc, sha256_hex, trust_from_args
 from ._inputs import InputLimits, read_texts, texts_from_args
@@ -69,7 +69,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- embed
 
 
-def _store(out_dir: Path, e: Embeddings, *, payloads: bool) -> dict[str, str]:
+def _store(out_dir: Path, e: Embeddings | Generation, *, payloads: bool) -> dict[str, str]:
     r = e.receipt
     rid = r.receipt.receipt_id_hex
     att = r.attestation.document
