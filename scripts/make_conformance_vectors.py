@@ -74,8 +74,11 @@ from ephemeralml.common._errors import Error, InferenceError
 from ephemeralml.common._frame import encode_frame
 from ephemeralml.common._hpke import HPKE_SUITE, EnclaveSessionKey, session_info
 from ephemeralml.common._messages import (
+    CancelRequest,
+    ChatMessage,
     EmbedRequest,
     EmbedResult,
+    GenerateRequest,
     ServerAttest,
     SessionOpen,
     decode_message,
@@ -84,6 +87,8 @@ from ephemeralml.common._proof import SessionProof
 from ephemeralml.common._receipt import Receipt, ReceiptExpectations, verify_receipt
 from ephemeralml.common._session import (
     Attested,
+    CancelReceived,
+    ChunkReceived,
     ClientSession,
     EnclaveIdentity,
     EnclaveSession,
@@ -91,6 +96,7 @@ from ephemeralml.common._session import (
     RequestFailed,
     RequestReceived,
     ResponseReceived,
+    StreamEnded,
 )
 from ephemeralml.mock._certs import mock_name
 from ephemeralml.mock._nsm import mock_measurements
@@ -125,6 +131,8 @@ MODULE_ID = "i-mock0000000000000-enc0123456789abcdef"
 #: Protocol labels (protocol.md §4), written out so the index states them.
 RESPONSE_KEY_LABEL = b"ephemeralml/1 response key"
 RESPONSE_NONCE_LABEL = b"ephemeralml/1 response nonce"
+CHUNK_KEY_LABEL = b"ephemeralml/1 chunk key"
+CHUNK_NONCE_LABEL = b"ephemeralml/1 chunk nonce"
 
 
 # ---------------------------------------------------------------------------
@@ -612,10 +620,25 @@ class SessionSpec:
     document: bytes
     policy: str
     now_ms: int
-    requests: list[EmbedRequest]
-    #: Per request: ("result", EmbedResult, time_ms, duration_us, receipt_id, truncated)
-    #: or ("error", InferenceError).
+    requests: list[EmbedRequest | GenerateRequest | CancelRequest]
+    #: Per request (by seq): ("result", EmbedResult, time_ms, duration_us, receipt_id,
+    #: truncated), ("error", InferenceError), ("stream", StreamAnswer) for a generate
+    #: request, or ("cancel",) for a cancel (it has no answer of its own).
     answers: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class StreamAnswer:
+    """What the enclave streams in answer to one generate request (protocol.md §2.8)."""
+
+    chunks: tuple[str, ...]
+    finish: str
+    prompt_tokens: int
+    completion_tokens: int
+    time_ms: int
+    duration_us: int
+    receipt_id: bytes
+    device: str = "CPUExecutionProvider"
 
 
 def identity(pcrs: Mapping[int, bytes], *, mode: str = "mock") -> EnclaveIdentity:
@@ -642,36 +665,70 @@ def enclave_session(spec: SessionSpec, ident: EnclaveIdentity) -> EnclaveSession
     return enclave
 
 
+def client_send(client: ClientSession, request: Any) -> bytes:
+    """The frame a client sends for one of a spec's requests (a cancel is sealed too)."""
+    if isinstance(request, CancelRequest):
+        return client.cancel(request.seq)
+    return client.send_request(request)[1]
+
+
+def event_json(ev: Any) -> dict[str, Any]:
+    """What the client saw, as a vector's ``events`` records it."""
+    if isinstance(ev, ResponseReceived):
+        return {"seq": ev.seq, "event": "result", "receipt_id": ev.receipt.receipt.receipt_id.hex()}
+    if isinstance(ev, ChunkReceived):
+        return {"seq": ev.seq, "event": "chunk", "k": ev.k, "text": ev.text}
+    if isinstance(ev, StreamEnded):
+        r = ev.result
+        return {
+            "seq": ev.seq,
+            "event": "end",
+            "result": {**r.to_map(), "stream": r.stream.hex()},
+            "receipt": ev.receipt.receipt.to_json(),
+        }
+    assert isinstance(ev, RequestFailed)
+    return {"seq": ev.seq, "event": "error", "code": ev.code, "message": ev.message}
+
+
+def _handshake(
+    spec: SessionSpec, enclave: EnclaveSession, client_policy: ClientPolicy, frames: list[Frame]
+) -> ClientSession:
+    """hello, attest, open between the two machines; call with the fixed ephemeral key."""
+    doc_ts = parse_unverified(spec.document).timestamp_ms
+    client = ClientSession(client_policy.attestation, nonce=spec.nonce, mode=spec.mode)
+    hello = client.hello()
+    frames.append(Frame("c2e", "hello", hello, {}))
+    enclave.receive_data(hello)
+    ev = enclave.next_event()
+    assert isinstance(ev, HelloReceived) and ev.nonce == spec.nonce and ev.mode == spec.mode
+    if spec.mode == "cached":
+        attest = enclave.attest_cached(spec.document, timestamp_ms=doc_ts)
+    else:
+        attest = enclave.attest(spec.document, timestamp_ms=doc_ts)
+    frames.append(Frame("e2c", "attest", attest, {}))
+    client.receive_data(attest)
+    att = client.next_event(now=at_ms(spec.now_ms))
+    assert isinstance(att, Attested)
+    client_policy.check_binding(att.binding)
+    open_frame = client.data_to_send()
+    frames.append(Frame("c2e", "open", open_frame, {}))
+    enclave.receive_data(open_frame)
+    assert enclave.next_event() is None
+    assert client.transcript_hash == enclave.transcript_hash
+    return client
+
+
 def run_session(
     spec: SessionSpec, ident: EnclaveIdentity, client_policy: ClientPolicy
 ) -> tuple[list[Frame], dict[str, Any]]:
     """Both machines, honestly, in memory: the frames and what each side saw."""
     enclave = enclave_session(spec, ident)
     frames: list[Frame] = []
-    doc_ts = parse_unverified(spec.document).timestamp_ms
     events: list[dict[str, Any]] = []
     with fixed_ephemeral(spec.ikm_e):
-        client = ClientSession(client_policy.attestation, nonce=spec.nonce, mode=spec.mode)
-        hello = client.hello()
-        frames.append(Frame("c2e", "hello", hello, {}))
-        enclave.receive_data(hello)
-        ev = enclave.next_event()
-        assert isinstance(ev, HelloReceived) and ev.nonce == spec.nonce and ev.mode == spec.mode
-        if spec.mode == "cached":
-            attest = enclave.attest_cached(spec.document, timestamp_ms=doc_ts)
-        else:
-            attest = enclave.attest(spec.document, timestamp_ms=doc_ts)
-        frames.append(Frame("e2c", "attest", attest, {}))
-        client.receive_data(attest)
-        att = client.next_event(now=at_ms(spec.now_ms))
-        assert isinstance(att, Attested)
-        client_policy.check_binding(att.binding)
-        open_frame = client.data_to_send()
-        frames.append(Frame("c2e", "open", open_frame, {}))
-        enclave.receive_data(open_frame)
-        assert enclave.next_event() is None
-        assert client.transcript_hash == enclave.transcript_hash
+        client = _handshake(spec, enclave, client_policy, frames)
         for request, answer in zip(spec.requests, spec.answers, strict=True):
+            assert not isinstance(request, CancelRequest)  # streams: run_stream_session
             seq, req = client.send_request(request)
             frames.append(Frame("c2e", "req", req, {}))
             enclave.receive_data(req)
@@ -692,20 +749,69 @@ def run_session(
                 resp = enclave.respond_error(rev, answer[1])
             frames.append(Frame("e2c", "resp", resp, {}))
             client.receive_data(resp)
-            out = client.next_event(now=at_ms(spec.now_ms))
-            if isinstance(out, ResponseReceived):
-                events.append(
-                    {
-                        "seq": out.seq,
-                        "event": "result",
-                        "receipt_id": out.receipt.receipt.receipt_id.hex(),
-                    }
-                )
+            events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
+    assert client.transcript_hash is not None
+    return frames, {"transcript_hash": client.transcript_hash.hex(), "events": events}
+
+
+def run_stream_session(
+    spec: SessionSpec,
+    ident: EnclaveIdentity,
+    client_policy: ClientPolicy,
+    steps: list[tuple[str, int]],
+    *,
+    forge_end_of: int | None = None,
+) -> tuple[list[Frame], dict[str, Any]]:
+    """Both machines in memory, in the order ``steps`` gives: ("req", seq) the client
+    sends its next request; ("chunk", seq) the enclave seals the next chunk of that
+    stream; ("end", seq) the enclave answers seq (the end of a stream, a result or a
+    refusal). ``forge_end_of``: that stream's end is signed over a hash the enclave
+    altered (not delivered to the client here)."""
+    enclave = enclave_session(spec, ident)
+    frames: list[Frame] = []
+    events: list[dict[str, Any]] = []
+    received: dict[int, RequestReceived] = {}
+    with fixed_ephemeral(spec.ikm_e):
+        client = _handshake(spec, enclave, client_policy, frames)
+        requests = iter(spec.requests)
+        for step, seq in steps:
+            if step == "req":
+                frame = client_send(client, next(requests))
+                frames.append(Frame("c2e", "req", frame, {}))
+                enclave.receive_data(frame)
+                ev = enclave.next_event()
+                assert isinstance(ev, RequestReceived | CancelReceived) and ev.seq == seq
+                if isinstance(ev, RequestReceived):
+                    received[seq] = ev
+                continue
+            answer = spec.answers[seq]
+            if step == "chunk":
+                k = enclave._streams[seq].next_k
+                out, kind = enclave.chunk(received[seq], answer[1].chunks[k]), "chunk"
+            elif answer[0] == "error":
+                out, kind = enclave.respond_error(received[seq], answer[1]), "resp"
             else:
-                assert isinstance(out, RequestFailed)
-                events.append(
-                    {"seq": out.seq, "event": "error", "code": out.code, "message": out.message}
+                s: StreamAnswer = answer[1]
+                assert answer[0] == "stream" and enclave._streams[seq].next_k == len(s.chunks)
+                if forge_end_of == seq:
+                    enclave._streams[seq].hash.update(b"forged")
+                out = enclave.end_stream(
+                    received[seq],
+                    model_digest=MODEL_DIGEST,
+                    finish=s.finish,
+                    prompt_tokens=s.prompt_tokens,
+                    completion_tokens=s.completion_tokens,
+                    device=s.device,
+                    time_ms=s.time_ms,
+                    duration_us=s.duration_us,
+                    receipt_id=s.receipt_id,
                 )
+                kind = "resp"
+            frames.append(Frame("e2c", kind, out, {}))
+            if forge_end_of == seq and kind == "resp":
+                continue
+            client.receive_data(out)
+            events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
     assert client.transcript_hash is not None
     return frames, {"transcript_hash": client.transcript_hash.hex(), "events": events}
 
@@ -725,7 +831,7 @@ def client_reject(
                     elif f.type == "open":
                         produced = client.data_to_send()
                     else:
-                        produced = client.send_request(next(requests))[1]
+                        produced = client_send(client, next(requests))
                     assert produced == f.data, f"{spec.name}: client frame {i} differs"
                     continue
                 client.receive_data(f.data)
@@ -1817,6 +1923,187 @@ def build() -> dict[str, bytes]:
         "One bit of request 0's ciphertext changed",
     )
 
+    # ======================= streamed answers (§2.8) =======================
+    # A fresh session of its own: its document binds its own nonce, session id and key.
+    stream_ts = ms(T0 + timedelta(minutes=40)) + 750
+    stream_sid = seed("session id stream", 16)
+    stream_nonce = seed("client nonce stream")
+    stream_ikm_r = seed("enclave session ikm stream")
+    stream_doc = v.file(
+        "session/stream/attestation.cbor",
+        document(
+            chain,
+            **{
+                **base_fields,
+                "timestamp_ms": stream_ts,
+                "public_key": x25519_pair(stream_ikm_r)[1],
+                "user_data": dataclasses.replace(binding, session_id=stream_sid).to_cbor(),
+                "nonce": stream_nonce,
+            },
+        ),
+    )
+    pieces = ("The", " capital", " of France", " is Paris", " \u2014 caf\u00e9 au lait.")
+    stream = SessionSpec(
+        name="stream",
+        mode="fresh",
+        nonce=stream_nonce,
+        session_id=stream_sid,
+        ikm_r=stream_ikm_r,
+        ikm_e=seed("client ephemeral ikm stream"),
+        document=v.files[stream_doc],
+        policy=pin,
+        now_ms=stream_ts + 1500,
+        requests=[
+            GenerateRequest(
+                MODEL,
+                32,
+                messages=(
+                    ChatMessage("system", "Answer in one sentence."),
+                    ChatMessage("user", "What is the capital of France?"),
+                ),
+                temperature=0.5,
+                top_p=0.9,
+                top_k=40,
+                seed=7,
+                stop=("\n\n",),
+            ),
+            GenerateRequest(MODEL, 8, prompt="Once upon a time", temperature=1.0),
+            CancelRequest(1),
+            GenerateRequest("no-such-model", 4, prompt="hi"),
+        ],
+        answers=[
+            (
+                "stream",
+                StreamAnswer(
+                    pieces, "stop", 21, 9, stream_ts + 2000, 31_000, seed("receipt id stream 0", 16)
+                ),
+            ),
+            (
+                "stream",
+                StreamAnswer(
+                    (" there", " was"),
+                    "cancelled",
+                    4,
+                    2,
+                    stream_ts + 2500,
+                    4_000,
+                    seed("receipt id stream 1", 16),
+                ),
+            ),
+            ("cancel",),
+            (
+                "error",
+                InferenceError(f"unknown model 'no-such-model'; this enclave serves ['{MODEL}']"),
+            ),
+        ],
+    )
+    stream_steps = [
+        ("req", 0),
+        *[("chunk", 0)] * len(pieces),
+        ("end", 0),
+        ("req", 1),
+        ("chunk", 1),
+        ("req", 2),
+        ("chunk", 1),
+        ("end", 1),
+        ("req", 3),
+        ("end", 3),
+    ]
+    sf = stream_session_vector(
+        v,
+        stream,
+        ident,
+        stream_steps,
+        "session_stream",
+        (
+            "Streamed answers (§2.8): a chat with every sampling key (temperature 0.5 as a "
+            "half float, top_p 0.9 as a double), answered by five chunks and its end with a "
+            "receipt; a prompt (temperature 1.0: a float, never the integer 1) cancelled "
+            "after its first chunk (the cancel takes seq 2, has no answer, and one more "
+            "chunk was on its way); a generate request for an unknown model refused with a "
+            "sealed error. The vectors' one model name is used for generation too: the "
+            "protocol does not care what kind of model it is"
+        ),
+    )
+    assert [f.type for f in sf[3:10]] == ["req", *["chunk"] * 5, "resp"]
+
+    def rechunk(f: Frame, **changes: int) -> Frame:
+        m = {**cbor2.loads(f.data[4:]), **changes}
+        return Frame(f.direction, f.type, encode_frame(encode(m)), {})
+
+    s_open = sf[:4]  # hello, attest, open, the chat request
+    c0, c1, c2 = sf[4], sf[5], sf[6]
+    client_vector(
+        "session_stream_chunk_dropped",
+        stream,
+        [*s_open, c0, c2],
+        "S1",
+        "The relay drops chunk 1 of the streamed answer; chunk 2 arrives in its place",
+    )
+    client_vector(
+        "session_stream_chunk_repeated",
+        stream,
+        [*s_open, c0, c1, c1],
+        "S1",
+        "The relay delivers chunk 1 twice",
+    )
+    client_vector(
+        "session_stream_chunk_reordered",
+        stream,
+        [*s_open, c1, c0],
+        "S1",
+        "The relay swaps chunks 0 and 1",
+    )
+    client_vector(
+        "session_stream_chunk_renumbered",
+        stream,
+        [*s_open, c0, rechunk(c2, k=1)],
+        "S2",
+        (
+            "The relay drops chunk 1 and renumbers chunk 2 as 1: S1 passes, but the number is "
+            "in the nonce and the aad, so the chunk does not open"
+        ),
+    )
+    client_vector(
+        "session_stream_chunk_tampered",
+        stream,
+        [*s_open, c0, tamper_ct(c1)],
+        "S2",
+        "One bit of chunk 1's ciphertext changed",
+    )
+    client_vector(
+        "session_stream_last_chunk_dropped",
+        stream,
+        [*sf[:8], sf[9]],
+        "S3",
+        (
+            "The relay drops the last chunk and delivers the end: every chunk that arrived "
+            "was in order, and only the end's count and hash show the loss"
+        ),
+    )
+    forged, _ = run_stream_session(
+        stream, ident, v.client_policy(pin), stream_steps[:7], forge_end_of=0
+    )
+    assert [f.data for f in forged[:9]] == [f.data for f in sf[:9]]
+    client_vector(
+        "session_stream_end_hash_forged",
+        stream,
+        forged[:10],
+        "S3",
+        (
+            "Every chunk arrives, but the end (signed, in a receipt that would verify) covers "
+            "a stream hash other than that of the chunks sealed: the count agrees, the hash "
+            "does not"
+        ),
+    )
+    client_vector(
+        "session_stream_chunk_after_end",
+        stream,
+        [*sf[:10], c0],
+        "S1",
+        "Chunk 0 of answer 0 delivered again after its stream ended",
+    )
+
     # ======================= receipts =======================
     # The base document without user_data: it verifies, but binds no receipt key.
     mock_doc("mock_no_user_data", user_data=None)
@@ -1837,6 +2124,8 @@ def build() -> dict[str, bytes]:
             "hpke_info_prefix": _hpke.session_info(bytes(32))[:-32].hex(),
             "response_key_label": RESPONSE_KEY_LABEL.hex(),
             "response_nonce_label": RESPONSE_NONCE_LABEL.hex(),
+            "chunk_key_label": CHUNK_KEY_LABEL.hex(),
+            "chunk_nonce_label": CHUNK_NONCE_LABEL.hex(),
             "cose_protected_es384": PROTECTED_ES384.hex(),
             "max_attestation_age_s": 300,
             "max_clock_skew_s": 60,
@@ -1889,10 +2178,43 @@ def session_vector(
     return frames
 
 
-def _open_response(spec: SessionSpec, frames: list[Frame], seq: int, f: Frame) -> bytes:
-    """The plaintext of response ``seq``, opened with pyhpke directly (not our code)."""
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+def stream_session_vector(
+    v: Vectors,
+    spec: SessionSpec,
+    ident: EnclaveIdentity,
+    steps: list[tuple[str, int]],
+    vid: str,
+    desc: str,
+) -> list[Frame]:
+    """A session with streamed answers (§2.8), run in the order of ``steps``."""
+    frames, seen = run_stream_session(spec, ident, v.client_policy(spec.policy), steps)
+    base = f"session/{spec.name}"
+    v.file(f"{base}/attestation.cbor", spec.document)
+    for i, f in enumerate(frames):
+        m = cbor2.loads(f.data[4:])
+        label = {"req": "req{seq}", "resp": "resp{seq}", "chunk": "chunk{seq}_{k}"}.get(
+            f.type, f.type
+        )
+        name = label.format(**{k: m.get(k) for k in ("seq", "k")})
+        f.files["frame"] = v.file(f"{base}/{i:02d}_{name}.frame", f.data)
+        if f.type == "req":
+            body = spec.requests[m["seq"]].to_cbor()
+            f.files["body"] = v.file(f"{base}/{name}.body.cbor", body)
+        elif f.type in ("chunk", "resp"):
+            body = _open_e2c(spec, frames, f)
+            f.files["body"] = v.file(f"{base}/{name}.body.cbor", body)
+            opened = cbor2.loads(body)
+            if "result" in opened:
+                f.files["result"] = v.file(f"{base}/{name}.result.cbor", encode(opened["result"]))
+                f.files["receipt"] = v.file(f"{base}/{name}.receipt.cbor", opened["receipt"])
+    expect = {"outcome": "accept", "values": _session_values(spec, frames, seen)}
+    write_session(v, vid, spec, frames, expect, desc)
+    return frames
 
+
+def _session_keys(spec: SessionSpec, frames: list[Frame]) -> dict[str, bytes]:
+    """The secrets exported from the session's HPKE context (§4, §2.8), derived with
+    pyhpke directly (not our code): response and chunk key and base nonce."""
     open_msg = decode_message(frames[2].data[4:])
     assert isinstance(open_msg, SessionOpen)
     sk_r, _ = x25519_pair(spec.ikm_r)
@@ -1901,14 +2223,47 @@ def _open_response(spec: SessionSpec, frames: list[Frame], seq: int, f: Frame) -
         HPKE_SUITE.kem.deserialize_private_key(sk_r),
         info=session_info(sha256(spec.document)),
     )
-    key = ctx.export(RESPONSE_KEY_LABEL, 32)
-    base = ctx.export(RESPONSE_NONCE_LABEL, 12)
-    nonce = bytes(a ^ b for a, b in zip(base, seq.to_bytes(12, "big"), strict=True))
-    msg = cbor2.loads(f.data[4:])
+    return {
+        "response_key": ctx.export(RESPONSE_KEY_LABEL, 32),
+        "response_base_nonce": ctx.export(RESPONSE_NONCE_LABEL, 12),
+        "chunk_key": ctx.export(CHUNK_KEY_LABEL, 32),
+        "chunk_base_nonce": ctx.export(CHUNK_NONCE_LABEL, 12),
+    }
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _e2c_nonce_aad(
+    spec: SessionSpec, keys: dict[str, bytes], m: Mapping[str, Any]
+) -> tuple[bytes, bytes, bytes]:
+    """(key, nonce, aad) of an e2c frame's ciphertext: a resp (§4) or a chunk (§2.8)."""
+    seq = m["seq"]
+    if m["t"] == "chunk":
+        k = m["k"]
+        where = seq.to_bytes(8, "big") + k.to_bytes(4, "big")
+        aad = encode({"k": k, "t": "chunk", "sid": spec.session_id, "seq": seq})
+        return keys["chunk_key"], _xor(keys["chunk_base_nonce"], where), aad
     aad = encode({"t": "resp", "sid": spec.session_id, "seq": seq})
+    return keys["response_key"], _xor(keys["response_base_nonce"], seq.to_bytes(12, "big")), aad
+
+
+def _open_e2c(spec: SessionSpec, frames: list[Frame], f: Frame) -> bytes:
+    """The plaintext of a resp or chunk frame, opened with ChaCha20-Poly1305 directly."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    msg = cbor2.loads(f.data[4:])
+    key, nonce, aad = _e2c_nonce_aad(spec, _session_keys(spec, frames), msg)
     pt = ChaCha20Poly1305(key).decrypt(nonce, msg["ct"], aad)
     assert isinstance(pt, bytes)
     return pt
+
+
+def _open_response(spec: SessionSpec, frames: list[Frame], seq: int, f: Frame) -> bytes:
+    """The plaintext of response ``seq``, opened with pyhpke directly (not our code)."""
+    assert cbor2.loads(f.data[4:])["seq"] == seq
+    return _open_e2c(spec, frames, f)
 
 
 def _session_values(spec: SessionSpec, frames: list[Frame], seen: dict[str, Any]) -> dict[str, Any]:
@@ -1919,25 +2274,21 @@ def _session_values(spec: SessionSpec, frames: list[Frame], seen: dict[str, Any]
     assert open_msg.enc == pk_e
     att_hash = sha256(spec.document)
     info = session_info(att_hash)
-    ctx = HPKE_SUITE.create_recipient_context(
-        open_msg.enc, HPKE_SUITE.kem.deserialize_private_key(sk_r), info=info
-    )
-    base_nonce = ctx.export(RESPONSE_NONCE_LABEL, 12)
+    keys = _session_keys(spec, frames)
     transcript = hashlib.sha256(b"".join(f.data for f in frames[:3])).hexdigest()
     assert transcript == seen["transcript_hash"]
     messages = []
     for f in frames[3:]:
         msg = cbor2.loads(f.data[4:])
         seq = msg["seq"]
-        entry: dict[str, Any] = {
-            "type": f.type,
-            "seq": seq,
-            "aad": encode({"t": f.type, "sid": spec.session_id, "seq": seq}).hex(),
-        }
-        if f.type == "resp":
-            entry["nonce"] = bytes(
-                a ^ b for a, b in zip(base_nonce, seq.to_bytes(12, "big"), strict=True)
-            ).hex()
+        entry: dict[str, Any] = {"type": f.type, "seq": seq}
+        if f.type == "req":
+            entry["aad"] = encode({"t": "req", "sid": spec.session_id, "seq": seq}).hex()
+        else:
+            _, nonce, aad = _e2c_nonce_aad(spec, keys, msg)
+            if f.type == "chunk":
+                entry["k"] = msg["k"]
+            entry["aad"], entry["nonce"] = aad.hex(), nonce.hex()
         messages.append(entry)
     return {
         "attestation_sha256": att_hash.hex(),
@@ -1949,8 +2300,7 @@ def _session_values(spec: SessionSpec, frames: list[Frame], seen: dict[str, Any]
             "skE": sk_e.hex(),
             "enc": open_msg.enc.hex(),
             "info": info.hex(),
-            "response_key": ctx.export(RESPONSE_KEY_LABEL, 32).hex(),
-            "response_base_nonce": base_nonce.hex(),
+            **{name: value.hex() for name, value in keys.items()},
         },
         "transcript_hash": seen["transcript_hash"],
         "messages": messages,
@@ -1979,7 +2329,7 @@ def write_session(
             )
         entries.append({"dir": f.direction, "type": f.type, **f.files})
     receipt_key = Ed25519PrivateKey.from_private_bytes(seed("receipt key"))
-    answers: list[dict[str, Any]] = []
+    answers: list[dict[str, Any] | None] = []
     for a in spec.answers:
         if a[0] == "result":
             answers.append(
@@ -1992,8 +2342,27 @@ def write_session(
                     "truncated": list(a[5]),
                 }
             )
-        else:
+        elif a[0] == "error":
             answers.append({"error": {"code": a[1].code, "message": a[1].message}})
+        elif a[0] == "stream":
+            st: StreamAnswer = a[1]
+            answers.append(
+                {
+                    "stream": {
+                        "chunks": list(st.chunks),
+                        "finish": st.finish,
+                        "prompt_tokens": st.prompt_tokens,
+                        "completion_tokens": st.completion_tokens,
+                        "device": st.device,
+                    },
+                    "model_digest": MODEL_DIGEST.hex(),
+                    "time_ms": st.time_ms,
+                    "duration_us": st.duration_us,
+                    "receipt_id": st.receipt_id.hex(),
+                }
+            )
+        else:
+            answers.append(None)  # a cancel has no answer of its own
     v.add(
         {
             "id": vid,
@@ -2059,7 +2428,8 @@ def receipts(
         ]
     )
 
-    def full_expect(seq: int, req: EmbedRequest) -> dict[str, Any]:
+    def full_expect(seq: int, req: object) -> dict[str, Any]:
+        assert isinstance(req, EmbedRequest)
         return {
             "seq": seq,
             "session_id": fresh.session_id.hex(),
@@ -2559,6 +2929,12 @@ covers, byte for byte, is §1.3.
   client's HPKE ephemeral key fixed (neither class takes key material, so the script
   sets the enclave's key and lets the client's HPKE setup use a fixed ephemeral pair).
   The responses' plaintexts were opened again with pyhpke and ChaCha20-Poly1305 directly.
+  `session/stream` (streamed answers, §2.8) was run the same way, with the enclave's
+  chunks and ends interleaved with the client's requests in the order the vector lists;
+  its chunks' and responses' plaintexts were opened again the same way, under the chunk
+  and response keys exported from the HPKE context. `session/stream_end_hash_forged`
+  is that session with the enclave's running hash of answer 0 altered before it signed
+  the end (so the end verifies as a receipt, but covers other chunks).
   Other `session/*` folders hold the frames of the session vectors that deliver a
   tampered or forged frame.
 """

@@ -40,10 +40,18 @@ from ephemeralml.common._attestation import (
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import Error, error_from_code
 from ephemeralml.common._hpke import HPKE_SUITE, EnclaveSessionKey, session_info
-from ephemeralml.common._messages import EmbedRequest, EmbedResult
+from ephemeralml.common._messages import (
+    CancelRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+    decode_request,
+)
 from ephemeralml.common._receipt import Receipt, ReceiptExpectations, verify_receipt
 from ephemeralml.common._session import (
     Attested,
+    CancelReceived,
+    ChunkReceived,
     ClientSession,
     EnclaveIdentity,
     EnclaveSession,
@@ -51,6 +59,7 @@ from ephemeralml.common._session import (
     RequestFailed,
     RequestReceived,
     ResponseReceived,
+    StreamEnded,
 )
 from tests.vectors_path import REPO_ROOT
 
@@ -62,6 +71,8 @@ KINDS = ("attestation", "receipt", "session", "policy")
 INFO_LABEL = b"ephemeralml/1 session\x00"
 RESPONSE_KEY_LABEL = b"ephemeralml/1 response key"
 RESPONSE_NONCE_LABEL = b"ephemeralml/1 response nonce"
+CHUNK_KEY_LABEL = b"ephemeralml/1 chunk key"
+CHUNK_NONCE_LABEL = b"ephemeralml/1 chunk nonce"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -117,8 +128,8 @@ def _assert_rejected(e: Error, expect: dict[str, Any]) -> None:
         expect["code"],
         expect["message"],
     )
-    if re.fullmatch(r"[APR]\d+", expect["check"]):
-        # Checks of §3, §5 and §8 lead their message with their id (H2/H3 do not).
+    if re.fullmatch(r"[APRS]\d+", expect["check"]):
+        # Checks of §3, §5, §8 and §2.8 lead their message with their id (H2/H3 do not).
         assert str(e).startswith(expect["check"] + " ")
 
 
@@ -263,7 +274,7 @@ def _replay_client(
     client_in = inputs["client"]
     policy = _policy(inputs["policy"])
     use_ephemeral(bytes.fromhex(client_in["ikmE"]))
-    requests = iter(EmbedRequest.from_cbor(_read(p)) for p in client_in["requests"])
+    requests = iter(decode_request(_read(p)) for p in client_in["requests"])
     client = ClientSession(
         policy.attestation, nonce=bytes.fromhex(client_in["nonce"]), mode=inputs["mode"]
     )
@@ -276,7 +287,11 @@ def _replay_client(
                 elif f["type"] == "open":
                     produced = client.data_to_send()
                 else:
-                    produced = client.send_request(next(requests))[1]
+                    request = next(requests)
+                    if isinstance(request, CancelRequest):
+                        produced = client.cancel(request.seq)  # §2.8: sealed like a request
+                    else:
+                        produced = client.send_request(request)[1]
                 assert produced == data, f"the client's frame {i} ({f['type']}) differs"
                 continue
             client.receive_data(data)
@@ -308,8 +323,17 @@ def _replay_enclave(vector: dict[str, Any]) -> tuple[EnclaveSession, list[Any]] 
     assert enclave.public_key == (parse_unverified(doc).public_key or enclave.public_key)
     out: list[bytes] = []
     events: list[Any] = []
+    # Streams in progress (§2.8): the enclave's chunks and end are made when the
+    # vector's next frame is one of them, in the order the session ran.
+    streams: dict[int, tuple[RequestReceived, dict[str, Any]]] = {}
     for i, (f, data) in enumerate(_frames(vector)):
         if f["dir"] == "e2c":
+            seq = cbor2.loads(data[4:]).get("seq")
+            if not out and seq in streams:
+                started, answer = streams[seq]
+                out.append(_stream_step(enclave, f["type"], started, answer))
+                if f["type"] == "resp":
+                    del streams[seq]
             assert out and out.pop(0) == data, f"the enclave's frame {i} ({f['type']}) differs"
             continue
         try:
@@ -323,12 +347,18 @@ def _replay_enclave(vector: dict[str, Any]) -> tuple[EnclaveSession, list[Any]] 
             ts = enc_in["document_timestamp_ms"]
             attest = enclave.attest_cached if ev.mode == "cached" else enclave.attest
             out.append(attest(doc, timestamp_ms=ts))
+        elif isinstance(ev, CancelReceived):
+            assert CancelRequest(ev.target).to_cbor() == _read(f["body"])
+            assert enc_in["answers"][ev.seq] is None  # a cancel has no answer of its own
         elif isinstance(ev, RequestReceived):
             assert ev.request is not None
             assert ev.request.to_cbor() == _read(f["body"])
             assert ev.request_hash == _sha256(_read(f["body"]))  # the request_hash preimage
             answer = enc_in["answers"][ev.seq]
-            if "error" in answer:
+            if "stream" in answer:
+                assert isinstance(ev.request, GenerateRequest)
+                streams[ev.seq] = (ev, answer)
+            elif "error" in answer:
                 err = error_from_code(answer["error"]["code"])(answer["error"]["message"])
                 out.append(enclave.respond_error(ev, err))
             else:
@@ -347,6 +377,27 @@ def _replay_enclave(vector: dict[str, Any]) -> tuple[EnclaveSession, list[Any]] 
             assert ev is None and f["type"] == "open"
     assert not out, "the enclave produced frames the vector does not hold"
     return enclave, events
+
+
+def _stream_step(
+    enclave: EnclaveSession, kind: str, ev: RequestReceived, answer: dict[str, Any]
+) -> bytes:
+    """The enclave's next chunk of ``ev``'s stream, or its end (§2.8)."""
+    st = answer["stream"]
+    if kind == "chunk":
+        return enclave.chunk(ev, st["chunks"][enclave._streams[ev.seq].next_k])
+    assert kind == "resp" and enclave._streams[ev.seq].next_k == len(st["chunks"])
+    return enclave.end_stream(
+        ev,
+        model_digest=bytes.fromhex(answer["model_digest"]),
+        finish=st["finish"],
+        prompt_tokens=st["prompt_tokens"],
+        completion_tokens=st["completion_tokens"],
+        device=st["device"],
+        time_ms=answer["time_ms"],
+        duration_us=answer["duration_us"],
+        receipt_id=bytes.fromhex(answer["receipt_id"]),
+    )
 
 
 def _check_transcript_values(vector: dict[str, Any]) -> None:
@@ -377,6 +428,9 @@ def _check_transcript_values(vector: dict[str, Any]) -> None:
     key = receiver.export(RESPONSE_KEY_LABEL, 32)
     base = receiver.export(RESPONSE_NONCE_LABEL, 12)
     assert (hpke["response_key"], hpke["response_base_nonce"]) == (key.hex(), base.hex())
+    chunk_key = receiver.export(CHUNK_KEY_LABEL, 32)
+    chunk_base = receiver.export(CHUNK_NONCE_LABEL, 12)
+    assert (hpke["chunk_key"], hpke["chunk_base_nonce"]) == (chunk_key.hex(), chunk_base.hex())
     # §2.6: SHA-256 over the first three frames, length prefixes included.
     assert values["transcript_hash"] == _sha256(b"".join(d for _, d in frames[:3])).hex()
     messages = iter(values["messages"])
@@ -385,6 +439,17 @@ def _check_transcript_values(vector: dict[str, Any]) -> None:
         assert int.from_bytes(data[:4], "big") == len(data) - 4
         m = next(messages)
         seq = body["seq"]
+        if f["type"] == "chunk":
+            # §2.8: the chunk's number is in its aad and its nonce.
+            k = body["k"]
+            aad = encode({"k": k, "t": "chunk", "sid": sid, "seq": seq})
+            assert (m["type"], m["seq"], m["k"], m["aad"]) == ("chunk", seq, k, aad.hex())
+            where = seq.to_bytes(8, "big") + k.to_bytes(4, "big")
+            nonce = bytes(a ^ b for a, b in zip(chunk_base, where, strict=True))
+            assert m["nonce"] == nonce.hex()
+            plain = ChaCha20Poly1305(chunk_key).decrypt(nonce, body["ct"], aad)
+            assert plain == _read(f["body"]) == encode(cbor2.loads(plain))
+            continue
         aad = encode({"t": f["type"], "sid": sid, "seq": seq})
         assert (m["type"], m["seq"], m["aad"]) == (f["type"], seq, aad.hex())
         if f["type"] == "req":
@@ -435,9 +500,11 @@ def test_session_vector(vector: dict[str, Any], fixed_ephemeral: Any) -> None:
     assert enclave.transcript_hash == client.transcript_hash
     assert client.session_id is not None and client.session_id.hex() == values["session_id"]
     assert isinstance(client_events[0], Attested)
-    resp_frames = [f for f, _ in _frames(vector) if f["type"] == "resp"]
+    # One client event per e2c frame after the attest: a chunk, a response, an end.
+    e2c = [f for f, _ in _frames(vector) if f["dir"] == "e2c" and f["type"] != "attest"]
     seen: list[dict[str, Any]] = []
-    for ev, f in zip(client_events[1:], resp_frames, strict=True):
+    bodies: dict[int, list[bytes]] = {}  # the chunks' plaintexts, per stream
+    for ev, f in zip(client_events[1:], e2c, strict=True):
         if isinstance(ev, ResponseReceived):
             assert ev.result.to_cbor() == _read(f["result"])
             assert ev.receipt.raw == _read(f["receipt"])
@@ -446,6 +513,29 @@ def test_session_vector(vector: dict[str, Any], fixed_ephemeral: Any) -> None:
                     "seq": ev.seq,
                     "event": "result",
                     "receipt_id": ev.receipt.receipt.receipt_id.hex(),
+                }
+            )
+        elif isinstance(ev, ChunkReceived):
+            assert f["type"] == "chunk"
+            bodies.setdefault(ev.seq, []).append(_read(f["body"]))
+            seen.append({"seq": ev.seq, "event": "chunk", "k": ev.k, "text": ev.text})
+        elif isinstance(ev, StreamEnded):
+            # §2.8: the end is a GenerateResult, whose CBOR the receipt's response_hash
+            # covers; the stream hash covers every chunk's plaintext, in order.
+            assert ev.result.to_cbor() == _read(f["result"])
+            assert GenerateResult.from_map(cbor2.loads(_read(f["result"]))) == ev.result
+            links = [len(b).to_bytes(4, "big") + b for b in bodies.pop(ev.seq)]
+            assert ev.result.stream == _sha256(b"".join(links))
+            assert ev.receipt.raw == _read(f["receipt"])
+            r = ev.receipt.receipt
+            assert r.response_hash == _sha256(ev.result.to_cbor())
+            assert (r.truncate, r.truncated) == (False, ())
+            seen.append(
+                {
+                    "seq": ev.seq,
+                    "event": "end",
+                    "result": {**ev.result.to_map(), "stream": ev.result.stream.hex()},
+                    "receipt": r.to_json(),
                 }
             )
         else:

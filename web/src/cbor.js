@@ -327,15 +327,27 @@ function mapSorter (e1, e2) {
 }
 
 /**
+ * A {@link CborFloat} as a CBOR float, in the shortest width that keeps its value
+ * (as cbor2's canonical encoder): `new CborFloat(1)` is f9 3c00, never the integer 1.
+ * @param {any} obj
+ */
+function encodeFloat (obj) {
+  return obj instanceof CborFloat ? [new Token(Type.float, obj.value)] : null
+}
+
+/**
  * The one canonical encoding of `value` (Python `encode`): shortest heads,
  * definite lengths, map keys in canonical order. Use `Map` for maps with integer
- * keys, `Uint8Array` for byte strings, {@link Tagged} for a tag.
+ * keys, `Uint8Array` for byte strings, {@link CborFloat} for a float whose value may be
+ * integral, {@link Tagged} for a tag.
  * @param {any} value
  * @returns {Uint8Array}
  */
 export function encode (value) {
   try {
-    return cborgEncode(value, { mapSorter, float64: false })
+    const out = cborgEncode(value, { mapSorter, float64: false, typeEncoders: { Object: encodeFloat } })
+    // cborg may hand back a Node Buffer (a Uint8Array subclass); callers get the plain type.
+    return out.constructor === Uint8Array ? out : new Uint8Array(out.buffer, out.byteOffset, out.byteLength)
   } catch (e) {
     throw new DecodeError(`value cannot be encoded as CBOR: ${e instanceof Error ? e.message : e}`, { cause: e })
   }

@@ -55,6 +55,26 @@ export class TransportError extends EphemeralError { static code = 'transport' }
 export class ConfigError extends EphemeralError { static code = 'config' }
 /** The request was well formed but cannot be served. */
 export class InferenceError extends EphemeralError { static code = 'inference' }
+/**
+ * A streamed answer ended without the enclave's authenticated end and receipt
+ * (protocol.md §2.8 S4): what arrived is not the answer, only a part of it.
+ */
+export class TruncatedError extends EphemeralError { static code = 'truncated' }
+
+/** The classes by their §6 code (Python `error_from_code`): a sealed refusal names one. */
+const BY_CODE = Object.freeze(Object.fromEntries([
+  EphemeralError, ProtocolError, LocalProtocolError, RemoteProtocolError, DecodeError, LimitError, VerificationError,
+  AttestationError, ReceiptError, CiphertextError, PolicyError, TransportError, ConfigError, InferenceError, TruncatedError
+].map((cls) => [cls.code, cls])))
+
+/**
+ * The error class for a §6 code; an unknown code is the root class.
+ * @param {string} code
+ * @returns {typeof EphemeralError}
+ */
+export function errorFromCode (code) {
+  return Object.hasOwn(BY_CODE, code) ? BY_CODE[code] : EphemeralError
+}
 
 /**
  * The peer ended the session with an error frame. Error frames are not

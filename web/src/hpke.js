@@ -6,7 +6,10 @@
  * `info` = "ephemeralml/1 session" 00 ‖ SHA-256(attestation document). Responses:
  * ChaCha20-Poly1305 under a key and base nonce exported from the same context,
  * nonce = base XOR seq (12 bytes, big-endian), so responses may come in any order
- * while every (key, nonce) pair is used once.
+ * while every (key, nonce) pair is used once. The chunks of a streamed answer
+ * (§2.8) are sealed the same way under a second exported key and base nonce, with
+ * nonce = base XOR (u64be(seq) ‖ u32be(k)): chunk k of answer seq opens only in its
+ * own place.
  *
  * HPKE is @hpke/core with @hpke/dhkem-x25519 and @hpke/chacha20poly1305, whose
  * X25519 and ChaCha20-Poly1305 are JavaScript (@noble), so no browser needs them
@@ -25,9 +28,13 @@ export const PUBLIC_KEY_BYTES = 32
 export const INFO_LABEL = utf8('ephemeralml/1 session\x00')
 export const RESPONSE_KEY_LABEL = utf8('ephemeralml/1 response key')
 export const RESPONSE_NONCE_LABEL = utf8('ephemeralml/1 response nonce')
+export const CHUNK_KEY_LABEL = utf8('ephemeralml/1 chunk key')
+export const CHUNK_NONCE_LABEL = utf8('ephemeralml/1 chunk nonce')
 const NONCE_BYTES = 12
 /** RFC 9180 §5.2 allows far more; a session this long is a bug or an attack. */
 export const MAX_SEQ = 2 ** 32
+/** Chunks one streamed answer may have: their number takes the last 4 nonce bytes. */
+export const MAX_CHUNKS = 2 ** 32
 
 export function hpkeSuite () {
   return new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Chacha20Poly1305() })
@@ -55,13 +62,44 @@ export function responseNonce (base, seq) {
 }
 
 /**
- * The response AEAD and base nonce exported from an HPKE context.
+ * The nonce of chunk `k` of answer `seq` (§2.8): base XOR (u64be(seq) ‖ u32be(k)).
+ * @param {Uint8Array} base
+ * @param {number} seq
+ * @param {number} k
+ */
+export function chunkNonce (base, seq, k) {
+  if (!(Number.isInteger(seq) && seq >= 0 && seq < MAX_SEQ && Number.isInteger(k) && k >= 0 && k < MAX_CHUNKS)) {
+    throw new LocalProtocolError(`chunk ${k} of answer ${seq} out of range`)
+  }
+  const out = new Uint8Array(base)
+  const view = new DataView(out.buffer)
+  // seq < 2^32: the first four bytes of u64be(seq) are zero.
+  view.setUint32(4, view.getUint32(4) ^ seq)
+  view.setUint32(8, view.getUint32(8) ^ k)
+  return out
+}
+
+/**
+ * An AEAD and base nonce exported from an HPKE context (RFC 9180 §5.3).
+ * @param {any} ctx
+ * @param {Uint8Array} keyLabel
+ * @param {Uint8Array} nonceLabel
+ */
+async function exportedKeys (ctx, keyLabel, nonceLabel) {
+  const key = new Uint8Array(await ctx.export(keyLabel, 32))
+  const base = new Uint8Array(await ctx.export(nonceLabel, NONCE_BYTES))
+  return { aead: new Chacha20Poly1305().createEncryptionContext(key.buffer), base, key }
+}
+
+/**
+ * The response keys and the chunk keys of a session.
  * @param {any} ctx
  */
 async function responseKeys (ctx) {
-  const key = new Uint8Array(await ctx.export(RESPONSE_KEY_LABEL, 32))
-  const base = new Uint8Array(await ctx.export(RESPONSE_NONCE_LABEL, NONCE_BYTES))
-  return { aead: new Chacha20Poly1305().createEncryptionContext(key.buffer), base, key }
+  return {
+    resp: await exportedKeys(ctx, RESPONSE_KEY_LABEL, RESPONSE_NONCE_LABEL),
+    chunk: await exportedKeys(ctx, CHUNK_KEY_LABEL, CHUNK_NONCE_LABEL)
+  }
 }
 
 /** The client's half: seals requests, opens responses. Build with {@link ClientChannel.open}. */
@@ -69,13 +107,14 @@ export class ClientChannel {
   /**
    * @param {any} ctx
    * @param {Uint8Array} enc
-   * @param {{aead: any, base: Uint8Array, key: Uint8Array}} resp
+   * @param {{resp: {aead: any, base: Uint8Array, key: Uint8Array}, chunk: {aead: any, base: Uint8Array, key: Uint8Array}}} keys
    */
-  constructor (ctx, enc, resp) {
+  constructor (ctx, enc, { resp, chunk }) {
     this._ctx = ctx
     /** The encapsulated key (the ephemeral public key): goes in `open`. */
     this.enc = enc
     this._resp = resp
+    this._chunk = chunk
     this._nextSeal = 0
   }
 
@@ -110,6 +149,11 @@ export class ClientChannel {
     return { key: this._resp.key, baseNonce: this._resp.base }
   }
 
+  /** The exported chunk key and base nonce (for the conformance vectors). */
+  get chunkSecrets () {
+    return { key: this._chunk.key, baseNonce: this._chunk.base }
+  }
+
   /**
    * @param {number} seq must be the next one: HPKE numbers its messages (H2)
    * @param {Uint8Array} plaintext
@@ -135,6 +179,22 @@ export class ClientChannel {
       throw new CiphertextError(`response ${seq} failed authentication`, { cause: e })
     }
   }
+
+  /**
+   * @param {number} seq
+   * @param {number} k
+   * @param {Uint8Array} ciphertext
+   * @param {Uint8Array} aad
+   */
+  async openChunk (seq, k, ciphertext, aad) {
+    const nonce = chunkNonce(this._chunk.base, seq, k)
+    try {
+      return new Uint8Array(await this._chunk.aead.open(nonce, ciphertext, aad))
+    } catch (e) {
+      // §2.8 S2.
+      throw new CiphertextError(`S2 chunk ${k} of answer ${seq} failed authentication`, { cause: e })
+    }
+  }
 }
 
 /**
@@ -144,11 +204,12 @@ export class ClientChannel {
 export class EnclaveChannel {
   /**
    * @param {any} ctx
-   * @param {{aead: any, base: Uint8Array, key: Uint8Array}} resp
+   * @param {{resp: {aead: any, base: Uint8Array, key: Uint8Array}, chunk: {aead: any, base: Uint8Array, key: Uint8Array}}} keys
    */
-  constructor (ctx, resp) {
+  constructor (ctx, { resp, chunk }) {
     this._ctx = ctx
     this._resp = resp
+    this._chunk = chunk
     this._nextOpen = 0
   }
 
@@ -193,6 +254,16 @@ export class EnclaveChannel {
    */
   async sealResponse (seq, plaintext, aad) {
     return new Uint8Array(await this._resp.aead.seal(responseNonce(this._resp.base, seq), plaintext, aad))
+  }
+
+  /**
+   * @param {number} seq
+   * @param {number} k
+   * @param {Uint8Array} plaintext
+   * @param {Uint8Array} aad
+   */
+  async sealChunk (seq, k, plaintext, aad) {
+    return new Uint8Array(await this._chunk.aead.seal(chunkNonce(this._chunk.base, seq, k), plaintext, aad))
   }
 }
 

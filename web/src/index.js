@@ -8,7 +8,7 @@
 export {
   EphemeralError, ProtocolError, LocalProtocolError, RemoteProtocolError, DecodeError, LimitError,
   VerificationError, AttestationError, ReceiptError, CiphertextError, PolicyError, TransportError,
-  ConfigError, InferenceError, RemoteError
+  ConfigError, InferenceError, TruncatedError, RemoteError
 } from './errors.js'
 export {
   verifyAttestation, parseUnverified, AttestationPolicy, AttestationDocument, VerifiedAttestation,
@@ -18,7 +18,11 @@ export { TrustedRoot, PcrAllowlist, UnsafeAnyMeasurements, AWS_NITRO_ROOT_G1_PEM
 export { ClientPolicy } from './policy.js'
 export { EnclaveBinding } from './binding.js'
 export { ClientSession, ClientState, MAX_OUTSTANDING_REQUESTS } from './session.js'
-export { EmbedRequest, EmbedResult, PROTOCOL_VERSION } from './messages.js'
+export {
+  EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, CancelRequest, PROTOCOL_VERSION, MAX_MESSAGES,
+  MAX_PROMPT_BYTES
+} from './messages.js'
+export { generate, TextStream } from './stream.js'
 export { verifyReceipt, receiptAttestationHash, Receipt, VerifiedReceipt, MAX_SESSION_S } from './receipt.js'
 export { FrameDecoder, encodeFrame, MAX_FRAME_BYTES } from './frame.js'
 export { toHex, fromHex, sha256 } from './util.js'

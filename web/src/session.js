@@ -14,6 +14,14 @@
  *     req(seq, ct)        ───────▶
  *     response  ◀───────  resp(seq, ct)    H3, R1–R11
  *
+ * A generate request (§2.8) is answered by numbered chunks, then the resp that
+ * ends the stream with its receipt:
+ *
+ *     req(seq, ct{generate}) ────▶
+ *     chunk     ◀───────  chunk(seq, k, ct{text})   S1, S2 (k = 0, 1, 2, …)
+ *     stream_end ◀──────  resp(seq, ct{result, receipt})   H3, S3, R1–R11
+ *     req(seq', ct{cancel seq}) ─▶  (no answer of its own; the stream ends early)
+ *
  * The legal order lives in one table; anything out of order, and any error at
  * all, moves the session to `error`, after which every call throws.
  */
@@ -27,8 +35,8 @@ import {
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from './frame.js'
 import { ClientChannel } from './hpke.js'
 import {
-  EmbedRequest, NONCE_BYTES, PROTOCOL_VERSION, SESSION_MODES, clientHello, decodeMessage, decodeResponseBody,
-  messageToCbor, sealed, sessionOpen
+  CancelRequest, EmbedRequest, EmbedResult, GenerateRequest, GenerateResult, NONCE_BYTES, PROTOCOL_VERSION,
+  SESSION_MODES, clientHello, decodeChunkBody, decodeMessage, decodeResponseBody, messageToCbor, sealed, sessionOpen
 } from './messages.js'
 import { ClientPolicy } from './policy.js'
 import { CACHED_SESSION_ID, verifySessionProof } from './proof.js'
@@ -47,11 +55,11 @@ export const ClientState = Object.freeze({ START: 'start', AWAIT_ATTEST: 'await_
 const ACCEPTS = Object.freeze({
   [ClientState.START]: new Set(),
   [ClientState.AWAIT_ATTEST]: new Set(['attest', 'error']),
-  [ClientState.READY]: new Set(['resp', 'error']),
+  [ClientState.READY]: new Set(['resp', 'chunk', 'error']),
   [ClientState.ERROR]: new Set()
 })
 /** @type {Record<string, string>} Python's class names, for the out-of-order message. */
-const CLASS_NAMES = { hello: 'ClientHello', attest: 'ServerAttest', open: 'SessionOpen', req: 'SealedRequest', resp: 'SealedResponse', error: 'ErrorFrame' }
+const CLASS_NAMES = { hello: 'ClientHello', attest: 'ServerAttest', open: 'SessionOpen', req: 'SealedRequest', resp: 'SealedResponse', chunk: 'SealedChunk', error: 'ErrorFrame' }
 
 /**
  * H1: the frame type, session id and sequence number are authenticated.
@@ -64,11 +72,54 @@ export function aad (kind, sessionId, seq) {
 }
 
 /**
+ * §2.8 S2: a chunk's place (session, answer, number) is authenticated.
+ * @param {Uint8Array} sessionId
+ * @param {number} seq
+ * @param {number} k
+ */
+export function chunkAad (sessionId, seq, k) {
+  return encode(new Map([['k', k], ['t', 'chunk'], ['sid', sessionId], ['seq', seq]]))
+}
+
+/**
+ * What one chunk adds to its stream's hash (§2.8): `u32be(len) ‖ plaintext`.
+ * @param {Uint8Array} plaintext
+ */
+export function chunkLink (plaintext) {
+  const out = new Uint8Array(4 + plaintext.length)
+  new DataView(out.buffer).setUint32(0, plaintext.length)
+  out.set(plaintext, 4)
+  return out
+}
+
+/**
+ * One streamed answer in progress: the next chunk number, and the links of the
+ * chunks so far. Web Crypto has no incremental SHA-256, so the running hash is
+ * taken over the links at the end; they are the answer's text, a few KiB.
+ */
+class Stream {
+  constructor () {
+    this.nextK = 0
+    /** @type {Uint8Array[]} */
+    this.links = []
+  }
+
+  digest () {
+    return sha256(concat(...this.links))
+  }
+}
+
+/**
  * Events:
  * @typedef {{type: 'attested', attestation: import('./attestation.js').VerifiedAttestation, binding: EnclaveBinding}} Attested
  * @typedef {{type: 'response', seq: number, request: EmbedRequest, result: import('./messages.js').EmbedResult,
  *   receipt: import('./receipt.js').VerifiedReceipt}} ResponseReceived
  * @typedef {{type: 'request_failed', seq: number, code: string, message: string}} RequestFailed
+ * @typedef {{type: 'chunk', seq: number, k: number, text: string}} ChunkReceived chunk k of the answer to
+ *   request seq, opened in its place; not yet covered by a receipt (that comes with stream_end)
+ * @typedef {{type: 'stream_end', seq: number, request: GenerateRequest, result: GenerateResult,
+ *   receipt: import('./receipt.js').VerifiedReceipt}} StreamEnded the chunks agree with the end (S3), whose
+ *   receipt verified against the session
  */
 
 /** The client's half of one session. */
@@ -108,8 +159,10 @@ export class ClientSession {
     /** @type {ClientChannel | null} */
     this._channel = null
     this._nextSeq = 0
-    /** @type {Map<number, {request: EmbedRequest, requestHash: Uint8Array}>} */
+    /** @type {Map<number, {request: EmbedRequest | GenerateRequest, requestHash: Promise<Uint8Array>}>} */
     this._pending = new Map()
+    /** @type {Map<number, Stream>} */
+    this._streams = new Map()
     this._busy = false
     /** @type {Promise<unknown>} seals run one after another, in seq order */
     this._sealing = Promise.resolve()
@@ -137,24 +190,52 @@ export class ClientSession {
   }
 
   /**
-   * Seal `request`; returns its sequence number and the frame to send.
-   * @param {EmbedRequest} request
+   * Seal `request`; returns its sequence number and the frame to send. A
+   * {@link GenerateRequest} is answered by `chunk` events, then its `stream_end` (§2.8).
+   * @param {EmbedRequest | GenerateRequest} request
    * @returns {Promise<{seq: number, frame: Uint8Array}>}
    */
   async sendRequest (request) {
     this._expectState(ClientState.READY)
-    if (!(request instanceof EmbedRequest)) throw new LocalProtocolError('sendRequest takes an EmbedRequest')
+    if (!(request instanceof EmbedRequest || request instanceof GenerateRequest)) {
+      throw new LocalProtocolError('sendRequest takes an EmbedRequest or a GenerateRequest')
+    }
     if (this._pending.size >= MAX_OUTSTANDING_REQUESTS) throw new LocalProtocolError('too many requests in flight')
-    const channel = /** @type {ClientChannel} */ (this._channel)
-    const sid = /** @type {Uint8Array} */ (this.sessionId)
     const seq = this._nextSeq++
     const body = request.toCbor()
-    this._pending.set(seq, { request, requestHash: await sha256(body) })
+    // Nothing is awaited before the seal is queued: seals keep the order of the calls.
+    this._pending.set(seq, { request, requestHash: sha256(body) })
+    if (request instanceof GenerateRequest) this._streams.set(seq, new Stream())
+    return { seq, frame: await this._seal(seq, body) }
+  }
+
+  /**
+   * The frame that asks the enclave to stop the stream answering `seq` (§2.8). The
+   * stream still ends with its `stream_end` and receipt (finish "cancelled", unless
+   * it finished first); the cancel takes the next sequence number and has no answer.
+   * @param {number} seq
+   * @returns {Promise<Uint8Array>}
+   */
+  async cancel (seq) {
+    this._expectState(ClientState.READY)
+    if (!this._streams.has(seq)) throw new LocalProtocolError(`request ${seq} is no stream in flight`)
+    const own = this._nextSeq++
+    return this._seal(own, new CancelRequest(seq).toCbor())
+  }
+
+  /**
+   * Seal `body` as request `seq`; seals run one after another, in seq order (H2).
+   * @param {number} seq
+   * @param {Uint8Array} body
+   */
+  async _seal (seq, body) {
+    const channel = /** @type {ClientChannel} */ (this._channel)
+    const sid = /** @type {Uint8Array} */ (this.sessionId)
     const sealing = this._sealing.then(() => channel.sealRequest(seq, body, aad('req', sid, seq)))
     this._sealing = sealing.catch(() => {})
     try {
       const ct = await sealing
-      return { seq, frame: encodeFrame(messageToCbor(sealed('req', seq, ct))) }
+      return encodeFrame(messageToCbor(sealed('req', seq, ct)))
     } catch (e) {
       this.state = ClientState.ERROR
       throw foreignError(e, 'sealing a request')
@@ -171,7 +252,7 @@ export class ClientSession {
    * Process at most one frame. `now` is when attestation is checked (a Date or
    * ms since the epoch). Returns null when more bytes are needed.
    * @param {{now: Date | number}} options
-   * @returns {Promise<Attested | ResponseReceived | RequestFailed | null>}
+   * @returns {Promise<Attested | ResponseReceived | RequestFailed | ChunkReceived | StreamEnded | null>}
    */
   async nextEvent ({ now }) {
     if (this.state === ClientState.ERROR) throw new LocalProtocolError('session already failed')
@@ -186,6 +267,7 @@ export class ClientSession {
       }
       if (msg.t === 'error') throw new RemoteError(msg.code, msg.message)
       if (msg.t === 'attest') return await this._onAttest(frame, msg, now)
+      if (msg.t === 'chunk') return await this._onChunk(msg)
       return await this._onResponse(msg)
     } catch (e) {
       this.state = ClientState.ERROR
@@ -254,7 +336,30 @@ export class ClientSession {
 
   /**
    * @param {any} msg
-   * @returns {Promise<ResponseReceived | RequestFailed>}
+   * @returns {Promise<ChunkReceived>}
+   */
+  async _onChunk (msg) {
+    const channel = /** @type {ClientChannel} */ (this._channel)
+    const stream = typeof msg.seq === 'bigint' ? undefined : this._streams.get(msg.seq)
+    if (stream === undefined) throw new CiphertextError(`S1 chunk for answer ${msg.seq}, which is no stream in flight`)
+    // §2.8 S1: chunks come numbered 0, 1, 2, ...; a dropped, repeated or reordered
+    // one is named here (and a renumbered one cannot open, S2).
+    if (msg.k !== stream.nextK) {
+      throw new CiphertextError(
+        `S1 chunk ${msg.k} of answer ${msg.seq} out of order: expected chunk ${stream.nextK} (dropped, repeated or reordered)`
+      )
+    }
+    const sid = /** @type {Uint8Array} */ (this.sessionId)
+    const body = await channel.openChunk(msg.seq, msg.k, msg.ciphertext, chunkAad(sid, msg.seq, msg.k))
+    const text = decodeChunkBody(body)
+    stream.links.push(chunkLink(body))
+    stream.nextK += 1
+    return Object.freeze({ type: 'chunk', seq: msg.seq, k: msg.k, text })
+  }
+
+  /**
+   * @param {any} msg
+   * @returns {Promise<ResponseReceived | RequestFailed | StreamEnded>}
    */
   async _onResponse (msg) {
     const channel = /** @type {ClientChannel} */ (this._channel)
@@ -262,11 +367,25 @@ export class ClientSession {
     const pending = this._pending.get(seq)
     if (pending === undefined) throw new CiphertextError(`response ${msg.seq} answers no request in flight (replay?)`)
     this._pending.delete(seq)
+    const stream = this._streams.get(seq)
+    this._streams.delete(seq)
     const body = await channel.openResponse(seq, msg.ciphertext, aad('resp', /** @type {Uint8Array} */ (this.sessionId), seq))
-    const parsed = decodeResponseBody(body)
+    const generate = pending.request instanceof GenerateRequest
+    const parsed = decodeResponseBody(body, generate ? GenerateResult : EmbedResult)
     if (!('result' in parsed)) return Object.freeze({ type: 'request_failed', seq, code: parsed.code, message: parsed.message })
     const { result, receipt } = parsed
     if (result.model !== pending.request.model) throw new RemoteProtocolError('response is for a different model than requested')
+    if (result instanceof GenerateResult) {
+      const s = /** @type {Stream} */ (stream)
+      // §2.8 S3: the end counts and hashes the chunks the enclave sent; ours must be
+      // the same, so a chunk dropped at the end is caught here.
+      if (result.chunks !== s.nextK || !bytesEqual(result.stream, await s.digest())) {
+        throw new CiphertextError(
+          `S3 the end of answer ${seq} covers ${result.chunks} chunk(s); ${s.nextK} arrived, or not the same (dropped or altered)`
+        )
+      }
+    }
+    const request = pending.request
     // §5 R1–R11: the enclave's signed account of this exchange.
     const verified = await verifyReceipt(receipt, /** @type {any} */ (this.attestation), {
       expect: {
@@ -274,14 +393,15 @@ export class ClientSession {
         sessionId: /** @type {Uint8Array} */ (this.sessionId),
         clientNonce: this.nonce,
         transcriptHash: /** @type {Uint8Array} */ (this.transcriptHash),
-        requestHash: pending.requestHash,
+        requestHash: await pending.requestHash,
         responseHash: await sha256(result.toCbor()),
-        modelId: pending.request.model,
-        truncate: pending.request.truncate,
-        inputs: pending.request.inputs.length
+        modelId: request.model,
+        truncate: request instanceof EmbedRequest && request.truncate,
+        inputs: request instanceof EmbedRequest ? request.inputs.length : 0
       }
     })
-    return Object.freeze({ type: 'response', seq, request: pending.request, result, receipt: verified })
+    if (result instanceof GenerateResult) return Object.freeze({ type: 'stream_end', seq, request, result, receipt: verified })
+    return Object.freeze({ type: 'response', seq, request, result, receipt: verified })
   }
 
   /** @param {string} state */

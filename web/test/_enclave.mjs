@@ -7,15 +7,18 @@ import { EphemeralError, LocalProtocolError, RemoteError, RemoteProtocolError, f
 import { FrameDecoder, MAX_FRAME_BYTES, encodeFrame } from '../src/frame.js'
 import { EnclaveChannel, deriveKeyPair } from '../src/hpke.js'
 import {
-  EmbedRequest, PROTOCOL_VERSION, RequestError, decodeMessage, encodeResponseBody, errorFrame, messageToCbor, serverAttest
+  CancelRequest, GenerateRequest, GenerateResult, PROTOCOL_VERSION, RequestError, decodeMessage, decodeRequest,
+  encodeChunkBody, encodeResponseBody, errorFrame, messageToCbor, sealedChunk, serverAttest
 } from '../src/messages.js'
 import { RECEIPT_PCRS } from '../src/receipt.js'
-import { aad } from '../src/session.js'
+import { aad, chunkAad, chunkLink } from '../src/session.js'
 import { concat, fromHex, sha256 } from '../src/util.js'
 
 const MAX_HANDSHAKE_FRAME_BYTES = 4 * 1024
 const ACCEPTS = { await_hello: ['hello'], attesting: [], await_open: ['open', 'error'], ready: ['req', 'error'], error: [] }
-const NAMES = { hello: 'ClientHello', attest: 'ServerAttest', open: 'SessionOpen', req: 'SealedRequest', resp: 'SealedResponse', error: 'ErrorFrame' }
+const NAMES = {
+  hello: 'ClientHello', attest: 'ServerAttest', open: 'SessionOpen', req: 'SealedRequest', resp: 'SealedResponse', chunk: 'SealedChunk', error: 'ErrorFrame'
+}
 
 /** @param {Uint8Array} seed */
 export async function ed25519Signer (seed) {
@@ -42,6 +45,8 @@ export class TestEnclave {
     this._decoder = new FrameDecoder({ maxBytes: MAX_HANDSHAKE_FRAME_BYTES })
     this._transcript = []
     this._pending = new Set()
+    /** @type {Map<number, {nextK: number, links: Uint8Array[]}>} streams in progress (§2.8) */
+    this._streams = new Map()
   }
 
   async init () {
@@ -84,8 +89,12 @@ export class TestEnclave {
           continue
         }
         const body = await this._channel.openRequest(msg.seq, msg.ciphertext, aad('req', this.sessionId, msg.seq))
+        const request = decodeRequest(body)
+        // §2.8: a cancel takes a seq (it is sealed in order) but has no answer.
+        if (request instanceof CancelRequest) return { type: 'cancel', seq: msg.seq, target: request.seq, body }
         this._pending.add(msg.seq)
-        return { type: 'request', seq: msg.seq, body, request: EmbedRequest.fromCbor(body), requestHash: await sha256(body) }
+        if (request instanceof GenerateRequest) this._streams.set(msg.seq, { nextK: 0, links: [] })
+        return { type: 'request', seq: msg.seq, body, request, requestHash: await sha256(body) }
       }
     } catch (e) {
       this.state = 'error'
@@ -115,13 +124,63 @@ export class TestEnclave {
   }
 
   /**
-   * @param {{seq: number, requestHash: Uint8Array, request: EmbedRequest}} event
+   * @param {{seq: number, requestHash: Uint8Array, request: import('../src/messages.js').EmbedRequest}} event
    * @param {import('../src/messages.js').EmbedResult} result
    * @param {{modelDigest: Uint8Array, timeMs: number, durationUs: number, receiptId: Uint8Array, truncated: number[]}} r
    * @param {number} documentTimestampMs
    */
   async respond (event, result, r) {
     this._pending.delete(event.seq)
+    return this._sealedResult(event, result, r, event.request.truncate, r.truncated)
+  }
+
+  /**
+   * The next chunk of the stream answering `event`'s generate request (§2.8).
+   * @param {{seq: number}} event
+   * @param {string} text
+   */
+  async chunk (event, text) {
+    const stream = this._streams.get(event.seq)
+    if (!stream) throw new LocalProtocolError(`request ${event.seq} is no stream in progress`)
+    const k = stream.nextK
+    const body = encodeChunkBody(text)
+    const ct = await this._channel.sealChunk(event.seq, k, body, chunkAad(this.sessionId, event.seq, k))
+    stream.links.push(chunkLink(body))
+    stream.nextK += 1
+    return encodeFrame(messageToCbor(sealedChunk(event.seq, k, ct)))
+  }
+
+  /**
+   * The end of `event`'s stream: the count and hash of the chunks sealed, and the receipt.
+   * @param {{seq: number, requestHash: Uint8Array, request: GenerateRequest}} event
+   * @param {{finish: string, promptTokens: number, completionTokens: number, device: string, modelDigest: Uint8Array,
+   *   timeMs: number, durationUs: number, receiptId: Uint8Array}} r
+   */
+  async endStream (event, r) {
+    const stream = this._streams.get(event.seq)
+    if (!stream) throw new LocalProtocolError(`request ${event.seq} is no stream in progress`)
+    this._streams.delete(event.seq)
+    this._pending.delete(event.seq)
+    const result = new GenerateResult({
+      model: event.request.model,
+      finish: r.finish,
+      chunks: stream.nextK,
+      stream: await sha256(concat(...stream.links)),
+      promptTokens: r.promptTokens,
+      completionTokens: r.completionTokens,
+      device: r.device
+    })
+    return this._sealedResult(event, result, r, false, [])
+  }
+
+  /**
+   * @param {{seq: number, requestHash: Uint8Array}} event
+   * @param {import('../src/messages.js').EmbedResult | GenerateResult} result
+   * @param {{modelDigest: Uint8Array, timeMs: number, durationUs: number, receiptId: Uint8Array}} r
+   * @param {boolean} truncate
+   * @param {number[]} truncated
+   */
+  async _sealedResult (event, result, r, truncate, truncated) {
     const receipt = new Map([
       ['v', 2], ['receipt_id', r.receiptId], ['session_id', this.sessionId], ['seq', event.seq],
       ['model_id', result.model], ['model_digest', r.modelDigest], ['key_release', this.identity.keyReleases.get(result.model)],
@@ -129,7 +188,7 @@ export class TestEnclave {
       ['attestation_hash', this.attestationHash], ['pcrs', new Map(RECEIPT_PCRS.map((i) => [i, this.identity.pcrs.get(i)]))],
       ['policy_version', this.identity.policyVersion], ['mode', this.identity.mode], ['time_ms', r.timeMs],
       ['duration_us', r.durationUs], ['client_nonce', this.nonce], ['transcript_hash', this.transcriptHash],
-      ['truncate', event.request.truncate], ['truncated', r.truncated]
+      ['truncate', truncate], ['truncated', truncated]
     ])
     const signed = await this._sign(encode(receipt), this.attestationHash)
     const body = encodeResponseBody(result, signed, null)
@@ -143,6 +202,7 @@ export class TestEnclave {
    */
   async respondError (event, code, message) {
     this._pending.delete(event.seq)
+    this._streams.delete(event.seq)
     const line = message.split(/\s+/u).filter(Boolean).join(' ')
     return this._sealed(event.seq, encodeResponseBody(null, null, new RequestError(code, Array.from(line).slice(0, 300).join(''))))
   }

@@ -8,8 +8,8 @@ import { test } from 'node:test'
 import { verifyAttestation } from '../src/attestation.js'
 import { decodeStrict, decodeDeterministic, encode, Tagged } from '../src/cbor.js'
 import { EphemeralError } from '../src/errors.js'
-import { deriveKeyPair, hpkeSuite, sessionInfo, responseNonce, INFO_LABEL } from '../src/hpke.js'
-import { EmbedRequest, EmbedResult } from '../src/messages.js'
+import { deriveKeyPair, hpkeSuite, sessionInfo, responseNonce, chunkNonce, INFO_LABEL } from '../src/hpke.js'
+import { CancelRequest, EmbedResult, GenerateRequest, GenerateResult, decodeRequest } from '../src/messages.js'
 import { verifyReceipt, Receipt } from '../src/receipt.js'
 import { ClientSession } from '../src/session.js'
 import { sha256, sha384, toHex, concat } from '../src/util.js'
@@ -44,7 +44,7 @@ function assertRejected (id, e, expect) {
   } else {
     assert.equal(e.message, expect.message)
   }
-  if (/^[APR]\d+$/u.test(expect.check)) assert.ok(e.message.startsWith(expect.check + ' '))
+  if (/^[APRS]\d+$/u.test(expect.check)) assert.ok(e.message.startsWith(expect.check + ' '))
 }
 
 /** @param {Uint8Array} raw */
@@ -167,7 +167,7 @@ const framesOf = (v) => v.files.frames.map((/** @type {any} */ f) => [f, read(f.
 async function replayClient (v) {
   const { inputs } = v
   const p = await policy(inputs.policy)
-  const requests = inputs.client.requests.map((/** @type {string} */ path) => EmbedRequest.fromCbor(read(path)))
+  const requests = inputs.client.requests.map((/** @type {string} */ path) => decodeRequest(read(path)))
   const client = new ClientSession(p, {
     nonce: hex(inputs.client.nonce), mode: inputs.mode, testing: { ekm: hex(inputs.client.ikmE) }
   })
@@ -178,7 +178,11 @@ async function replayClient (v) {
         let produced
         if (f.type === 'hello') produced = client.hello()
         else if (f.type === 'open') produced = client.dataToSend()
-        else produced = (await client.sendRequest(requests.shift())).frame
+        else {
+          const request = requests.shift()
+          // §2.8: a cancel is sealed like a request and takes the next seq.
+          produced = request instanceof CancelRequest ? await client.cancel(request.seq) : (await client.sendRequest(request)).frame
+        }
         assert.deepEqual(produced, data, `the client's frame ${i} (${f.type}) differs`)
         continue
       }
@@ -209,8 +213,32 @@ async function replayEnclave (v) {
   if (parsed.publicKey) assert.deepEqual(enclave.publicKey, parsed.publicKey)
   const out = []
   const events = []
+  // Streams in progress (§2.8): the enclave's chunks and end are made when the
+  // vector's next frame is one of them, in the order the session ran.
+  const streams = new Map()
   for (const [i, [f, data]] of framesOf(v).entries()) {
     if (f.dir === 'e2c') {
+      const seq = decodeDeterministic(data.subarray(4)).get('seq')
+      if (!out.length && streams.has(seq)) {
+        const [started, answer] = streams.get(seq)
+        const st = answer.stream
+        if (f.type === 'chunk') {
+          out.push(await enclave.chunk(started, st.chunks[enclave._streams.get(seq).nextK]))
+        } else {
+          assert.equal(enclave._streams.get(seq).nextK, st.chunks.length)
+          streams.delete(seq)
+          out.push(await enclave.endStream(started, {
+            finish: st.finish,
+            promptTokens: st.prompt_tokens,
+            completionTokens: st.completion_tokens,
+            device: st.device,
+            modelDigest: hex(answer.model_digest),
+            timeMs: answer.time_ms,
+            durationUs: answer.duration_us,
+            receiptId: hex(answer.receipt_id)
+          }))
+        }
+      }
       assert.ok(out.length, `the enclave has no frame ${i} (${f.type}) to send`)
       assert.deepEqual(out.shift(), data, `the enclave's frame ${i} (${f.type}) differs`)
       continue
@@ -226,11 +254,17 @@ async function replayEnclave (v) {
     if (ev?.type === 'hello') {
       assert.equal(ev.mode, v.inputs.mode)
       out.push(ev.mode === 'cached' ? await enclave.attestCached(doc) : await enclave.attest(doc))
+    } else if (ev?.type === 'cancel') {
+      assert.deepEqual(new CancelRequest(ev.target).toCbor(), read(f.body))
+      assert.equal(en.answers[ev.seq], null) // a cancel has no answer of its own
     } else if (ev?.type === 'request') {
       assert.deepEqual(ev.request.toCbor(), read(f.body))
       assert.deepEqual(ev.requestHash, await sha256(read(f.body)))
       const answer = en.answers[ev.seq]
-      if (answer.error) {
+      if (answer.stream) {
+        assert.ok(ev.request instanceof GenerateRequest)
+        streams.set(ev.seq, [ev, answer])
+      } else if (answer.error) {
         out.push(await enclave.respondError(ev, answer.error.code, answer.error.message))
       } else {
         out.push(await enclave.respond(ev, EmbedResult.fromCbor(read(answer.result)), {
@@ -273,6 +307,10 @@ async function checkTranscriptValues (/** @type {any} */ v) {
   const key = new Uint8Array(await receiver.export(new TextEncoder().encode('ephemeralml/1 response key'), 32))
   const base = new Uint8Array(await receiver.export(new TextEncoder().encode('ephemeralml/1 response nonce'), 12))
   assert.deepEqual([toHex(key), toHex(base)], [hpke.response_key, hpke.response_base_nonce])
+  const chunkKey = new Uint8Array(await receiver.export(new TextEncoder().encode('ephemeralml/1 chunk key'), 32))
+  const chunkBase = new Uint8Array(await receiver.export(new TextEncoder().encode('ephemeralml/1 chunk nonce'), 12))
+  assert.deepEqual([toHex(chunkKey), toHex(chunkBase)], [hpke.chunk_key, hpke.chunk_base_nonce])
+  const chunkAead = new Chacha20Poly1305().createEncryptionContext(chunkKey.buffer)
   assert.equal(values.transcript_hash, toHex(await sha256(concat(...frames.slice(0, 3).map(([, d]) => d)))))
   const aead = new Chacha20Poly1305().createEncryptionContext(key.buffer)
   const messages = [...values.messages]
@@ -281,6 +319,16 @@ async function checkTranscriptValues (/** @type {any} */ v) {
     assert.equal(new DataView(data.buffer, data.byteOffset).getUint32(0), data.length - 4)
     const m = messages.shift()
     const seq = body.get('seq')
+    if (f.type === 'chunk') {
+      // §2.8: the chunk's number is in its aad and its nonce.
+      const k = body.get('k')
+      const aad = encode(new Map([['k', k], ['t', 'chunk'], ['sid', sid], ['seq', seq]]))
+      assert.deepEqual([m.type, m.seq, m.k, m.aad], ['chunk', seq, k, toHex(aad)])
+      const nonce = chunkNonce(chunkBase, seq, k)
+      assert.equal(m.nonce, toHex(nonce))
+      assert.deepEqual(new Uint8Array(await chunkAead.open(nonce, body.get('ct'), aad)), read(f.body))
+      continue
+    }
     const aad = encode(new Map([['t', f.type], ['sid', sid], ['seq', seq]]))
     assert.deepEqual([m.type, m.seq, m.aad], [f.type, seq, toHex(aad)])
     if (f.type === 'req') {
@@ -321,16 +369,51 @@ for (const v of ofKind('session')) {
     assert.deepEqual(en.enclave.transcriptHash, c.client.transcriptHash)
     assert.equal(toHex(c.client.sessionId), values.session_id)
     assert.equal(c.events[0].type, 'attested')
-    const resp = v.files.frames.filter((/** @type {any} */ f) => f.type === 'resp')
-    const seen = c.events.slice(1).map((ev, i) => {
+    // One client event per e2c frame after the attest: a chunk, a response, an end.
+    const e2c = v.files.frames.filter((/** @type {any} */ f) => f.dir === 'e2c' && f.type !== 'attest')
+    assert.equal(c.events.length - 1, e2c.length)
+    /** @type {Map<number, Uint8Array[]>} the chunks' plaintexts, per stream */
+    const bodies = new Map()
+    const seen = []
+    for (const [i, ev] of c.events.slice(1).entries()) {
+      const f = e2c[i]
       if (ev.type === 'response') {
-        assert.deepEqual(ev.result.toCbor(), read(resp[i].result))
-        assert.deepEqual(ev.receipt.raw, read(resp[i].receipt))
-        return { seq: ev.seq, event: 'result', receipt_id: toHex(ev.receipt.receipt.receipt_id) }
+        assert.deepEqual(ev.result.toCbor(), read(f.result))
+        assert.deepEqual(ev.receipt.raw, read(f.receipt))
+        seen.push({ seq: ev.seq, event: 'result', receipt_id: toHex(ev.receipt.receipt.receipt_id) })
+      } else if (ev.type === 'chunk') {
+        assert.equal(f.type, 'chunk')
+        bodies.set(ev.seq, [...(bodies.get(ev.seq) ?? []), read(f.body)])
+        seen.push({ seq: ev.seq, event: 'chunk', k: ev.k, text: ev.text })
+      } else if (ev.type === 'stream_end') {
+        // §2.8: the receipt's response_hash covers the end's result map, whose stream
+        // hash covers every chunk's plaintext, in order.
+        const r = ev.result
+        assert.deepEqual(r.toCbor(), read(f.result))
+        assert.deepEqual(GenerateResult.fromCbor(read(f.result)).toCbor(), read(f.result))
+        assert.deepEqual(ev.receipt.raw, read(f.receipt))
+        const links = (bodies.get(ev.seq) ?? []).map((b) => concat(Uint8Array.of(0, 0, b.length >> 8, b.length & 255), b))
+        assert.deepEqual(r.stream, await sha256(concat(...links)))
+        assert.deepEqual(ev.receipt.receipt.response_hash, await sha256(r.toCbor()))
+        seen.push({
+          seq: ev.seq,
+          event: 'end',
+          result: {
+            model: r.model,
+            finish: r.finish,
+            chunks: r.chunks,
+            stream: toHex(r.stream),
+            prompt_tokens: r.promptTokens,
+            completion_tokens: r.completionTokens,
+            device: r.device
+          },
+          receipt: ev.receipt.receipt.toJSON()
+        })
+      } else {
+        assert.equal(ev.type, 'request_failed')
+        seen.push({ seq: ev.seq, event: 'error', code: ev.code, message: ev.message })
       }
-      assert.equal(ev.type, 'request_failed')
-      return { seq: ev.seq, event: 'error', code: ev.code, message: ev.message }
-    })
+    }
     assert.deepEqual(seen, values.events)
     await checkTranscriptValues(v)
   })
