@@ -73,7 +73,7 @@ def bind_loopback(ep: Endpoint) -> socket.socket:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     try:
-        from ._proxy import build_app, serve_on
+        from ._proxy import build_app, ends_session, serve_on
     except ImportError as e:
         raise ConfigError(
             f"ephemeral proxy needs its web server ({e.name} is not installed): "
@@ -92,8 +92,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         )
 
     pool: SessionPool[Session] = SessionPool(
-        open_session, size=args.sessions, max_age_s=policy.attestation.max_age_s
-    )
+        open_session, size=args.sessions, max_age_s=policy.attestation.max_age_s,
+        ends_session=ends_session,
+    )  # fmt: skip
     try:
         # Verified before anything listens: no SDK request ever meets an unverified enclave.
         with pool.session() as s:

@@ -5,9 +5,10 @@ A :class:`SessionPool` holds at most ``size`` sessions. A request takes an idle 
 uses it alone, and gives it back. A session is closed instead of reused when it is
 older than ``max_age_s`` (the policy's attestation age: past it, the next request
 gets a freshly attested session), idle longer than ``idle_s`` (before the enclave's
-and relay's own idle limits cut it), or when it failed at the transport level (a
-lost connection is never handed out again). Thread-safe: the proxy calls it from a
-thread pool. Nothing here reads a payload.
+and relay's own idle limits cut it), or when the error it failed with ends it
+(``ends_session``; by default a lost connection: one is never handed out again).
+Thread-safe: the proxy calls it from a thread pool and from one thread per stream
+(a stream holds its session until its end). Nothing here reads a payload.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class PoolBusyError(LimitError):
     """Every session stayed busy for the whole wait: the caller may try again later."""
 
     code = "busy"
+
+
+def _lost_connection(e: BaseException) -> bool:
+    return isinstance(e, TransportError)
 
 
 class PooledSession(Protocol):
@@ -71,6 +76,7 @@ class SessionPool(Generic[S]):
         idle_s: float = IDLE_S,
         wait_s: float = WAIT_S,
         clock: Callable[[], float] = time.monotonic,
+        ends_session: Callable[[BaseException], bool] = _lost_connection,
     ) -> None:
         if size < 1:
             raise ConfigError(f"the session pool needs at least 1 session, not {size}")
@@ -80,6 +86,7 @@ class SessionPool(Generic[S]):
         self.idle_s = idle_s
         self.wait_s = wait_s
         self._clock = clock
+        self._ends_session = ends_session
         self._cond = threading.Condition()
         self._idle: list[_Slot[S]] = []
         self._busy = 0
@@ -98,14 +105,14 @@ class SessionPool(Generic[S]):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[S]:
-        """A session for one request. A :class:`TransportError` raised inside retires
-        it; any other error gives it back (the session itself is sound)."""
+        """A session for one request. An error raised inside that ends the session
+        (``ends_session``) retires it; any other gives it back (the session is sound)."""
         slot = self._take()
         broken = False
         try:
             yield slot.session
         except BaseException as e:
-            broken = isinstance(e, TransportError)
+            broken = self._ends_session(e)
             raise
         finally:
             self._give_back(slot, broken=broken)

@@ -4,6 +4,7 @@ retired, a bounded wait when every session is busy, and close."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ class Clock:
         return self.now
 
 
-def pool(size: int = 2, **kw: float) -> tuple[SessionPool[FakeSession], list[FakeSession], Clock]:
+def pool(size: int = 2, **kw: Any) -> tuple[SessionPool[FakeSession], list[FakeSession], Clock]:
     made: list[FakeSession] = []
     clock = Clock()
 
