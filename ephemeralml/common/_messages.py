@@ -23,12 +23,12 @@ __all__ = [
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
     "SESSION_ID_BYTES",
+    "CancelRequest",
+    "ChatMessage",
     "ClientHello",
     "EmbedRequest",
     "EmbedResult",
     "ErrorFrame",
-    "CancelRequest",
-    "ChatMessage",
     "GenerateRequest",
     "GenerateResult",
     "Message",
@@ -477,7 +477,8 @@ class GenerateRequest:
                 raise RemoteProtocolError(f"generate {name} must be a float")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
             raise RemoteProtocolError("generate top_k must be an integer")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+        seed = self.seed
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise RemoteProtocolError("generate seed must be an integer")
         if not all(isinstance(x, str) for x in self.stop):
             raise RemoteProtocolError("generate stop must be a list of text")
@@ -652,19 +653,40 @@ class GenerateResult:
         )
 
 
+#: Every chunk's plaintext is padded to a multiple of this many bytes, so that the
+#: size of a sealed chunk does not tell the host how long its token was (the
+#: token-length side channel of streamed LLM traffic). One piece of text is one token's
+#: worth almost always, far under 64 bytes.
+CHUNK_PAD_BYTES = 64
+
+
 def encode_chunk_body(text: str) -> bytes:
-    """The plaintext of a chunk: ``{"text": t}``, ``t`` not empty (§2.8)."""
-    return encode({"text": text})
+    """The plaintext of a chunk: ``{"pad": zeros, "text": t}``, ``t`` not empty, its
+    length a multiple of :data:`CHUNK_PAD_BYTES` (§2.8)."""
+    base = len(encode({"pad": b"", "text": text}))
+    # A byte string of 24 or more bytes has a head one byte longer (256: two).
+    for n in range(2 * CHUNK_PAD_BYTES):
+        if (base + n + (n >= 24) + (n >= 256)) % CHUNK_PAD_BYTES == 0:
+            break
+    body = encode({"pad": bytes(n), "text": text})
+    assert len(body) % CHUNK_PAD_BYTES == 0
+    return body
 
 
 def decode_chunk_body(data: bytes) -> str:
+    if len(data) % CHUNK_PAD_BYTES:
+        raise RemoteProtocolError(f"chunk is not padded to a multiple of {CHUNK_PAD_BYTES} bytes")
     m = decode_deterministic(data, what="chunk")
     if not isinstance(m, dict):
         raise RemoteProtocolError("chunk is not a CBOR map")
-    _exact_keys(m, {"text"}, "chunk")
+    _exact_keys(m, {"pad", "text"}, "chunk")
     text: str = _field(m, "text", str, "chunk")
+    _field(m, "pad", bytes, "chunk")
     if not text:
         raise RemoteProtocolError("chunk text is empty")
+    # One encoding per chunk: the padding is the shortest run of zero bytes that fits.
+    if encode_chunk_body(text) != data:
+        raise RemoteProtocolError("chunk padding is not the shortest run of zero bytes")
     return text
 
 

@@ -23,7 +23,9 @@ from ephemeralml.common._messages import (
     EmbedRequest,
     GenerateRequest,
     GenerateResult,
+    decode_chunk_body,
     decode_request,
+    encode_chunk_body,
 )
 from ephemeralml.common._session import (
     CancelReceived,
@@ -76,7 +78,7 @@ def test_a_stream_arrives_in_order_and_its_receipt_covers_every_chunk(world: Moc
     assert isinstance(end, StreamEnded)
     # The rule of §2.8: SHA-256 over u32be(len) ‖ plaintext of every chunk, in order.
     expected = hashlib.sha256(
-        b"".join(chunk_link(encode({"text": t})) for t in PIECES)
+        b"".join(chunk_link(encode_chunk_body(t)) for t in PIECES)
     ).digest()
     assert end.result == GenerateResult(
         MODEL, "stop", len(PIECES), expected, 7, len(PIECES) + 1, "CPUExecutionProvider"
@@ -320,7 +322,7 @@ def test_a_bad_generate_body_is_a_sealed_refusal_and_the_session_goes_on(
     _, frame = p.client.send_request(EmbedRequest(MODEL, ("x",)))
     # Re-seal a bad body under the client's own context, as a buggy client would.
     bad = encode({"op": "generate", "model": MODEL, "max_tokens": 1})
-    seq, bad_frame, _ = p.client._seal(bad)
+    _, bad_frame, _ = p.client._seal(bad)
     p.to_enclave(frame + bad_frame)
     assert isinstance(p.enclave.next_event(), RequestReceived)
     ev = p.enclave.next_event()
@@ -333,3 +335,30 @@ def test_cancel_body() -> None:
     assert decode_request(CancelRequest(3).to_cbor()) == CancelRequest(3)
     with pytest.raises(RemoteProtocolError, match="cancel request seq is negative"):
         decode_request(encode({"op": "cancel", "seq": -1}))
+
+
+@pytest.mark.parametrize("text", ["a", "x" * 20, "\u00e9" * 30, "y" * 62, "z" * 300])
+def test_chunks_are_padded_so_their_size_hides_the_token_length(text: str) -> None:
+    body = encode_chunk_body(text)
+    assert len(body) % 64 == 0 and len(body) - len(encode({"text": text})) < 64 + 6
+    assert decode_chunk_body(body) == text
+    m = decode_deterministic(body)
+    assert set(m) == {"pad", "text"} and m["pad"] == bytes(len(m["pad"]))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (encode({"text": "a"}), "chunk is not padded to a multiple of 64 bytes"),
+        (encode({"pad": bytes(51), "txt": "a"}), "chunk has unexpected fields ['txt']"),
+        (encode({"pad": bytes(50 + 64), "text": "a"}), "chunk padding is not the shortest"),
+        (encode({"pad": b"\x01" + bytes(49), "text": "a"}), "chunk padding is not the shortest"),
+    ],
+    ids=["unpadded", "other-key", "longer", "not-zero"],
+)
+def test_a_chunk_padded_another_way_is_refused(body: bytes, message: str) -> None:
+    # The shortest padding of "a": 50 zero bytes, 14 + 50 = 64 (a 2-byte head from 24 bytes).
+    assert encode_chunk_body("a") == encode({"pad": bytes(50), "text": "a"})
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_chunk_body(body)
+    assert info.value.message.startswith(message)
