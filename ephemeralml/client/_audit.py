@@ -40,6 +40,7 @@ become ``legacy`` entries (chained, not re-verifiable), then the file is renamed
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -356,8 +357,17 @@ class AuditLog:
         assert path is not None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            # Made owner-only when new. Never open and close a descriptor on a file that
+            # exists: closing any descriptor drops every POSIX lock this process holds
+            # on it, the locks of other threads' SQLite connections included, and a
+            # write by another process then fails ("disk I/O error") or corrupts it.
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(
+                        os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                    )
         except OSError as e:
             raise ConfigError(f"cannot write the audit log {path}: {e.strerror}") from e
         try:
@@ -424,9 +434,7 @@ class AuditLog:
         then rename it ``.migrated``. A log that has entries leaves the file alone,
         unless it is the very file imported before (the rename was left undone)."""
         empty = db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None
-        done = dict(
-            db.execute("SELECT key, value FROM meta WHERE key LIKE 'legacy_%'").fetchall()
-        )
+        done = dict(db.execute("SELECT key, value FROM meta WHERE key LIKE 'legacy_%'").fetchall())
         try:
             size = legacy.stat().st_size
         except OSError:
@@ -451,9 +459,12 @@ class AuditLog:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                     [("legacy_sha256", digest), ("legacy_size", str(len(data)))],
                 )
-            elif db.execute(
-                "SELECT 1 FROM meta WHERE key = 'legacy_sha256' AND value = ?", (digest,)
-            ).fetchone() is None:
+            elif (
+                db.execute(
+                    "SELECT 1 FROM meta WHERE key = 'legacy_sha256' AND value = ?", (digest,)
+                ).fetchone()
+                is None
+            ):
                 return  # not the file imported: left alone
         try:
             os.replace(legacy, legacy.with_name(legacy.name + ".migrated"))
