@@ -25,7 +25,7 @@ from ephemeralml.common._attestation import (
     parse_unverified,
 )
 from ephemeralml.common._errors import TransportError
-from ephemeralml.common._messages import EmbedRequest, EmbedResult
+from ephemeralml.common._messages import EmbedRequest, EmbedResult, GenerateRequest
 from ephemeralml.common._session import (
     Attested,
     ClientSession,
@@ -57,8 +57,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def fake_result(request: EmbedRequest, dim: int = 4) -> EmbedResult:
+def fake_result(request: EmbedRequest | GenerateRequest, dim: int = 4) -> EmbedResult:
     """A deterministic stand-in result (the model is tested on its own)."""
+    assert isinstance(request, EmbedRequest)
     n = len(request.inputs)
     v = np.arange(n * dim, dtype="<f4").reshape(n, dim)
     return EmbedResult(request.model, dim, n, v.tobytes())

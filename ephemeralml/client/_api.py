@@ -58,10 +58,10 @@ from ._policy import ClientPolicy
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "DEFAULT_MAX_TOKENS",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT_S",
     "MAX_TEXTS_PER_REQUEST",
-    "DEFAULT_MAX_TOKENS",
     "EmbedIncomplete",
     "Embeddings",
     "Generation",

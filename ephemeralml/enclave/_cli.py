@@ -42,7 +42,6 @@ from ephemeralml.runtime._runner import Parser, ready_line, run_main
 from ephemeralml.runtime._transport import Endpoint
 
 from ._batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, BatchConfig
-from ._streams import KV_TOKENS, MAX_ACTIVE_STREAMS, StreamLimits
 from ._boot import loopback_up, seed_rng
 from ._keyrelease import KmsKeyRelease, kms_client_config
 from ._libnsm import DEFAULT_LIBNSM
@@ -60,6 +59,7 @@ from ._server import (
     EnclaveServer,
     ServerConfig,
 )
+from ._streams import KV_TOKENS, MAX_ACTIVE_STREAMS, StreamLimits
 
 __all__ = ["EnclaveConfig", "main"]
 

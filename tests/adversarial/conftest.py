@@ -27,7 +27,14 @@ from ephemeralml.client._api import connect
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.common._errors import TransportError
 from ephemeralml.common._messages import EmbedRequest
-from ephemeralml.common._session import Attested, ClientSession, RequestFailed, ResponseReceived
+from ephemeralml.common._session import (
+    Attested,
+    ChunkReceived,
+    ClientSession,
+    RequestFailed,
+    ResponseReceived,
+    StreamEnded,
+)
 from tests.integration.conftest import BIN, Program, Stack, free_port, program_env, start_host
 from tests.integration.conftest import kms_port as kms_port  # re-exported for the tests
 from tests.integration.conftest import services_port as services_port
@@ -193,7 +200,7 @@ class RawClient:
     def send(self, *requests: EmbedRequest) -> None:
         self.sock.sendall(b"".join(self.proto.send_request(r)[1] for r in requests))
 
-    def next_event(self) -> Attested | ResponseReceived | RequestFailed:
+    def next_event(self) -> Attested | ResponseReceived | RequestFailed | ChunkReceived | StreamEnded:
         while (event := self.proto.next_event(now=datetime.now(UTC))) is None:
             data = self.sock.recv(65536)
             if not data:

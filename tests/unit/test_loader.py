@@ -87,6 +87,7 @@ def test_loads_verifies_and_embeds(world: World, store: Path) -> None:
     manifest = (store / MODEL / "manifest.cose").read_bytes()
     assert m.model_id == MODEL and len(m.key_release_digest) == 32
     assert m.timings.bytes == (store / MODEL / "model.enc").stat().st_size
+    assert m.embedder is not None
     v = m.embedder.embed(["hello world"])
     assert v.shape == (1, 384) and abs(float(np.linalg.norm(v[0])) - 1) < 1e-5
     assert hashlib.sha256(manifest).digest() != m.manifest_digest  # digest of the payload, not the envelope
@@ -167,6 +168,7 @@ def releases(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict[int
 def test_the_release_at_the_floor_loads(world: World, store: Path, releases: dict[int, Path]) -> None:
     upload_local(releases[2], store, MODEL)
     m = load(world, store, min_release=2)
+    assert m.embedder is not None
     assert m.release == 2 and m.embedder.embed(["hello"]).shape == (1, 384)
     assert load(world, store, min_release=1).release == 2  # above the floor: fine too
 

@@ -13,7 +13,7 @@ import pytest
 
 from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
 from ephemeralml.common._messages import ChatMessage, GenerateRequest
-from ephemeralml.common._modelfiles import model_files_from_bundle
+from ephemeralml.common._modelfiles import ChatModelFiles, model_files_from_bundle
 from ephemeralml.enclave._chat import ChatModel, render_chatml
 from ephemeralml.enclave._generate import Finished, GenerationParams, Token
 from ephemeralml.enclave._streams import StreamHandle, StreamLimits, Streams
@@ -30,7 +30,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.fixture
 def chat(files: dict[str, bytes]) -> ChatModel:
-    return ChatModel(model_files_from_bundle(files, model_id=MODEL_ID, where="tiny"))
+    return ChatModel(_chat_files(files))
+
+
+def _chat_files(files: dict[str, bytes]) -> ChatModelFiles:
+    f = model_files_from_bundle(files, model_id=MODEL_ID, where="tiny")
+    assert isinstance(f, ChatModelFiles)
+    return f
 
 
 def _request(messages: list[tuple[str, str]] = ASK, **kw: Any) -> GenerateRequest:
@@ -76,7 +82,7 @@ def test_a_plain_prompt_is_the_callers_own_text(chat: ChatModel) -> None:
 
 def test_a_model_json_that_disagrees_with_the_model_is_refused(files: dict[str, bytes]) -> None:
     bad = files["model.json"].replace(b'"vocab_size": 64', b'"vocab_size": 65')
-    f = model_files_from_bundle({**files, "model.json": bad}, model_id=MODEL_ID, where="tiny")
+    f = _chat_files({**files, "model.json": bad})
     with pytest.raises(ConfigError) as info:
         ChatModel(f)
     assert info.value.message == (
