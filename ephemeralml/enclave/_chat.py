@@ -24,7 +24,15 @@ from ephemeralml.common._errors import ConfigError, InferenceError
 from ephemeralml.common._messages import ChatMessage, GenerateRequest
 from ephemeralml.common._modelfiles import ChatModelFiles
 
-from ._generate import DecoderModel, Finished, GenerationParams, Token, generate
+from ._generate import (
+    DecoderModel,
+    Finished,
+    GenerationParams,
+    StreamState,
+    Token,
+    generate,
+    start_stream,
+)
 
 __all__ = ["ChatModel", "render_chatml"]
 
@@ -132,4 +140,17 @@ class ChatModel:
             decode=self.decode,
             eos_token_ids=self.eos_token_ids,
             cancelled=check,
+        )
+
+    def start(
+        self, prompt: list[int], params: GenerationParams, cancelled: threading.Event
+    ) -> StreamState:
+        """A stream's state for the batching scheduler; the same checks as :meth:`stream`."""
+        return start_stream(
+            self.decoder,
+            prompt,
+            params,
+            decode=self.decode,
+            eos_token_ids=self.eos_token_ids,
+            cancelled=cancelled.is_set,
         )

@@ -205,13 +205,13 @@ def _parser() -> Parser:
         "--max-streams",
         type=int,
         default=MAX_ACTIVE_STREAMS,
-        help=f"chat streams generating at once per chat model (default {MAX_ACTIVE_STREAMS})",
+        help=f"chat streams decoding together (one batch) per chat model (default {MAX_ACTIVE_STREAMS})",
     )
     p.add_argument(
         "--kv-tokens",
         type=int,
         default=KV_TOKENS,
-        help=f"KV-cache tokens all of a chat model's streams may reserve (default {KV_TOKENS})",
+        help=f"KV-cache tokens a chat model's decoding batch may hold (default {KV_TOKENS})",
     )
     p.add_argument(
         "--device",

@@ -32,8 +32,11 @@ So ``top_k == 1`` gives the greedy stream, and a stream with a seed is reproduci
 for the same model, prompt and parameters. Without a seed, the generator is seeded
 from the operating system.
 
-Not done here: batching of streams (one stream per call), I/O binding (the cache
-returns to host memory every step), chat templates.
+:func:`generate` runs one stream alone; :class:`StreamState` is that stream's state
+apart from its cache, so that the enclave's scheduler can decode several streams in
+one ONNX Runtime run (:meth:`DecoderModel.step_batch` over a :class:`BatchCache`,
+rows joining and leaving between steps). Not done here: I/O binding (the cache
+returns to host memory every step), chat templates (:mod:`._chat`).
 """
 
 from __future__ import annotations
@@ -58,14 +61,17 @@ __all__ = [
     "MAX_STOP_SEQUENCES",
     "MAX_STOP_TOKEN_IDS",
     "MAX_TEMPERATURE",
+    "BatchCache",
     "DecoderModel",
     "FinishReason",
     "Finished",
     "GenerationParams",
     "KVCache",
+    "StreamState",
     "Token",
     "generate",
     "sample_token",
+    "start_stream",
 ]
 
 #: Stop sequences per request: the OpenAI API's limit, which the proxy mirrors.
@@ -291,10 +297,7 @@ class DecoderModel:
         if self._with_positions:
             feed["position_ids"] = np.arange(past, past + n, dtype=np.int64)[None, :]
         feed.update(zip(self._past_names, cache.tensors, strict=True))
-        try:
-            logits, *present = self.session.run(["logits", *self._present_names], feed)
-        except Exception as e:  # onnxruntime's errors share no public base class
-            raise InferenceError(f"the model failed to run: {e}") from e
+        logits, present = self._run(feed)
         if logits.shape != (1, n, self.vocab_size) or any(
             p.shape != (1, self.kv_heads, past + n, self.head_dim) for p in present
         ):
@@ -302,10 +305,78 @@ class DecoderModel:
                 f"the model returned logits of shape {logits.shape} or a cache of another length"
             )
         last: npt.NDArray[np.float32] = np.asarray(logits[0, -1], dtype=np.float32)
-        # NaN or +inf would make every sampling rule meaningless; -inf (a banned id) is fine.
-        if np.isnan(last).any() or np.isposinf(last).any() or not np.isfinite(last.max()):
-            raise InferenceError("the model returned logits that are not finite")
+        _check_finite(last)
         return last, KVCache(tuple(present))
+
+    def step_batch(
+        self, tokens: Sequence[int], batch: BatchCache
+    ) -> tuple[npt.NDArray[np.float32], BatchCache]:
+        """One token after each row of ``batch``: the logits of each row (float32
+        [rows, vocab]) and the batch with one more token in every row. Padding is
+        masked out and each row's positions are its own, so a row's logits are those
+        of its stream run alone (to float rounding)."""
+        rows, width = len(tokens), batch.width
+        mask = np.zeros((rows, width + 1), dtype=np.int64)
+        for i, n in enumerate(batch.lengths):
+            mask[i, width - n :] = 1
+        feed: dict[str, npt.NDArray[Any]] = {
+            "input_ids": np.asarray(tokens, dtype=np.int64)[:, None],
+            "attention_mask": mask,
+        }
+        if self._with_positions:
+            feed["position_ids"] = np.asarray(batch.lengths, dtype=np.int64)[:, None]
+        feed.update(zip(self._past_names, batch.tensors, strict=True))
+        logits, present = self._run(feed)
+        shape = (rows, self.kv_heads, width + 1, self.head_dim)
+        if logits.shape != (rows, 1, self.vocab_size) or any(p.shape != shape for p in present):
+            raise InferenceError(
+                f"the model returned logits of shape {logits.shape} or a cache of another shape"
+            )
+        last: npt.NDArray[np.float32] = np.asarray(logits[:, -1], dtype=np.float32)
+        _check_finite(last)
+        return last, BatchCache(tuple(present), tuple(n + 1 for n in batch.lengths))
+
+    def join(self, batch: BatchCache | None, cache: KVCache) -> BatchCache:
+        """``batch`` with ``cache`` as a new last row (all rows left-padded to the
+        longest): a stream that has run its prefill joins the decoding batch."""
+        rows = [] if batch is None else [batch]
+        width = max([cache.length, *([batch.width] if batch else [])])
+
+        def pad(t: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            extra = width - t.shape[2]
+            return t if extra == 0 else np.pad(t, ((0, 0), (0, 0), (extra, 0), (0, 0)))
+
+        tensors = tuple(
+            np.concatenate([pad(r.tensors[i]) for r in rows] + [pad(cache.tensors[i])], axis=0)
+            for i in range(len(self._past_names))
+        )
+        lengths = (*(batch.lengths if batch else ()), cache.length)
+        return BatchCache(tensors, lengths)
+
+    def leave(self, batch: BatchCache, rows: Sequence[int]) -> BatchCache | None:
+        """``batch`` without ``rows`` (streams that ended), its common left padding
+        cut; ``None`` when no row is left."""
+        keep = [i for i in range(len(batch.lengths)) if i not in set(rows)]
+        if not keep:
+            return None
+        lengths = tuple(batch.lengths[i] for i in keep)
+        cut = batch.width - max(lengths)
+        return BatchCache(tuple(t[keep, :, cut:, :] for t in batch.tensors), lengths)
+
+    def _run(
+        self, feed: dict[str, npt.NDArray[Any]]
+    ) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
+        try:
+            logits, *present = self.session.run(["logits", *self._present_names], feed)
+        except Exception as e:  # onnxruntime's errors share no public base class
+            raise InferenceError(f"the model failed to run: {e}") from e
+        return logits, present
+
+
+def _check_finite(logits: npt.NDArray[np.float32]) -> None:
+    # NaN or +inf would make every sampling rule meaningless; -inf (a banned id) is fine.
+    if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits.max(-1)).all():
+        raise InferenceError("the model returned logits that are not finite")
 
 
 def sample_token(
@@ -349,6 +420,17 @@ def generate(
     ``cancelled`` is asked before every model run, so a client that goes away stops
     the stream within one step (it ends with ``"cancelled"`` and releases no more text).
     """
+    _check(model, prompt, params, eos_token_ids)
+    return _stream(model, list(prompt), params, decode, frozenset(eos_token_ids), cancelled)
+
+
+def _check(
+    model: DecoderModel,
+    prompt: Sequence[int],
+    params: GenerationParams,
+    eos_token_ids: Sequence[int],
+) -> None:
+    """:func:`generate`'s checks, before any work."""
     if not isinstance(prompt, list | tuple) or not all(is_int(t) for t in prompt):
         raise InferenceError("the prompt must be a list of token ids")
     if not prompt:
@@ -368,7 +450,6 @@ def generate(
             f"the prompt is {len(prompt)} tokens; the model's context is {model.context_limit}"
             " tokens, prompt and answer together"
         )
-    return _stream(model, list(prompt), params, decode, frozenset(eos_token_ids), cancelled)
 
 
 def _stream(
@@ -379,31 +460,102 @@ def _stream(
     eos_ids: frozenset[int],
     cancelled: Callable[[], bool] | None,
 ) -> Iterator[Token | Finished]:
-    rng = np.random.Generator(np.random.PCG64(params.seed))
-    stop_ids = eos_ids | frozenset(params.stop_token_ids)
-    budget = min(params.max_tokens, model.context_limit - len(prompt))
-    text = _Detokenizer(decode, prompt[-_DECODE_CONTEXT:])
-    stops = _StopText(params.stop)
-    cache, feed, made = model.empty_cache(), prompt, 0
+    state = StreamState(model, prompt, params, decode, eos_ids, cancelled)
+    cache = model.empty_cache()
     while True:
-        if cancelled is not None and cancelled():
-            yield Finished("cancelled", "", len(prompt), made)
+        if (end := state.check_cancelled()) is not None:
+            yield end
             return
-        logits, cache = model.step(feed, cache)
-        token = sample_token(logits, params, rng)
-        made += 1
-        if token in stop_ids:
-            yield Finished("stop", stops.flush(text.flush()), len(prompt), made, token)
+        logits, cache = model.step(state.feed, cache)
+        yield from state.advance(logits)
+        if state.done:
             return
-        released, stop = stops.push(text.push(token))
-        yield Token(token, released)
+
+
+class StreamState:
+    """One stream's decoding state apart from its KV cache: what to feed the model
+    next, the sampler, the detokenizer and the stop rules. :func:`generate` runs one
+    with a cache of its own; the enclave's scheduler runs several in one batch
+    (:class:`BatchCache`). Built by :func:`start_stream`, after generate's checks."""
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        prompt: list[int],
+        params: GenerationParams,
+        decode: Callable[[list[int]], str],
+        eos_ids: frozenset[int],
+        cancelled: Callable[[], bool] | None,
+    ) -> None:
+        self.params = params
+        self.prompt_tokens = len(prompt)
+        self._rng = np.random.Generator(np.random.PCG64(params.seed))
+        self._stop_ids = eos_ids | frozenset(params.stop_token_ids)
+        self._budget = min(params.max_tokens, model.context_limit - len(prompt))
+        self._text = _Detokenizer(decode, prompt[-_DECODE_CONTEXT:])
+        self._stops = _StopText(params.stop)
+        self._cancelled = cancelled
+        #: The ids the model runs next: the prompt (prefill), then the last token.
+        self.feed: list[int] = prompt
+        self.made = 0
+        self.done = False
+
+    def check_cancelled(self) -> Finished | None:
+        """Asked before every model run: the stream's end if it was cancelled."""
+        if self._cancelled is not None and self._cancelled():
+            self.done = True
+            return Finished("cancelled", "", self.prompt_tokens, self.made)
+        return None
+
+    def advance(self, logits: npt.NDArray[np.float32]) -> list[Token | Finished]:
+        """The events of one step, given the logits of the stream's last position."""
+        token = sample_token(logits, self.params, self._rng)
+        self.made += 1
+        n = self.prompt_tokens
+        if token in self._stop_ids:
+            self.done = True
+            return [Finished("stop", self._stops.flush(self._text.flush()), n, self.made, token)]
+        released, stop = self._stops.push(self._text.push(token))
+        events: list[Token | Finished] = [Token(token, released)]
         if stop is not None:
-            yield Finished("stop", "", len(prompt), made, stop)
-            return
-        if made == budget:
-            yield Finished("length", stops.flush(text.flush()), len(prompt), made)
-            return
-        feed = [token]
+            self.done = True
+            events.append(Finished("stop", "", n, self.made, stop))
+        elif self.made == self._budget:
+            self.done = True
+            events.append(Finished("length", self._stops.flush(self._text.flush()), n, self.made))
+        else:
+            self.feed = [token]
+        return events
+
+
+def start_stream(
+    model: DecoderModel,
+    prompt: Sequence[int],
+    params: GenerationParams,
+    *,
+    decode: Callable[[list[int]], str],
+    eos_token_ids: Sequence[int] = (),
+    cancelled: Callable[[], bool] | None = None,
+) -> StreamState:
+    """A :class:`StreamState` for ``prompt``, after :func:`generate`'s checks."""
+    _check(model, prompt, params, eos_token_ids)
+    return StreamState(model, list(prompt), params, decode, frozenset(eos_token_ids), cancelled)
+
+
+@dataclass(frozen=True)
+class BatchCache:
+    """The KV caches of several streams as one batch: row ``i`` holds ``lengths[i]``
+    tokens, right-aligned (left padding up to the longest row), so that one step
+    feeds one token to every row. Rows join (:meth:`DecoderModel.join`) and leave
+    (:meth:`DecoderModel.leave`) between steps."""
+
+    tensors: tuple[npt.NDArray[Any], ...]
+    lengths: tuple[int, ...]
+
+    @property
+    def width(self) -> int:
+        """Cache positions per row, padding included."""
+        return int(self.tensors[0].shape[2])
 
 
 class _Detokenizer:

@@ -1,18 +1,23 @@
-"""Streams of one chat model share its decoding thread, a step each in turn.
+"""Continuous batching: the streams of one chat model share its decoding steps.
 
-One thread per chat model runs the generation loops of every admitted stream, one
-decoding step of each in turn (round robin), so a long answer does not hold up a
-short one: each stream waits at most one step of every other stream between two of
-its own. Embeddings run on their own thread and are not held up by generation.
+One thread per chat model decodes every admitted stream together: each round, the
+streams already decoding take one step *in one ONNX Runtime run* (one token each,
+their KV caches held as one left-padded batch, :class:`~._generate.BatchCache`),
+then streams that were admitted since run their prompt (prefill) and join the batch,
+and streams that ended leave it. Joining and leaving happen between steps, so a
+stream never waits for another to finish; a long prompt's prefill delays one round.
+Embeddings run on their own thread and are not held up by generation.
 
 Bounds (protocol.md §7, limits before work), checked when a stream is submitted:
 
 * ``max_active`` streams decode at once; the rest wait, in order, at most
   ``max_waiting`` of them (past that a stream is refused: :class:`LimitError`);
 * every stream reserves KV-cache room for its prompt plus the tokens it may still
-  make (``max_tokens``, cut to the model's context), and the reservations of the
-  streams decoding never exceed ``kv_tokens``; a stream that could never fit is
-  refused at once, one that could waits for room.
+  make (``max_tokens``, cut to the model's context). The batch holds every row as
+  long as its longest, so what the streams decoding may hold together is their
+  number times the largest reservation among them, and that never exceeds
+  ``kv_tokens``: a stream that could never fit is refused at once, one that could
+  waits for room.
 
 A stream's events (:class:`~._generate.Token`, :class:`~._generate.Finished`, or the
 :class:`~ephemeralml.common._errors.Error` that ended it) go to an asyncio queue on
@@ -26,26 +31,31 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ephemeralml.common._config import positive_count
 from ephemeralml.common._errors import Error, InferenceError, LimitError
 
 from ._chat import ChatModel
-from ._generate import Finished, GenerationParams, Token
+from ._generate import BatchCache, Finished, GenerationParams, KVCache, StreamState, Token
 
-__all__ = ["KV_TOKENS", "MAX_ACTIVE_STREAMS", "MAX_WAITING_STREAMS", "StreamHandle", "Streams"]
+__all__ = [
+    "KV_TOKENS",
+    "MAX_ACTIVE_STREAMS",
+    "MAX_WAITING_STREAMS",
+    "StreamHandle",
+    "StreamLimits",
+    "Streams",
+]
 
 log = logging.getLogger("ephemeralml.enclave.streams")
 
-#: Streams decoding at once per model: each step of each stream is one ONNX Runtime
-#: run, so more streams share the same thread more thinly.
+#: Streams decoding at once per model: the rows of one batched step.
 MAX_ACTIVE_STREAMS = 8
 #: Streams waiting for a place; past this a stream is refused rather than queued.
 MAX_WAITING_STREAMS = 64
-#: KV-cache tokens reserved by the streams decoding at once. For SmolLM2-135M a token
-#: holds 30 layers x 2 x 3 heads x 64 x 4 bytes = 46 KB, so 16384 tokens are ~750 MB.
+#: KV-cache tokens the decoding batch may hold. For SmolLM2-135M a token holds
+#: 30 layers x 2 x 3 heads x 64 x 4 bytes = 46 KB, so 16384 tokens are ~750 MB.
 KV_TOKENS = 16384
 
 Event = Token | Finished | Error
@@ -69,15 +79,15 @@ class StreamHandle:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        steps: Iterator[Token | Finished],
+        state: StreamState,
         reserve: int,
         cancelled: threading.Event,
     ) -> None:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = cancelled
         self.reserve = reserve
+        self.state = state
         self._loop = loop
-        self._steps = steps
 
     def cancel(self) -> None:
         """Stop before the next step (the stream then ends ``"cancelled"``)."""
@@ -98,14 +108,15 @@ class Streams:
         self.limits = limits or StreamLimits()
         self._cond = threading.Condition()
         self._waiting: collections.deque[StreamHandle] = collections.deque()
+        #: Admitted and not ended, in batch row order (new ones at the end).
         self._active: list[StreamHandle] = []
-        self._reserved = 0
         self._closed = False
         self._thread = threading.Thread(
             target=self._run, name=f"generate-{model.model_id}", daemon=True
         )
-        #: Counters for the stop line: streams finished, tokens made, decoding rounds.
-        self.streams = self.tokens = self.rounds = 0
+        #: For the stop line: streams ended, tokens made, decoding rounds, and the
+        #: rows of the batched steps (their mean is how full the batches were).
+        self.streams = self.tokens = self.rounds = self.rows = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -120,17 +131,17 @@ class Streams:
 
     def submit(self, prompt: list[int], params: GenerationParams) -> StreamHandle:
         """Admit a stream, or refuse it now (:class:`LimitError`, :class:`InferenceError`)."""
-        room = self.model.context_limit - len(prompt)
         cancelled = threading.Event()
         # The loop's own checks (prompt ids, the context bound), before any work.
-        steps = self.model.stream(prompt, params, cancelled)
-        reserve = len(prompt) + min(params.max_tokens, max(room, 0))
+        state = self.model.start(prompt, params, cancelled)
+        room = self.model.context_limit - len(prompt)
+        reserve = len(prompt) + min(params.max_tokens, room)
         if reserve > self.limits.kv_tokens:
             raise LimitError(
                 f"the stream needs {reserve} tokens of KV cache (prompt and max_tokens);"
                 f" this enclave holds {self.limits.kv_tokens} for all streams"
             )
-        handle = StreamHandle(asyncio.get_running_loop(), steps, reserve, cancelled)
+        handle = StreamHandle(asyncio.get_running_loop(), state, reserve, cancelled)
         with self._cond:
             if self._closed:
                 raise InferenceError("the enclave is stopping")
@@ -143,53 +154,104 @@ class Streams:
             self._cond.notify()
         return handle
 
-    def _admit(self) -> None:
-        # In order: the first waiting stream that does not fit holds the others back,
-        # so a long request is not passed over for ever by short ones.
+    def _fits(self, head: StreamHandle) -> bool:
+        rows = len(self._active) + 1
+        widest = max([head.reserve, *(h.reserve for h in self._active)])
+        return rows * widest <= self.limits.kv_tokens
+
+    def _admit(self) -> list[StreamHandle]:
+        """Waiting streams that now have a place, in order: the first that does not
+        fit holds the others back, so a long request is not passed over for ever."""
+        admitted = []
         while self._waiting and len(self._active) < self.limits.max_active:
             head = self._waiting[0]
-            if head.cancelled.is_set():
-                self._waiting.popleft()
-                self._active.append(head)  # it ends "cancelled" at its first step
-                self._reserved += head.reserve
-                continue
-            if self._reserved + head.reserve > self.limits.kv_tokens:
-                return
+            if not head.cancelled.is_set() and not self._fits(head):
+                break
             self._waiting.popleft()
             self._active.append(head)
-            self._reserved += head.reserve
+            admitted.append(head)
+        return admitted
 
     def _run(self) -> None:
+        batch: BatchCache | None = None
+        #: The streams whose caches are the batch's rows, in row order.
+        rows: list[StreamHandle] = []
         while True:
             with self._cond:
-                self._admit()
+                new = self._admit()
                 while not self._active and not self._closed:
                     self._cond.wait()
-                    self._admit()
+                    new = self._admit()
                 if self._closed and not self._active:
                     return
-                active = list(self._active)
             self.rounds += 1
-            done = [h for h in active if self._step(h)]
-            if done:
+            # Cancelled streams leave before the step; the rest take it together.
+            ended = [h for h in rows if self._cancelled(h)]
+            batch, rows = self._leave(batch, rows, ended)
+            if rows:
+                assert batch is not None
+                batch, done = self._decode(batch, rows)
+                ended += done
+                batch, rows = self._leave(batch, rows, done)
+            # Streams admitted since the last round run their prompt and join.
+            for h in new:
+                cache = None if self._cancelled(h) else self._prefill(h)
+                if cache is None:
+                    ended.append(h)
+                else:
+                    batch = self.model.decoder.join(batch, cache)
+                    rows.append(h)
+            if ended:
                 with self._cond:
-                    for h in done:
+                    for h in ended:
                         self._active.remove(h)
-                        self._reserved -= h.reserve
-                    self.streams += len(done)
+                    self.streams += len(ended)
 
-    def _step(self, handle: StreamHandle) -> bool:
-        """One step of one stream; True when it has ended."""
+    def _cancelled(self, h: StreamHandle) -> bool:
+        end = h.state.check_cancelled()
+        if end is not None:
+            h._emit(end)
+            return True
+        return False
+
+    def _leave(
+        self, batch: BatchCache | None, rows: list[StreamHandle], gone: list[StreamHandle]
+    ) -> tuple[BatchCache | None, list[StreamHandle]]:
+        if not gone:
+            return batch, rows
+        kept = [h for h in rows if h not in gone]
+        if batch is None or not kept:
+            return None, kept
+        out = [i for i, h in enumerate(rows) if h in gone]
+        return self.model.decoder.leave(batch, out), kept
+
+    def _prefill(self, h: StreamHandle) -> KVCache | None:
+        """Run a new stream's prompt alone; its cache, or None when it has ended."""
+        decoder = self.model.decoder
         try:
-            event: Event = next(handle._steps)
+            logits, cache = decoder.step(h.state.feed, decoder.empty_cache())
         except Error as e:
-            handle._emit(e)
-            return True
-        except Exception as e:  # pragma: no cover - generate raises only our errors
-            log.exception("generation failed")
-            handle._emit(InferenceError(f"generation failed: {type(e).__name__}"))
-            return True
-        if isinstance(event, Token):
-            self.tokens += 1
-        handle._emit(event)
-        return isinstance(event, Finished)
+            h._emit(e)
+            return None
+        return None if self._emit_all(h, h.state.advance(logits)) else cache
+
+    def _decode(
+        self, batch: BatchCache, rows: list[StreamHandle]
+    ) -> tuple[BatchCache | None, list[StreamHandle]]:
+        """One batched step of every row: the batch after it, and the streams that ended."""
+        try:
+            logits, stepped = self.model.decoder.step_batch([h.state.feed[-1] for h in rows], batch)
+        except Error as e:
+            for h in rows:
+                h._emit(e)
+            return None, list(rows)
+        self.rows += len(rows)
+        done = [h for i, h in enumerate(rows) if self._emit_all(h, h.state.advance(logits[i]))]
+        return stepped, done
+
+    def _emit_all(self, h: StreamHandle, events: list[Token | Finished]) -> bool:
+        for e in events:
+            if isinstance(e, Token):
+                self.tokens += 1
+            h._emit(e)
+        return h.state.done

@@ -121,28 +121,47 @@ async def _drain(h: StreamHandle) -> list[Token | Finished]:
             return out
 
 
-def test_streams_share_the_thread_a_step_each(chat: ChatModel) -> None:
+PROMPTS = [
+    [("user", "the cat sat")],
+    [("user", "the dog ran far and then")],
+    [("system", "we saw"), ("user", "it is not")],
+    [("user", "a b c")],
+]
+
+
+def test_streams_decode_together_and_answer_as_they_would_alone(chat: ChatModel) -> None:
+    """Four streams of different prompt lengths, one joining late: each answer is the
+    one its stream gives alone (and the numpy reference's), and the decoding steps
+    after the prefills were batched: one ONNX Runtime run per round for all rows."""
     streams = Streams(chat)
     streams.start()
+    params = GenerationParams(max_tokens=8)
 
     async def main() -> list[list[Token | Finished]]:
-        ids = chat_prompt_ids(ASK)
-        other = chat_prompt_ids([("user", "the dog ran far")])
-        handles = [
-            streams.submit(p, GenerationParams(max_tokens=6)) for p in (ids, other, ids)
-        ]
-        return [await _drain(h) for h in handles]
+        ids = [chat_prompt_ids(p) for p in PROMPTS]
+        handles = [streams.submit(p, params) for p in ids[:3]]
+        first = await asyncio.wait_for(handles[0].events.get(), 10)  # a round has run
+        late = streams.submit(ids[3], params)
+        results = [[first, *await _drain(handles[0])]]
+        return results + [await _drain(h) for h in (*handles[1:], late)]
 
     try:
         results = asyncio.run(main())
     finally:
         streams.close()
-    lengths = [len(r) for r in results]
-    # Each stream takes one step per round: the rounds are those of the longest
-    # stream, not the sum (which one thread running them in turn would take).
-    assert streams.rounds == max(lengths) and streams.streams == 3
-    assert streams.tokens == sum(n - 1 for n in lengths)
-    assert "".join(e.text for e in results[0]) == reference_answer(chat_prompt_ids(ASK), 6)[0]
+    for prompt, events in zip(PROMPTS, results, strict=True):
+        ids = chat_prompt_ids(prompt)
+        alone = list(chat.stream(ids, params))
+        assert events == alone
+        text, finish, n = reference_answer(ids, 8)
+        end = events[-1]
+        assert isinstance(end, Finished) and (end.reason, end.completion_tokens) == (finish, n)
+        assert "".join(e.text for e in events) == text
+    made = [len(r) - 1 for r in results]
+    assert streams.streams == 4 and streams.tokens == sum(made)
+    # Each stream's first token comes from its prefill, the rest from batched steps.
+    assert streams.rows == sum(made) - 4
+    assert streams.rounds < sum(made) - 4  # fewer runs than steps: rows shared them
 
 
 def test_a_cancelled_stream_stops_before_its_next_step(chat: ChatModel) -> None:
@@ -215,3 +234,18 @@ def test_past_the_waiting_bound_a_stream_is_refused(chat: ChatModel) -> None:
     finally:
         streams.close()
     assert streams.streams == 2
+
+
+def test_rows_join_left_padded_and_leave_with_the_common_padding_cut(chat: ChatModel) -> None:
+    d = chat.decoder
+    short = d.step([1, 2, 3], d.empty_cache())[1]
+    long = d.step([4, 5, 6, 7, 8], d.empty_cache())[1]
+    batch = d.join(d.join(None, short), long)
+    assert (batch.width, batch.lengths) == (5, (3, 5))
+    key = batch.tensors[0]
+    assert not key[0, :, :2].any()  # the short row's two padding positions are zeros
+    assert (key[0, :, 2:] == short.tensors[0][0]).all() and (key[1] == long.tensors[0][0]).all()
+    rest = d.leave(batch, [1])
+    assert rest is not None and (rest.width, rest.lengths) == (3, (3,))
+    assert (rest.tensors[0] == short.tensors[0]).all()
+    assert d.leave(rest, [0]) is None
