@@ -141,6 +141,7 @@ def test_streams_decode_together_and_answer_as_they_would_alone(chat: ChatModel)
         ids = [chat_prompt_ids(p) for p in PROMPTS]
         handles = [streams.submit(p, params) for p in ids[:3]]
         first = await asyncio.wait_for(handles[0].events.get(), 10)  # a round has run
+        assert isinstance(first, Token)
         late = streams.submit(ids[3], params)
         results = [[first, *await _drain(handles[0])]]
         return results + [await _drain(h) for h in (*handles[1:], late)]
