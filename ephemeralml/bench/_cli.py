@@ -5,6 +5,9 @@ a bad flag or value is ``bench: error: MESSAGE``, exit 2; a benchmark that canno
 is ``bench: bench error: MESSAGE``, exit 1 (a program that did not start shows its
 own last lines first); Ctrl-C or SIGTERM stops every program and exits 130. A missed
 target is not an error unless ``--strict`` (exit 1).
+
+``--generation`` runs the generation benchmark instead (:mod:`._generation`); without
+the chat model it says why in one line and exits 0 (1 with ``--strict``).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from types import FrameType
 from ephemeralml.common._errors import ConfigError
 from ephemeralml.runtime._runner import Parser, run_main
 
-from ._plan import FULL, PROG, QUICK, BenchError, Plan
+from ._generation import default_chat_model_dir, missing_chat_model, run_generation_benchmark
+from ._plan import FULL, GEN_FULL, GEN_QUICK, PROG, QUICK, BenchError, GenerationPlan, Plan
 from ._processes import ProgramError
-from ._report import format_table
+from ._report import format_generation_table, format_table
 from ._run import run_benchmark
 
 __all__ = ["main", "parser"]
@@ -53,6 +57,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="pass ARG to every enclave, e.g. --enclave-arg=--batch-wait-ms=2 (repeatable)",
     )
+    p.add_argument(
+        "--generation",
+        action="store_true",
+        help="the generation benchmark instead: streamed chat answers, TTFT, inter-token"
+        " latency and tokens/s at 1-16 streams (needs scripts/models.sh smollm2)",
+    )
+    p.add_argument(
+        "--chat-model-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --generation: the chat model (default $EPHEMERALML_HOME/models/smollm2)",
+    )
     return p
 
 
@@ -72,12 +88,34 @@ def plan_of(args: argparse.Namespace) -> Plan:
     return plan
 
 
+def generation_plan_of(args: argparse.Namespace) -> GenerationPlan:
+    """The generation plan the flags ask for; :class:`ConfigError` for a flag of the
+    other benchmark."""
+    if args.enclaves is not None or args.idle_connections is not None:
+        raise ConfigError("--enclaves and --idle-connections do not apply to --generation")
+    plan = GEN_QUICK if args.quick else GEN_FULL
+    if args.enclave_arg:
+        plan = plan.replace(enclave_args=tuple(args.enclave_arg))
+    return plan
+
+
 class _Interrupted(BaseException):
     pass
 
 
 def _body(args: argparse.Namespace) -> int:
-    plan = plan_of(args)
+    if args.chat_model_dir is not None and not args.generation:
+        raise ConfigError("--chat-model-dir applies only to --generation")
+    plan: Plan | GenerationPlan
+    if args.generation:
+        plan = generation_plan_of(args)
+        model_dir = args.chat_model_dir or default_chat_model_dir()
+        why = missing_chat_model(model_dir)
+        if why is not None:
+            print(f"{PROG}: generation skipped: {why}", file=sys.stderr)
+            return 1 if args.strict else 0
+    else:
+        plan = plan_of(args)
 
     # SIGTERM to the benchmark stops its children too (as Ctrl-C does).
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -88,7 +126,10 @@ def _body(args: argparse.Namespace) -> int:
         old = signal.signal(signal.SIGTERM, on_term)
     try:
         with tempfile.TemporaryDirectory(prefix="ephemeralml-bench-") as tmp:
-            result = run_benchmark(plan, Path(tmp))
+            if isinstance(plan, GenerationPlan):
+                result = run_generation_benchmark(plan, Path(tmp), model_dir)
+            else:
+                result = run_benchmark(plan, Path(tmp))
     except (KeyboardInterrupt, _Interrupted):
         print(f"{PROG}: interrupted; programs stopped", file=sys.stderr)
         return 130
@@ -104,7 +145,7 @@ def _body(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.out:
         args.out.write_text(text + "\n")
-    table = format_table(result)
+    table = format_generation_table(result) if args.generation else format_table(result)
     if args.json:
         print(table, file=sys.stderr)
         print(text, file=out)

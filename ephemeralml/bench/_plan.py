@@ -10,14 +10,20 @@ from typing import Any
 from ephemeralml.common._errors import Error
 
 __all__ = [
+    "CHAT_MODEL",
+    "CHAT_PROMPTS",
     "CONCURRENCY",
     "FULL",
+    "GEN_CONCURRENCY",
+    "GEN_FULL",
+    "GEN_QUICK",
     "MODEL",
     "PROG",
     "QUICK",
     "SCHEMA_VERSION",
     "SENTENCES",
     "BenchError",
+    "GenerationPlan",
     "Plan",
     "sentence",
 ]
@@ -116,3 +122,62 @@ QUICK = Plan("quick", latency_n=300, warmup=30, throughput_total=384, setup_n=40
 FULL = Plan("full", latency_n=2000, warmup=100, throughput_total=2048, setup_n=200,
             crypto_n=5000, attest_n=1000, idle_connections=1000, max_enclaves=3,
             rounds=20, reps=5)  # fmt: skip
+
+
+# ---------------------------------------------------------------- generation
+
+#: The chat model of the generation benchmark (``scripts/models.sh smollm2``).
+CHAT_MODEL = "smollm2"
+
+#: Streams at once in the generation throughput runs (issue 11: 8 ≥ 3 × 1).
+GEN_CONCURRENCY = (1, 4, 8, 16)
+
+#: Short chat prompts, one user message each; with greedy decoding most answers run
+#: to ``max_tokens``, so every prompt gives tens of inter-token gaps.
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "Explain in a few sentences how a bicycle works.",
+    "Write a short poem about the sea.",
+    "Give me three tips for sleeping better.",
+    "Why is the sky blue?",
+    "Describe a good breakfast.",
+    "What should I pack for a weekend hiking trip?",
+    "How do plants make their food?",
+)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """How much work the generation benchmark does (--quick or full)."""
+
+    mode: str
+    reps: int  # latency passes over every prompt (bare and full interleaved)
+    warmup: int  # unmeasured prompts on each path first
+    #: Throughput: at least this many answers per level; each of the c threads asks
+    #: for ceil(answers_per_level / c) in turn, so a level with few streams still runs
+    #: long enough to measure.
+    answers_per_level: int
+    throughput_reps: int  # throughput: repetitions of every level, the median reported
+    max_tokens: int = 64
+    concurrency: tuple[int, ...] = GEN_CONCURRENCY
+    enclave_args: tuple[str, ...] = ()
+
+    def replace(self, **changes: Any) -> GenerationPlan:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "prompts": len(CHAT_PROMPTS),
+            "max_tokens": self.max_tokens,
+            "latency_repetitions": self.reps,
+            "warmup_prompts": self.warmup,
+            "concurrency": list(self.concurrency),
+            "answers_per_level": self.answers_per_level,
+            "throughput_repetitions": self.throughput_reps,
+            "enclave_args": list(self.enclave_args),
+        }
+
+
+GEN_QUICK = GenerationPlan("quick", reps=1, warmup=2, answers_per_level=4, throughput_reps=1,
+                           max_tokens=32)  # fmt: skip
+GEN_FULL = GenerationPlan("full", reps=3, warmup=2, answers_per_level=4, throughput_reps=1)

@@ -4,7 +4,9 @@
   (the key release, fetch + decrypt and ONNX Runtime load timings it prints; they
   are not in its readiness line);
 * :func:`finalize` adds the derived parts to a result (ratios, targets, verdict);
-* :func:`format_table` is the human-readable report of a finalized result.
+* :func:`format_table` is the human-readable report of a finalized result;
+* :func:`finalize_generation` and :func:`format_generation_table` do the same for a
+  result of the generation benchmark (``--generation``).
 
 No I/O (``tests/unit/test_bench_report.py``).
 """
@@ -15,10 +17,18 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._plan import CONCURRENCY, MODEL
-from ._targets import TARGETS, evaluate_targets, lookup
+from ._plan import CHAT_MODEL, CONCURRENCY, MODEL
+from ._targets import GENERATION_TARGETS, TARGETS, Target, evaluate_targets, lookup
 
-__all__ = ["cold_start", "finalize", "format_table", "parse_loaded_line", "transfer_mb_s"]
+__all__ = [
+    "cold_start",
+    "finalize",
+    "finalize_generation",
+    "format_generation_table",
+    "format_table",
+    "parse_loaded_line",
+    "transfer_mb_s",
+]
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _KEY_RELEASE_RE = re.compile(rf"key release {_NUM} ms")
@@ -115,13 +125,45 @@ def finalize(r: dict[str, Any]) -> dict[str, Any]:
     r["ratios"] = ratios
     r["enclave_cpu_per_inference"] = enclave_cpu_per_inference(r)
     r["targets"] = evaluate_targets(r)
-    missed = [k for k, v in r["targets"].items() if v["ok"] is False]
-    unknown = [k for k, v in r["targets"].items() if v["ok"] is None]
-    r["summary"] = {
-        "missed": missed,
-        "not_measured": unknown,
-        "all_met": not missed and not unknown,
-    }
+    r["summary"] = _summary(r["targets"])
+    return r
+
+
+def _summary(targets: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    missed = [k for k, v in targets.items() if v["ok"] is False]
+    unknown = [k for k, v in targets.items() if v["ok"] is None]
+    return {"missed": missed, "not_measured": unknown, "all_met": not missed and not unknown}
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def finalize_generation(r: dict[str, Any]) -> dict[str, Any]:
+    """Add the derived parts to a generation result: full − bare and full / bare of
+    the streaming latencies, tokens/s at each level over tokens/s at one stream (for
+    both paths), full / bare tokens/s, the targets and a verdict."""
+    g = r.get("generation")
+    if isinstance(g, dict):
+        for side in ("bare", "full"):
+            d = g.get(side)
+            if not isinstance(d, dict):
+                continue
+            tps = d.get("tokens_per_s") or {}
+            d["scaling"] = {c: _ratio(v, tps.get("1")) for c, v in tps.items()}
+        g["ttft_overhead_ms"] = _difference(
+            lookup(g, "full.ttft_p50_ms"), lookup(g, "bare.ttft_p50_ms")
+        )
+        g["itl_overhead_ms"] = _difference(
+            lookup(g, "full.itl_mean_ms"), lookup(g, "bare.itl_mean_ms")
+        )
+        g["itl_ratio"] = _ratio(lookup(g, "full.itl_mean_ms"), lookup(g, "bare.itl_mean_ms"))
+        full_tps = lookup(g, "full.tokens_per_s") or {}
+        g["tokens_per_s_ratio"] = {
+            c: _ratio(v, lookup(g, f"bare.tokens_per_s.{c}")) for c, v in full_tps.items()
+        }
+    r["targets"] = evaluate_targets(r, GENERATION_TARGETS)
+    r["summary"] = _summary(r["targets"])
     return r
 
 
@@ -246,11 +288,19 @@ def format_table(r: Mapping[str, Any]) -> str:
                 f"{n} enclave{'s' if n != '1' else ''} {_f(v, 0)}/s" for n, v in scaling.items()
             )
         )
+    _add_verdict(lines, r, TARGETS)
+    return "\n".join(lines)
+
+
+def _add_verdict(lines: list[str], r: Mapping[str, Any], targets: Iterable[Target]) -> None:
+    """The targets, what was missed, the notes and the duration: every report ends so."""
+    add = lines.append
     add("")
     add("Targets")
+    whats = {x.name: x.what for x in targets}
     for name, t in (r.get("targets") or {}).items():
         verdict = {True: "ok  ", False: "MISS", None: "n/a "}[t["ok"]]
-        what = next((x.what for x in TARGETS if x.name == name), name)
+        what = whats.get(name, name)
         add(
             f"  {verdict}  {what:<46} {_f(t['measured'], 3):>10} {t['unit']:<13}"
             f" target {t['rule']} (= {_f(t['target'], 3)})"
@@ -262,4 +312,87 @@ def format_table(r: Mapping[str, Any]) -> str:
         add(f"note: {note}")
     if r.get("duration_s") is not None:
         add(f"run took {_f(r['duration_s'], 1)} s")
+
+
+def format_generation_table(r: Mapping[str, Any]) -> str:
+    """The human-readable report of a finalized generation result."""
+    m = r.get("machine") or {}
+    g = r.get("generation") or {}
+    lines: list[str] = []
+    add = lines.append
+    model = g.get("model") or {}
+    add(
+        f"ephemeralml generation benchmark ({r.get('mode', '?')}): "
+        f"{r.get('model', CHAT_MODEL)} ({model.get('name', '?')}, {model.get('weights', '?')}), "
+        f"{m.get('cpu_count', '?')} cores ({m.get('affinity', '?')} usable), "
+        f"Python {m.get('python', '?')}, ONNX Runtime {m.get('onnxruntime', '?')}, "
+        f"commit {(r.get('git') or {}).get('commit_short') or 'n/a'}"
+    )
+    extra = lookup(r, "plan.enclave_args")
+    if extra:
+        add(f"enclave flags: {' '.join(extra)}")
+    pt, at = g.get("prompt_tokens") or {}, g.get("answer_tokens") or {}
+    add(
+        f"inputs: {lookup(r, 'plan.prompts') or '?'} chat prompts of "
+        f"{_f(pt.get('min'), 0)}-{_f(pt.get('max'), 0)} tokens (chat template included), "
+        f"greedy, max_tokens {lookup(r, 'plan.max_tokens') or '?'}; answers of "
+        f"{_f(at.get('min'), 0)}-{_f(at.get('max'), 0)} tokens "
+        f"({_f(at.get('mean'), 1)} on average), the same text on both paths"
+    )
+    add("")
+    reps = lookup(r, "plan.latency_repetitions")
+    add(
+        f"{f'Streaming, one answer at a time (median of {reps})':<44}"
+        f"{'bare ORT':>10}{'full path':>11}{'full−bare':>11}{'full/bare':>11}"
+    )
+    for key, label in (
+        ("ttft_p50_ms", "time to first token p50, ms"),
+        ("ttft_mean_ms", "time to first token mean, ms"),
+        ("itl_mean_ms", "inter-token latency mean, ms"),
+        ("itl_p50_ms", "inter-token latency p50, ms"),
+        ("itl_p90_ms", "inter-token latency p90, ms"),
+    ):
+        bare, full = lookup(g, f"bare.{key}"), lookup(g, f"full.{key}")
+        add(
+            f"{'  ' + label:<44}{_f(bare):>10}{_f(full):>11}"
+            f"{_f(_difference(full, bare)):>11}{_f(_ratio(full, bare), 3, '×'):>11}"
+        )
+    add("")
+    add(
+        f"{'Aggregate tokens/s, N streams at once':<44}{'bare ORT':>10}{'full path':>11}"
+        f"{'full/bare':>11}   full: × 1 stream, ITL mean under load"
+    )
+    for c, full in (lookup(g, "full.tokens_per_s") or {}).items():
+        label = f"  {c} stream{'s' if c != '1' else ''}"
+        add(
+            f"{label:<44}{_f(lookup(g, f'bare.tokens_per_s.{c}'), 1):>10}{_f(full, 1):>11}"
+            f"{_f(lookup(g, f'tokens_per_s_ratio.{c}'), 2, '×'):>11}"
+            f"   {_f(lookup(g, f'full.scaling.{c}'), 2, '×')}, "
+            f"{_f(lookup(g, f'full.under_load.{c}.itl_mean_ms'))} ms"
+        )
+    bare_scaling = lookup(g, "bare.scaling") or {}
+    if bare_scaling:
+        add(
+            "  bare ORT × 1 stream: "
+            + ", ".join(f"{c}: {_f(v, 2, '×')}" for c, v in bare_scaling.items())
+        )
+    for c in lookup(g, "full.throughput_detail") or {}:
+        per = lookup(g, f"full.throughput_detail.{c}.cpu_ms_per_token") or {}
+        if per:
+            add(
+                f"  CPU ms per token at {c} stream{'s' if c != '1' else ''}: bare ORT "
+                f"{_f(lookup(g, f'bare.throughput_detail.{c}.cpu_ms_per_token.bare'))}; full: "
+                f"enclave {_f(per.get('enclave'))}, host {_f(per.get('host'))}, "
+                f"client {_f(per.get('client'))}"
+            )
+    load = g.get("enclave_load") or {}
+    if load:
+        add("")
+        add(
+            f"Chat model load in the enclave: key release {_f(load.get('key_release_ms'), 0)} ms, "
+            f"{_f(load.get('mb'), 1)} MB fetched and decrypted in "
+            f"{_f(load.get('fetch_decrypt_ms'), 0)} ms, ONNX Runtime load "
+            f"{_f(load.get('onnx_load_ms'), 0)} ms; bare ORT load {_f(lookup(g, 'bare.load_s'))} s"
+        )
+    _add_verdict(lines, r, GENERATION_TARGETS)
     return "\n".join(lines)

@@ -46,7 +46,7 @@ from ._procfs import cpu_stat, cpu_usage, machine_info, proc_cpu_s, proc_status_
 from ._report import cold_start, finalize, transfer_mb_s
 from ._stats import median, round_p50s, summarize_ms
 
-__all__ = ["Children", "Enclave", "Host", "git_info", "run_benchmark", "say"]
+__all__ = ["Children", "Enclave", "Host", "Load", "git_info", "run_benchmark", "say"]
 
 
 def say(msg: str) -> None:
@@ -188,6 +188,57 @@ def git_info(root: Path | None = None) -> dict[str, Any]:
     return out
 
 
+class Load:
+    """What else runs on this machine: its CPU use over one second before a run, and
+    during the run beyond what the run itself (this process and its programs) used.
+    Each method records its figures into the result's ``machine`` object and returns
+    the notes to add (a busy machine makes every number noisier)."""
+
+    def __init__(self, before: list[int] | None, stat0: list[int] | None) -> None:
+        self.background = cpu_usage(before, stat0).get("busy_fraction")
+        self.stat0 = stat0
+        self.self_cpu0, self.wall0 = self_cpu_s(), time.monotonic()
+
+    @classmethod
+    def start(cls) -> Load:
+        before = cpu_stat()
+        time.sleep(1.0)
+        return cls(before, cpu_stat())
+
+    def before(self, machine: dict[str, Any]) -> list[str]:
+        machine["background_busy_fraction"] = self.background
+        if self.background is not None and self.background > 0.1:
+            return [
+                f"{100 * self.background:.0f} % of the machine's CPU was busy before the run"
+                " started (another workload): the numbers are noisier than usual"
+            ]
+        return []
+
+    def during(self, machine: dict[str, Any], children: Children) -> list[str]:
+        notes = []
+        during = cpu_usage(self.stat0, cpu_stat())
+        machine["during_run"] = during
+        ours = self_cpu_s() - self.self_cpu0
+        ours += sum(v for v in children.cpu_s.values() if v is not None)
+        if during.get("busy_cpu_s") is not None:
+            # Whatever else ran on this machine meanwhile, in cores on average.
+            other = max(0.0, during["busy_cpu_s"] - ours) / (time.monotonic() - self.wall0)
+            during["benchmark_cpu_s"] = round(ours, 2)
+            during["other_cores"] = round(other, 2)
+            if other > 0.1:
+                notes.append(
+                    f"other processes on this machine used {other:.2f} cores on average"
+                    " during the run: the numbers are noisier than on a quiet machine"
+                )
+        steal = during.get("steal_fraction")
+        if steal is not None and steal > 0.05:
+            notes.append(
+                f"the hypervisor took {100 * steal:.0f} % of the CPU time (steal) during the"
+                " run: the numbers are noisier than usual"
+            )
+        return notes
+
+
 class _Stages:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
@@ -211,12 +262,7 @@ def run_benchmark(plan: Plan, work_dir: Path) -> dict[str, Any]:
     up during the run moves both sides of each ratio alike.
     """
     st = _Stages()
-    # What else runs here: the machine's CPU use over one second before we start.
-    before = cpu_stat()
-    time.sleep(1.0)
-    stat0 = cpu_stat()
-    background = cpu_usage(before, stat0).get("busy_fraction")
-    self_cpu0, wall0 = self_cpu_s(), time.monotonic()
+    load = Load.start()
     r: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "mode": plan.mode,
@@ -229,12 +275,7 @@ def run_benchmark(plan: Plan, work_dir: Path) -> dict[str, Any]:
     }
     notes: list[str] = []
     r["notes"] = notes
-    r["machine"]["background_busy_fraction"] = background
-    if background is not None and background > 0.1:
-        notes.append(
-            f"{100 * background:.0f} % of the machine's CPU was busy before the run started"
-            " (another workload): the numbers are noisier than usual"
-        )
+    notes.extend(load.before(r["machine"]))
 
     with st.stage("crypto", "crypto: seal + open + receipt sign + verify, in memory"):
         r.update(bench_crypto(plan, work_dir / "nsm-crypto"))
@@ -370,25 +411,7 @@ def run_benchmark(plan: Plan, work_dir: Path) -> dict[str, Any]:
         notes.append(f"programs exited with non-zero codes: {bad}")
     r["stages_s"] = st.durations
     r["duration_s"] = round(time.monotonic() - st.t0, 1)
-    during = cpu_usage(stat0, cpu_stat())
-    r["machine"]["during_run"] = during
-    ours = self_cpu_s() - self_cpu0 + sum(v for v in children.cpu_s.values() if v is not None)
-    if during.get("busy_cpu_s") is not None:
-        # Whatever else ran on this machine meanwhile, in cores on average.
-        other = max(0.0, during["busy_cpu_s"] - ours) / (time.monotonic() - wall0)
-        during["benchmark_cpu_s"] = round(ours, 2)
-        during["other_cores"] = round(other, 2)
-        if other > 0.1:
-            notes.append(
-                f"other processes on this machine used {other:.2f} cores on average during"
-                " the run: the numbers are noisier than on a quiet machine"
-            )
-    steal = during.get("steal_fraction")
-    if steal is not None and steal > 0.05:
-        notes.append(
-            f"the hypervisor took {100 * steal:.0f} % of the CPU time (steal) during the run:"
-            " the numbers are noisier than usual"
-        )
+    notes.extend(load.during(r["machine"], children))
     notes.append(
         "client, host, enclave and ONNX Runtime share this machine's "
         f"{r['machine'].get('affinity')} cores: the full path competes with itself, "

@@ -7,11 +7,11 @@ bound that is either fixed or derived from the bare baseline in the same result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TARGETS", "Target", "evaluate_targets", "lookup"]
+__all__ = ["GENERATION_TARGETS", "TARGETS", "Target", "evaluate_targets", "lookup"]
 
 
 def lookup(r: Mapping[str, Any], path: str) -> Any:
@@ -102,11 +102,40 @@ TARGETS: tuple[Target, ...] = (
 )  # fmt: skip
 
 
-def evaluate_targets(r: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """{name: {"target", "measured", "ok", "rule", "unit"}}; ``ok`` is None where
-    either side is unknown (a section that did not run or failed)."""
+def _itl_bound(r: Mapping[str, Any]) -> float | None:
+    bare = lookup(r, "generation.bare.itl_mean_ms")
+    return None if bare is None else 1.05 * bare
+
+
+def _ttft_bound(r: Mapping[str, Any]) -> float | None:
+    bare = lookup(r, "generation.bare.ttft_p50_ms")
+    return None if bare is None else bare + 2.0
+
+
+#: The generation benchmark's targets (``--generation``; issue 11).
+GENERATION_TARGETS: tuple[Target, ...] = (
+    Target(
+        "gen_itl", "inter-token latency (mean), full path", "≤ 1.05 × bare mean",
+        "generation.full.itl_mean_ms", "ms", _itl_bound,
+    ),
+    Target(
+        "gen_ttft", "time to first token (p50), full path", "≤ bare p50 + 2 ms",
+        "generation.full.ttft_p50_ms", "ms", _ttft_bound,
+    ),
+    Target(
+        "gen_streams_8", "tokens/s at 8 streams / at 1 stream, full", "≥ 3 ×",
+        "generation.full.scaling.8", "×", _fixed(3.0), higher_is_better=True,
+    ),
+)  # fmt: skip
+
+
+def evaluate_targets(
+    r: Mapping[str, Any], targets: Sequence[Target] = TARGETS
+) -> dict[str, dict[str, Any]]:
+    """{name: {"target", "measured", "ok", "rule", "unit"}} for each of ``targets``;
+    ``ok`` is None where either side is unknown (a section that did not run or failed)."""
     out: dict[str, dict[str, Any]] = {}
-    for t in TARGETS:
+    for t in targets:
         measured = lookup(r, t.measured)
         bound = t.bound(r)
         ok: bool | None
