@@ -63,6 +63,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ephemeralml.common._errors import (
+    BusyError,
     ConfigError,
     Error,
     InferenceError,
@@ -180,7 +181,8 @@ def _from_error(e: Error, *, param: str = "input") -> ProxyError:
         )  # fmt: skip
     if isinstance(e, TransportError):
         return ProxyError(502, f"enclave unreachable: {e.message}", "server_error", code=e.code)
-    if isinstance(e, PoolBusyError):
+    if isinstance(e, PoolBusyError | BusyError):
+        # The proxy's sessions, or the enclave's queue, are full: try again later.
         return ProxyError(429, e.message, "rate_limit_error", code=e.code)
     if isinstance(e, InferenceError | ConfigError) or (isinstance(e, LimitError) and _refused(e)):
         return _bad(e.message, param=_refusal_param(e.message, param), code=e.code)

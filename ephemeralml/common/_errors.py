@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttestationError",
+    "BusyError",
     "CiphertextError",
     "ConfigError",
     "DecodeError",
@@ -138,6 +139,13 @@ class InferenceError(Error):
     code = "inference"
 
 
+class BusyError(Error):
+    """The enclave has no room for this request now (a queue is full); the same
+    request may succeed later, unlike a :class:`LimitError`, which it never will."""
+
+    code = "busy"
+
+
 class TruncatedError(Error):
     """A streamed answer ended without the enclave's authenticated end and receipt
     (protocol.md §2.8 S4): what arrived is not the answer, only a part of it."""
@@ -180,6 +188,7 @@ _BY_CODE: dict[str, type[Error]] = {
         ConfigError,
         InferenceError,
         TruncatedError,
+        BusyError,
     )
 }
 

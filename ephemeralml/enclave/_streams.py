@@ -11,7 +11,7 @@ Embeddings run on their own thread and are not held up by generation.
 Bounds (protocol.md §7, limits before work), checked when a stream is submitted:
 
 * ``max_active`` streams decode at once; the rest wait, in order, at most
-  ``max_waiting`` of them (past that a stream is refused: :class:`LimitError`);
+  ``max_waiting`` of them (past that a stream is refused for now: :class:`BusyError`);
 * every stream reserves KV-cache room for its prompt plus the tokens it may still
   make (``max_tokens``, cut to the model's context). The batch holds every row as
   long as its longest, so what the streams decoding may hold together is their
@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass
 
 from ephemeralml.common._config import positive_count
-from ephemeralml.common._errors import Error, InferenceError, LimitError
+from ephemeralml.common._errors import BusyError, Error, InferenceError, LimitError
 
 from ._chat import ChatModel
 from ._generate import BatchCache, Finished, GenerationParams, KVCache, StreamState, Token
@@ -146,7 +146,7 @@ class Streams:
             if self._closed:
                 raise InferenceError("the enclave is stopping")
             if len(self._waiting) >= self.limits.max_waiting:
-                raise LimitError(
+                raise BusyError(
                     f"{self.limits.max_active} streams are generating and"
                     f" {len(self._waiting)} waiting; try again later"
                 )

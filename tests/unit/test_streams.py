@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ephemeralml.common._errors import ConfigError, InferenceError, LimitError
+from ephemeralml.common._errors import BusyError, ConfigError, InferenceError, LimitError
 from ephemeralml.common._messages import ChatMessage, GenerateRequest
 from ephemeralml.common._modelfiles import ChatModelFiles, model_files_from_bundle
 from ephemeralml.enclave._chat import ChatModel, render_chatml
@@ -223,9 +223,10 @@ def test_past_the_waiting_bound_a_stream_is_refused(chat: ChatModel) -> None:
         first = streams.submit(ids, params)
         assert await asyncio.to_thread(gate.entered.wait, 10)  # decoding, holds the place
         second = streams.submit(ids, params)  # waits
-        with pytest.raises(LimitError) as info:
+        with pytest.raises(BusyError) as info:
             streams.submit(ids, params)
         assert info.value.message == "1 streams are generating and 1 waiting; try again later"
+        assert info.value.code == "busy"
         gate.permits.release(100)
         for h in (first, second):
             assert isinstance((await _drain(h))[-1], Finished)
