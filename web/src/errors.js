@@ -60,11 +60,14 @@ export class InferenceError extends EphemeralError { static code = 'inference' }
  * (protocol.md §2.8 S4): what arrived is not the answer, only a part of it.
  */
 export class TruncatedError extends EphemeralError { static code = 'truncated' }
+/** The enclave has no room for the request now (a queue is full); it may succeed later. */
+export class BusyError extends EphemeralError { static code = 'busy' }
 
 /** The classes by their §6 code (Python `error_from_code`): a sealed refusal names one. */
 const BY_CODE = Object.freeze(Object.fromEntries([
   EphemeralError, ProtocolError, LocalProtocolError, RemoteProtocolError, DecodeError, LimitError, VerificationError,
-  AttestationError, ReceiptError, CiphertextError, PolicyError, TransportError, ConfigError, InferenceError, TruncatedError
+  AttestationError, ReceiptError, CiphertextError, PolicyError, TransportError, ConfigError, InferenceError, TruncatedError,
+  BusyError
 ].map((cls) => [cls.code, cls])))
 
 /**

@@ -8,7 +8,7 @@
 export {
   EphemeralError, ProtocolError, LocalProtocolError, RemoteProtocolError, DecodeError, LimitError,
   VerificationError, AttestationError, ReceiptError, CiphertextError, PolicyError, TransportError,
-  ConfigError, InferenceError, TruncatedError, RemoteError
+  ConfigError, InferenceError, TruncatedError, BusyError, RemoteError
 } from './errors.js'
 export {
   verifyAttestation, parseUnverified, AttestationPolicy, AttestationDocument, VerifiedAttestation,
