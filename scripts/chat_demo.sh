@@ -27,23 +27,9 @@ export EPHEMERALML_HOME="$OUT/home"
 export EPHEMERALML_BASE_PORT="${EPHEMERALML_BASE_PORT:-5200}"
 unset EPHEMERAL_HOST EPHEMERAL_HOST_LISTEN EPHEMERAL_ENCLAVE
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_for() {  # wait_for LOGFILE PATTERN WHAT PID
-    for _ in $(seq 1 600); do
-        if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
-        if ! kill -0 "$4" 2>/dev/null; then
-            echo "chat demo: $3 exited early:" >&2; cat "$1" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    echo "chat demo: $3 did not start within 60 s:" >&2; cat "$1" >&2; exit 1
-}
+DEMO="chat demo"
+# shellcheck source-path=SCRIPTDIR source=_programs.sh
+source "$ROOT/scripts/_programs.sh"
 
 echo "==> starting the host in mock mode (blind relay, model store, KMS egress proxy, local KMS)"
 "$BIN/ephemeral-host" --mock >"$OUT/host.log" 2>&1 &
