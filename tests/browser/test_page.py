@@ -3,8 +3,8 @@
 through the host's WebSocket door, and verifies the receipt; and when the host flips
 one bit of what it relays, the page shows the refusal and no answer.
 
-Skipped, with the reason, where Chromium or Playwright is missing (scripts/test.sh
-installs both when it can).
+Skipped, with the reason, where Chromium or Playwright is missing (conftest.py).
+The chat mode is in test_chat_page.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,45 +26,10 @@ from ephemeralml.bench._processes import (
     start_program,
 )
 from ephemeralml.runtime._home import MOCK_MEASUREMENTS
-from tests.integration.conftest import BIN, Program, TamperProxy, kms_port, services_port
+from tests.browser.conftest import Deployment, needs_browser
+from tests.integration.conftest import TamperProxy, kms_port, services_port
 
-CHROMIUM = os.environ.get("EPHEMERALML_CHROMIUM", "/usr/bin/chromium")
-PAGE = Path(__file__).resolve().parents[2] / "web" / "dist" / "app.js"
-
-
-def _missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does it as root)"
-    if shutil.which("node") is None or not PAGE.exists():
-        return "the page is not built (scripts/_web.sh needs node >= 20 and npm)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
-
-
-_MISSING = _missing()
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
-
-
-@dataclass
-class Deployment:
-    home: Path
-    env: dict[str, str]
-    enclave: Program
-    enclave_port: int
-
-    def host(self, *, enclave_port: int | None = None) -> Program:
-        """A host with a WebSocket door, relaying to the enclave (or to ``enclave_port``)."""
-        port = self.enclave_port if enclave_port is None else enclave_port
-        return start_program("ephemeral-host", host_argv([port], "--ws-listen", "127.0.0.1:0"), self.env)
-
-    def web(self, host: Program) -> Program:
-        ws = str(host.ready["ws"]).removeprefix("tcp:")
-        return start_program("ephemeral", [
-            str(BIN / "ephemeral"), "web", "--mock", "--ws", f"ws://{ws}", "--listen", "127.0.0.1:0",
-        ], self.env)  # fmt: skip
+pytestmark = needs_browser
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +47,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         raise
     yield Deployment(home, env, enclave, enclave_port)
     assert (enclave.stop(), first.stop()) == (0, 0), "".join(enclave.lines + first.lines)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 def _run_page(browser: object, url: str, screenshot: Path | None = None) -> dict[str, object]:
