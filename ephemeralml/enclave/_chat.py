@@ -51,7 +51,12 @@ class ChatModel:
     """A loaded chat model (files checked, ONNX Runtime session made from bytes)."""
 
     def __init__(
-        self, files: ChatModelFiles, *, intra_op_threads: int | None = None, device: str = "cpu"
+        self,
+        files: ChatModelFiles,
+        *,
+        intra_op_threads: int | None = None,
+        device: str = "cpu",
+        io_binding: bool | None = None,
     ) -> None:
         self.model_id = files.model_id
         self.decoder = DecoderModel.from_bytes(
@@ -59,6 +64,7 @@ class ChatModel:
             context_limit=files.context_length,
             intra_op_threads=intra_op_threads,
             device=device,
+            io_binding=io_binding,
         )
         if self.decoder.vocab_size != files.vocab_size:
             raise ConfigError(

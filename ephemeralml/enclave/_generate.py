@@ -178,16 +178,22 @@ class Finished:
     stop: int | str | None = None
 
 
+def _dims(t: Any) -> tuple[int, ...]:
+    """A tensor's shape: a numpy array's, or an ONNX Runtime OrtValue's (I/O binding)."""
+    return tuple(t.shape() if isinstance(t, ort.OrtValue) else t.shape)
+
+
 @dataclass(frozen=True)
 class KVCache:
-    """The key and value tensors of every layer, in ``past_key_values`` input order."""
+    """The key and value tensors of every layer, in ``past_key_values`` input order:
+    numpy arrays, or OrtValues where they live (on the GPU with I/O binding)."""
 
-    tensors: tuple[npt.NDArray[Any], ...]
+    tensors: tuple[Any, ...]
 
     @property
     def length(self) -> int:
         """Tokens held (the ``past`` dimension)."""
-        return int(self.tensors[0].shape[2])
+        return int(_dims(self.tensors[0])[2])
 
 
 class DecoderModel:
@@ -216,6 +222,7 @@ class DecoderModel:
         context_limit: int,
         intra_op_threads: int | None = None,
         device: str = "cpu",
+        io_binding: bool | None = None,
     ) -> DecoderModel:
         """Load from bytes, never a path (the weights may exist only in memory), with
         the session options of the embedding model (:mod:`._model`)."""
@@ -227,16 +234,27 @@ class DecoderModel:
             load_session(onnx, intra_op_threads, device),
             context_limit=context_limit,
             device=device,
+            io_binding=io_binding,
         )
 
     def __init__(
-        self, session: ort.InferenceSession, *, context_limit: int, device: str = "cpu"
+        self,
+        session: ort.InferenceSession,
+        *,
+        context_limit: int,
+        device: str = "cpu",
+        io_binding: bool | None = None,
     ) -> None:
         if not is_int(context_limit) or context_limit < 2:
             raise ConfigError(
                 f"the context limit must be an integer of at least 2, not {context_limit!r}"
             )
         self.session, self.context_limit, self.device = session, context_limit, device
+        #: With I/O binding the KV cache stays where the model runs (the GPU's memory
+        #: with ``device="cuda"``): each step's ``present`` is the next step's ``past``
+        #: without a trip through host memory; only the logits come back. The default
+        #: on CUDA; on CPU it can be asked for (the same path, tested without a GPU).
+        self.io_binding = device == "cuda" if io_binding is None else io_binding
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = {o.name: o for o in session.get_outputs()}
         past = sorted(n for n in inputs if n.startswith("past_key_values."))
@@ -299,7 +317,7 @@ class DecoderModel:
         feed.update(zip(self._past_names, cache.tensors, strict=True))
         logits, present = self._run(feed)
         if logits.shape != (1, n, self.vocab_size) or any(
-            p.shape != (1, self.kv_heads, past + n, self.head_dim) for p in present
+            _dims(p) != (1, self.kv_heads, past + n, self.head_dim) for p in present
         ):
             raise InferenceError(
                 f"the model returned logits of shape {logits.shape} or a cache of another length"
@@ -328,7 +346,7 @@ class DecoderModel:
         feed.update(zip(self._past_names, batch.tensors, strict=True))
         logits, present = self._run(feed)
         shape = (rows, self.kv_heads, width + 1, self.head_dim)
-        if logits.shape != (rows, 1, self.vocab_size) or any(p.shape != shape for p in present):
+        if logits.shape != (rows, 1, self.vocab_size) or any(_dims(p) != shape for p in present):
             raise InferenceError(
                 f"the model returned logits of shape {logits.shape} or a cache of another shape"
             )
@@ -342,12 +360,17 @@ class DecoderModel:
         rows = [] if batch is None else [batch]
         width = max([cache.length, *([batch.width] if batch else [])])
 
-        def pad(t: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        def pad(t: Any) -> npt.NDArray[Any]:
+            t = _host(t)
             extra = width - t.shape[2]
             return t if extra == 0 else np.pad(t, ((0, 0), (0, 0), (extra, 0), (0, 0)))
 
+        # Joining and leaving are rare next to steps: with I/O binding they take the
+        # cache through host memory, and it goes back to the device for the next step.
         tensors = tuple(
-            np.concatenate([pad(r.tensors[i]) for r in rows] + [pad(cache.tensors[i])], axis=0)
+            self._placed(
+                np.concatenate([pad(r.tensors[i]) for r in rows] + [pad(cache.tensors[i])], axis=0)
+            )
             for i in range(len(self._past_names))
         )
         lengths = (*(batch.lengths if batch else ()), cache.length)
@@ -361,16 +384,47 @@ class DecoderModel:
             return None
         lengths = tuple(batch.lengths[i] for i in keep)
         cut = batch.width - max(lengths)
-        return BatchCache(tuple(t[keep, :, cut:, :] for t in batch.tensors), lengths)
+        tensors = tuple(
+            self._placed(np.ascontiguousarray(_host(t)[keep, :, cut:, :])) for t in batch.tensors
+        )
+        return BatchCache(tensors, lengths)
 
-    def _run(
-        self, feed: dict[str, npt.NDArray[Any]]
-    ) -> tuple[npt.NDArray[Any], list[npt.NDArray[Any]]]:
+    def _placed(self, array: npt.NDArray[Any]) -> Any:
+        """A cache tensor where the model keeps its cache: on its device with I/O
+        binding, else the host array itself."""
+        if not self.io_binding:
+            return array
+        return ort.OrtValue.ortvalue_from_numpy(array, _ORT_DEVICE[self.device], 0)
+
+    def _run(self, feed: dict[str, Any]) -> tuple[npt.NDArray[Any], list[Any]]:
         try:
-            logits, *present = self.session.run(["logits", *self._present_names], feed)
+            if not self.io_binding:
+                logits, *present = self.session.run(["logits", *self._present_names], feed)
+                return logits, present
+            binding = self.session.io_binding()
+            for name, value in feed.items():
+                if isinstance(value, ort.OrtValue):
+                    binding.bind_ortvalue_input(name, value)
+                else:
+                    binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_output("logits", "cpu")
+            for name in self._present_names:
+                binding.bind_output(name, _ORT_DEVICE[self.device])
+            self.session.run_with_iobinding(binding)
+            logits_value, *present = binding.get_outputs()
+            return logits_value.numpy(), present
         except Exception as e:  # onnxruntime's errors share no public base class
             raise InferenceError(f"the model failed to run: {e}") from e
-        return logits, present
+
+
+#: ONNX Runtime's device names for I/O binding, by ``--device``.
+_ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+
+
+def _host(t: Any) -> npt.NDArray[Any]:
+    """A cache tensor in host memory (a copy from the device for an OrtValue)."""
+    array: npt.NDArray[Any] = t.numpy() if isinstance(t, ort.OrtValue) else t
+    return array
 
 
 def _check_finite(logits: npt.NDArray[np.float32]) -> None:
@@ -549,13 +603,13 @@ class BatchCache:
     feeds one token to every row. Rows join (:meth:`DecoderModel.join`) and leave
     (:meth:`DecoderModel.leave`) between steps."""
 
-    tensors: tuple[npt.NDArray[Any], ...]
+    tensors: tuple[Any, ...]
     lengths: tuple[int, ...]
 
     @property
     def width(self) -> int:
         """Cache positions per row, padding included."""
-        return int(self.tensors[0].shape[2])
+        return int(_dims(self.tensors[0])[2])
 
 
 class _Detokenizer:

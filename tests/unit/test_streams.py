@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 
 from ephemeralml.common._errors import BusyError, ConfigError, InferenceError, LimitError
@@ -251,3 +252,46 @@ def test_rows_join_left_padded_and_leave_with_the_common_padding_cut(chat: ChatM
     assert rest is not None and (rest.width, rest.lengths) == (3, (3,))
     assert (rest.tensors[0] == short.tensors[0]).all()
     assert d.leave(rest, [0]) is None
+
+
+@pytest.mark.parametrize("io_binding", [False, True], ids=["host-cache", "io-binding"])
+def test_io_binding_gives_the_same_answers_batched_and_alone(
+    files: dict[str, bytes], io_binding: bool
+) -> None:
+    """The I/O-binding path (the cache kept as OrtValues where the model runs, as on
+    CUDA) on CPU: the same tokens as the host-memory path, alone and batched."""
+    bound = ChatModel(_chat_files(files), io_binding=io_binding)
+    plain = ChatModel(_chat_files(files), io_binding=False)
+    params = GenerationParams(max_tokens=8)
+    for prompt in PROMPTS:
+        ids = chat_prompt_ids(prompt)
+        assert list(bound.stream(ids, params)) == list(plain.stream(ids, params))
+    cache = bound.decoder.step([1, 2, 3], bound.decoder.empty_cache())[1]
+    assert all(isinstance(t, ort.OrtValue) for t in cache.tensors) == io_binding
+    streams = Streams(bound)
+    streams.start()
+
+    async def main() -> list[list[Token | Finished]]:
+        handles = [streams.submit(chat_prompt_ids(p), params) for p in PROMPTS]
+        return [await _drain(h) for h in handles]
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        streams.close()
+    for prompt, events in zip(PROMPTS, results, strict=True):
+        assert events == list(plain.stream(chat_prompt_ids(prompt), params))
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="no CUDA here: --device cuda needs onnxruntime-gpu (the gpu extra) and a GPU",
+)
+def test_cuda_answers_as_the_cpu_does(files: dict[str, bytes]) -> None:  # pragma: no cover
+    gpu = ChatModel(_chat_files(files), device="cuda")
+    cpu = ChatModel(_chat_files(files))
+    assert gpu.provider == "CUDAExecutionProvider" and gpu.decoder.io_binding
+    params = GenerationParams(max_tokens=8)
+    for prompt in PROMPTS:
+        ids = chat_prompt_ids(prompt)
+        assert [e.text for e in gpu.stream(ids, params)] == [e.text for e in cpu.stream(ids, params)]
