@@ -67,8 +67,8 @@ _CLI_FALLBACK = "import sys; from ephemeralml.client._cli import main; sys.exit(
 #: The enclave's default ``--max-streams`` (``enclave._streams.MAX_ACTIVE_STREAMS``),
 #: named in the report's note; not imported, so that the note does not load the enclave.
 MAX_ACTIVE_STREAMS_DEFAULT = 8
-#: Per-request deadline of the benchmark's sessions: 16 streams of 64 tokens share
-#: one decoding thread on a small machine, so a stream may wait long for its turn.
+#: Per-request deadline of the benchmark's sessions: at 16 streams of 64 tokens half
+#: of them wait for a place in the decoding batch, so a stream may wait long.
 _SESSION_TIMEOUT_S = 300.0
 
 

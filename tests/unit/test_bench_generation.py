@@ -304,3 +304,10 @@ def test_generation_run_on_stdout(
     assert out == format_generation_table(finalize_generation(_result(itl_mean_ms=30.0))) + "\n"
     assert json.loads(out_file.read_text())["summary"]["missed"] == ["gen_itl"]
     assert _cli.main([*argv, "--strict"]) == 1
+
+
+def test_the_reports_stream_bound_is_the_enclaves() -> None:
+    from ephemeralml.bench._generation import MAX_ACTIVE_STREAMS_DEFAULT
+    from ephemeralml.enclave._streams import MAX_ACTIVE_STREAMS
+
+    assert MAX_ACTIVE_STREAMS_DEFAULT == MAX_ACTIVE_STREAMS
