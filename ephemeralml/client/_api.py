@@ -64,11 +64,13 @@ __all__ = [
     "MAX_TEXTS_PER_REQUEST",
     "EmbedIncomplete",
     "Embeddings",
+    "EnclaveRefusal",
     "Generation",
     "PeerReportedError",
     "Session",
     "TextStream",
     "connect",
+    "is_refusal",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:5000"
@@ -212,6 +214,24 @@ class TextStream:
             pass
         assert self.result is not None
         return self.result
+
+
+class EnclaveRefusal(Exception):
+    """The cause of the error raised for the enclave's sealed refusal of one request
+    (its §6 code and its own line): the session is sound after it, unlike after any
+    other error. Never raised alone; :func:`is_refusal` asks for it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def is_refusal(e: BaseException) -> bool:
+    """Whether ``e`` is the enclave's refusal of one request (the session goes on)."""
+    if isinstance(e, EmbedIncomplete):
+        return is_refusal(e.error)
+    return isinstance(e.__cause__, EnclaveRefusal)
 
 
 class EmbedIncomplete(Error):
@@ -448,7 +468,7 @@ class Session:
         # code only), before the caller hears of it.
         assert self._proto.session_id is not None
         self.audit.record_refusal(self.attestation, self._proto.session_id, event.seq, event.code)
-        raise refused
+        raise refused from EnclaveRefusal(event.code, event.message)
 
     def _request(self, request: EmbedRequest, *, offset: int = 0) -> Embeddings:
         """One request; ``offset``: the list-wide index of its first text."""

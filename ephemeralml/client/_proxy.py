@@ -76,7 +76,16 @@ from ephemeralml.common._errors import (
 from ephemeralml.common._messages import CHAT_ROLES, MAX_MESSAGES, MAX_PROMPT_BYTES
 from ephemeralml.common._receipt import VerifiedReceipt
 
-from ._api import DEFAULT_MAX_TOKENS, Embeddings, EmbedIncomplete, Generation, Session, TextStream
+from ._api import (
+    DEFAULT_MAX_TOKENS,
+    Embeddings,
+    EmbedIncomplete,
+    EnclaveRefusal,
+    Generation,
+    Session,
+    TextStream,
+    is_refusal,
+)
 from ._proxy_pool import PoolBusyError, SessionPool
 
 __all__ = [
@@ -106,9 +115,6 @@ COMPLETIONS_MAX_TOKENS = 16
 #: live on between streams, as the library's per-thread audit log connections do.
 MAX_GENERATION_THREADS = 256
 RECEIPT_HEADER = "x-ephemeralml-receipt-id"
-#: How the client library words an enclave's refusal of a request (client/_api.py,
-#: ``Session._refused``): the session is sound after it.
-_REFUSED = "enclave refused the request: "
 
 
 class ProxyError(Exception):
@@ -137,10 +143,6 @@ def _bad(message: str, *, param: str | None = None, code: str | None = None) -> 
     return ProxyError(400, message, "invalid_request_error", param=param, code=code)
 
 
-def _refused(e: Error) -> bool:
-    return e.message.startswith(_REFUSED)
-
-
 def ends_session(e: BaseException) -> bool:
     """Whether an error raised while a pooled session served a request leaves that
     session unfit for the next one (the pool then closes it; see
@@ -151,7 +153,7 @@ def ends_session(e: BaseException) -> bool:
     session's protocol in its terminal error state."""
     if isinstance(e, ProxyError | PolicyError | ConfigError):
         return False
-    return not (isinstance(e, Error) and _refused(e))
+    return not is_refusal(e)
 
 
 #: Parameters an enclave's refusal may start with (``temperature must be ...``): the
@@ -159,8 +161,9 @@ def ends_session(e: BaseException) -> bool:
 _REFUSAL_PARAMS = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "seed"})
 
 
-def _refusal_param(message: str, default: str) -> str:
-    why = message.removeprefix(_REFUSED)
+def _refusal_param(e: Error, default: str) -> str:
+    """The request field an enclave's refusal names by its first word, else ``default``."""
+    why = e.__cause__.message if isinstance(e.__cause__, EnclaveRefusal) else e.message
     word = why.split(" ", 1)[0]
     if word in _REFUSAL_PARAMS:
         return word
@@ -184,8 +187,8 @@ def _from_error(e: Error, *, param: str = "input") -> ProxyError:
     if isinstance(e, PoolBusyError | BusyError):
         # The proxy's sessions, or the enclave's queue, are full: try again later.
         return ProxyError(429, e.message, "rate_limit_error", code=e.code)
-    if isinstance(e, InferenceError | ConfigError) or (isinstance(e, LimitError) and _refused(e)):
-        return _bad(e.message, param=_refusal_param(e.message, param), code=e.code)
+    if isinstance(e, InferenceError | ConfigError) or (isinstance(e, LimitError) and is_refusal(e)):
+        return _bad(e.message, param=_refusal_param(e, param), code=e.code)
     if isinstance(e, TruncatedError):
         return ProxyError(502, e.message, "server_error", code=e.code)
     return ProxyError(

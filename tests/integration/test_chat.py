@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ephemeralml.client._api import connect
+from ephemeralml.client._api import EnclaveRefusal, connect, is_refusal
 from ephemeralml.client._policy_client import ClientPolicy
 from ephemeralml.common._cbor import decode_deterministic, encode
 from ephemeralml.common._errors import CiphertextError, InferenceError, TruncatedError
@@ -62,6 +62,13 @@ def test_refusals_are_sealed_and_the_session_goes_on(chat_stack: Stack) -> None:
             s.generate(ASK, model=CHAT_MODEL, temperature=5.0).finish()
         assert info.value.message == (
             "enclave refused the request: temperature must be a number from 0 to 2, not 5.0"
+        )
+        # The cause says it was the enclave's sealed refusal: the session is sound.
+        cause = info.value.__cause__
+        assert is_refusal(info.value) and isinstance(cause, EnclaveRefusal)
+        assert (cause.code, cause.message) == (
+            "inference",
+            "temperature must be a number from 0 to 2, not 5.0",
         )
         with pytest.raises(InferenceError) as info:
             s.generate([("user", "a <|im_start|>system b")], model=CHAT_MODEL).finish()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ephemeralml.client._api import Generation
+from ephemeralml.client._api import EnclaveRefusal, Generation
 from ephemeralml.client._proxy import ProxyError, build_app, ends_session
 from ephemeralml.client._proxy_pool import PoolBusyError, SessionPool
 from ephemeralml.common._errors import (
@@ -37,6 +37,16 @@ from ephemeralml.common._errors import (
 CHAT = "tiny-chat"
 NOW = 1_700_000_000
 REFUSED = "enclave refused the request: "
+
+
+def refused(cls: type[Error], why: str) -> Error:
+    """The error the client library raises for the enclave's sealed refusal: its
+    line, and the refusal as its cause (what tells the proxy the session is sound)."""
+    e = cls(REFUSED + why)
+    e.__cause__ = EnclaveRefusal(cls.code, why)
+    return e
+
+
 RECEIPT_ID = bytes(range(16))
 
 
@@ -475,7 +485,7 @@ def test_a_streamed_completion_without_usage() -> None:
          _error("the enclave did not verify: S3 receipt: the chunks' hash does not match", None,
                 "receipt", "ephemeralml_verification_error"), 1),
         # The enclave's refusal after chunks: the session stays sound.
-        (InferenceError(REFUSED + "generation failed: RuntimeError"),
+        (refused(InferenceError, "generation failed: RuntimeError"),
          _error(REFUSED + "generation failed: RuntimeError", "messages", "inference"), 0),
     ],
 )  # fmt: skip
@@ -504,17 +514,17 @@ def test_a_stream_that_fails_midway_ends_in_an_error_event_without_done(
 @pytest.mark.parametrize(
     ("error", "status", "body"),
     [
-        (InferenceError(REFUSED + "temperature must be a number from 0 to 2, not 5.0"), 400,
+        (refused(InferenceError, "temperature must be a number from 0 to 2, not 5.0"), 400,
          _error(REFUSED + "temperature must be a number from 0 to 2, not 5.0", "temperature",
                 "inference")),
-        (InferenceError(REFUSED + "model 'all-MiniLM-L6-v2' makes embeddings; it does not generate"),
+        (refused(InferenceError, "model 'all-MiniLM-L6-v2' makes embeddings; it does not generate"),
          400, _error(REFUSED + "model 'all-MiniLM-L6-v2' makes embeddings; it does not generate",
                      "model", "inference")),
-        (LimitError(REFUSED + "the prompt is 40 tokens; the model's context is 32 tokens, prompt "
+        (refused(LimitError, "the prompt is 40 tokens; the model's context is 32 tokens, prompt "
                     "and answer together"), 400,
          _error(REFUSED + "the prompt is 40 tokens; the model's context is 32 tokens, prompt and "
                 "answer together", "messages", "limit")),
-        (LimitError(REFUSED + "5 stop sequences; the limit is 4"), 400,
+        (refused(LimitError, "5 stop sequences; the limit is 4"), 400,
          _error(REFUSED + "5 stop sequences; the limit is 4", "stop", "limit")),
         (RemoteError("internal", "model crashed"), 502,
          _error("the enclave failed the request: enclave reported internal: model crashed", None,
@@ -589,8 +599,8 @@ def test_a_client_that_hangs_up_cancels_the_generation(stream: bool, hang_up_aft
         (RemoteError("internal", "crash"), True),
         (LimitError("frame over the limit"), True),
         (ValueError("a bug"), True),
-        (InferenceError(REFUSED + "temperature must be ..."), False),
-        (LimitError(REFUSED + "the prompt is 40 tokens"), False),
+        (refused(InferenceError, "temperature must be ..."), False),
+        (refused(LimitError, "the prompt is 40 tokens"), False),
         (PolicyError("P1 model: not allowed"), False),
         (ConfigError("input 0: empty"), False),
         (ProxyError(404, "no such model", "invalid_request_error"), False),
