@@ -1,0 +1,139 @@
+"""The enclave server with a chat model beside an embedding model, on loopback.
+
+The real :class:`EnclaveServer` (mock NSM) serves the tiny chat model, its ONNX
+Runtime session gated so that a test holds a generation in the middle of a step,
+and a stand-in embedding model; the real blocking client talks to it. Fairness: a
+generation that does not move holds up neither embeddings nor another session's
+stream; a client that goes away stops its generation. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from ephemeralml.client import connect
+from ephemeralml.client._policy import ClientPolicy
+from ephemeralml.enclave._chat import ChatModel
+from ephemeralml.enclave._loader import LoadedModel
+from ephemeralml.enclave._server import EnclaveServer, ServerConfig
+from ephemeralml.runtime import Endpoint
+from tests.models.tiny_chat import MODEL_ID as CHAT
+from tests.models.tiny_chat import chat_prompt_ids, reference_answer, write_tiny_chat
+from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
+from tests.unit.test_client_session import StandIn
+from tests.unit.test_streams import Gate, _chat_files
+
+ASK = [("user", "the cat sat")]
+
+
+class ChatEnclave:
+    """The server in a thread of its own, serving MODEL (stand-in) and the tiny chat
+    model with its ORT session behind a :class:`Gate`."""
+
+    def __init__(self, world: MockWorld, chat: ChatModel) -> None:
+        self.world = dataclasses.replace(
+            world,
+            identity=dataclasses.replace(
+                world.identity,
+                models={MODEL: MODEL_DIGEST, CHAT: MODEL_DIGEST},
+                key_releases={MODEL: KEY_RELEASE, CHAT: KEY_RELEASE},
+            ),
+        )
+        self.gate = Gate(chat.decoder.session)
+        chat.decoder.session = self.gate
+        self.chat = chat
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
+
+    def __enter__(self) -> ChatEnclave:
+        self.thread.start()
+
+        async def start() -> EnclaveServer:
+            models = {
+                MODEL: LoadedModel(MODEL, MODEL_DIGEST, KEY_RELEASE, cast(Any, StandIn()),
+                                   cast(Any, None)),
+                CHAT: LoadedModel(CHAT, MODEL_DIGEST, KEY_RELEASE, None, cast(Any, None),
+                                  chat=self.chat),
+            }  # fmt: skip
+            server = EnclaveServer(
+                ServerConfig(Endpoint.parse("127.0.0.1:0")),
+                nsm=self.world.nsm, identity=self.world.identity, models=models,
+            )  # fmt: skip
+            await server.start()
+            return server
+
+        self.server: EnclaveServer = self.call(start())
+        assert self.server.bound is not None
+        self.address = f"127.0.0.1:{self.server.bound.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gate.permits.release(1000)
+        with contextlib.suppress(Exception):
+            self.call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(15)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> MockWorld:
+    return MockWorld.create(tmp_path_factory.mktemp("nsm"))
+
+
+@pytest.fixture
+def enclave(world: MockWorld, tmp_path: Path) -> Iterator[ChatEnclave]:
+    d = write_tiny_chat(tmp_path / "tiny-chat")
+    files = {n: (d / n).read_bytes() for n in ("model.json", "tokenizer.json", "model.onnx")}
+    with ChatEnclave(world, ChatModel(_chat_files(files))) as e:
+        yield e
+
+
+def _policy(e: ChatEnclave) -> ClientPolicy:
+    return ClientPolicy(e.world.policy)
+
+
+def test_a_held_generation_holds_up_neither_embeddings_nor_its_session(
+    enclave: ChatEnclave,
+) -> None:
+    with (
+        connect(enclave.address, policy=_policy(enclave), timeout=10, audit=False) as a,
+        connect(enclave.address, policy=_policy(enclave), timeout=10, audit=False) as b,
+    ):
+        stream = a.generate(ASK, model=CHAT, max_tokens=8)
+        assert enclave.gate.arrivals.acquire(timeout=10)  # inside its prefill, held there
+        # Another session embeds while the generation does not move.
+        assert b.embed(["while it thinks"], model=MODEL)[0].vectors.shape == (1, 4)
+        assert enclave.gate.runs == 0
+        enclave.gate.permits.release(100)
+        answer = stream.finish()
+    assert answer.text == reference_answer(chat_prompt_ids(ASK), 8)[0]
+
+
+def test_a_client_that_goes_away_stops_its_generation(enclave: ChatEnclave) -> None:
+    s = connect(enclave.address, policy=_policy(enclave), timeout=10, audit=False)
+    stream = s.generate(ASK, model=CHAT, max_tokens=8)
+    assert enclave.gate.arrivals.acquire(timeout=10)  # its prefill is under way
+    streams = enclave.server._streams[CHAT]
+    (handle,) = streams._active
+    s.close()
+    assert handle.cancelled.wait(10)  # the enclave saw the connection close
+    enclave.gate.permits.release(100)
+    deadline = time.monotonic() + 10
+    while streams.streams < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The prefill under way when it went finished; no step ran after it.
+    assert (streams.streams, enclave.gate.runs, streams.tokens) == (1, 1, 1)
+    assert stream.result is None
