@@ -306,7 +306,9 @@ def session(data: bytes) -> list[Any]:
     """Both session machines, driven honestly up to a stage, then fed what a hostile
     relay makes of the next frame. Properties: only our errors; an error is terminal;
     a frame that is not byte-for-byte the honest one is never accepted at an
-    authenticated stage (attest, request, response); a replay is never accepted."""
+    authenticated stage (attest, request, response); a replay is never accepted; of a
+    streamed answer (§2.8) only the honest chunks are accepted, in order, and its end
+    only after all of them."""
     from ephemeralml.common._attestation import parse_unverified as parse
     from ephemeralml.common._session import (
         ClientSession,
@@ -318,7 +320,7 @@ def session(data: bytes) -> list[Any]:
 
     world = _session_world()
     s = Script(data)
-    stage, mode = s.u8() % 5, ("fresh", "cached")[s.u8() % 2]
+    stage, mode = s.u8() % 6, ("fresh", "cached")[s.u8() % 2]
     client = ClientSession(world.policy, mode=mode, chain_cache=_CHAIN_CACHE)
     enclave = EnclaveSession(world.identity)
     honest = client.hello()
@@ -368,6 +370,8 @@ def session(data: bytes) -> list[Any]:
         return events
     enclave.receive_data(honest)
     assert enclave.next_event() is None
+    if stage == 5:
+        return _stream(world, client, enclave, s)
     _, honest = client.send_request(EmbedRequest(MODEL, ("hello",)))
     if stage == 3:
         delivered = _mutate(honest, s)
@@ -390,6 +394,36 @@ def session(data: bytes) -> list[Any]:
     assert len(accepted) <= int(delivered.startswith(honest)), (
         f"client accepted a changed or replayed response: {accepted}"
     )
+    return events
+
+
+#: The honest streamed answer of the session target's stage 5.
+_PIECES = ("The", " answer", " is", " 42.")
+
+
+def _stream(world: Any, client: Any, enclave: Any, s: Script) -> list[Any]:
+    """Stage 5: a generate request answered by chunks and an end, the enclave→client
+    bytes as a hostile relay delivers them."""
+    from ephemeralml.common._messages import ChatMessage, GenerateRequest
+    from ephemeralml.common._session import ChunkReceived, RequestReceived, StreamEnded
+    from tests.pair import MODEL, now_ms
+
+    _, req = client.send_request(GenerateRequest(MODEL, 8, messages=(ChatMessage("user", "q"),)))
+    enclave.receive_data(req)
+    ev = enclave.next_event()
+    assert isinstance(ev, RequestReceived) and ev.request is not None
+    honest = b"".join(enclave.chunk(ev, t) for t in _PIECES) + enclave.end_stream(
+        ev, model_digest=world.identity.models[MODEL], finish="stop", prompt_tokens=3,
+        completion_tokens=len(_PIECES), device="CPUExecutionProvider", time_ms=now_ms(),
+        duration_us=1,
+    )  # fmt: skip
+    events = _drain(client, _mutate(honest, s), client=True)
+    chunks = [e for e in events if isinstance(e, ChunkReceived)]
+    assert [(c.k, c.text) for c in chunks] == list(enumerate(_PIECES))[: len(chunks)], (
+        f"client accepted a chunk that is not the honest one in its place: {chunks}"
+    )
+    if any(isinstance(e, StreamEnded) for e in events):
+        assert len(chunks) == len(_PIECES), "client accepted an end without every chunk"
     return events
 
 
