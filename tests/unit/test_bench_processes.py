@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,11 @@ def test_ready_fields_lines_and_a_clean_stop() -> None:
             "fake: ready {not the readiness line\n",
             READY + "\n",
         ]
+        # The stand-in says "serving" after its readiness line; a stop sent before it
+        # has would end the lines early (a loaded machine can take that long).
+        deadline = time.monotonic() + 10
+        while "fake: serving\n" not in p.lines and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         code = p.stop(timeout_s=10)
     assert code == 0
