@@ -9,10 +9,7 @@ stream; a client that goes away stops its generation. Every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,68 +21,45 @@ from ephemeralml.client import connect
 from ephemeralml.client._policy import ClientPolicy
 from ephemeralml.enclave._chat import ChatModel
 from ephemeralml.enclave._loader import LoadedModel
-from ephemeralml.enclave._server import EnclaveServer, ServerConfig
-from ephemeralml.runtime import Endpoint
 from tests.models.tiny_chat import MODEL_ID as CHAT
 from tests.models.tiny_chat import chat_prompt_ids, reference_answer, write_tiny_chat
 from tests.pair import KEY_RELEASE, MODEL, MODEL_DIGEST, MockWorld
-from tests.unit.test_client_session import StandIn
+from tests.unit.test_client_session import LiveEnclave
 from tests.unit.test_streams import Gate, _chat_files
 
 ASK = [("user", "the cat sat")]
 
 
-class ChatEnclave:
+class ChatEnclave(LiveEnclave):
     """The server in a thread of its own, serving MODEL (stand-in) and the tiny chat
     model with its ORT session behind a :class:`Gate`."""
 
     def __init__(self, world: MockWorld, chat: ChatModel) -> None:
-        self.world = dataclasses.replace(
-            world,
-            identity=dataclasses.replace(
-                world.identity,
-                models={MODEL: MODEL_DIGEST, CHAT: MODEL_DIGEST},
-                key_releases={MODEL: KEY_RELEASE, CHAT: KEY_RELEASE},
-            ),
+        super().__init__(
+            dataclasses.replace(
+                world,
+                identity=dataclasses.replace(
+                    world.identity,
+                    models={MODEL: MODEL_DIGEST, CHAT: MODEL_DIGEST},
+                    key_releases={MODEL: KEY_RELEASE, CHAT: KEY_RELEASE},
+                ),
+            )
         )
         self.gate = Gate(chat.decoder.session)
         chat.decoder.session = self.gate
         self.chat = chat
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
+    def models(self) -> dict[str, LoadedModel]:
+        chat = LoadedModel(CHAT, MODEL_DIGEST, KEY_RELEASE, None, cast(Any, None), chat=self.chat)
+        return {**super().models(), CHAT: chat}
 
     def __enter__(self) -> ChatEnclave:
-        self.thread.start()
-
-        async def start() -> EnclaveServer:
-            models = {
-                MODEL: LoadedModel(MODEL, MODEL_DIGEST, KEY_RELEASE, cast(Any, StandIn()),
-                                   cast(Any, None)),
-                CHAT: LoadedModel(CHAT, MODEL_DIGEST, KEY_RELEASE, None, cast(Any, None),
-                                  chat=self.chat),
-            }  # fmt: skip
-            server = EnclaveServer(
-                ServerConfig(Endpoint.parse("127.0.0.1:0")),
-                nsm=self.world.nsm, identity=self.world.identity, models=models,
-            )  # fmt: skip
-            await server.start()
-            return server
-
-        self.server: EnclaveServer = self.call(start())
-        assert self.server.bound is not None
-        self.address = f"127.0.0.1:{self.server.bound.port}"
+        super().__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.gate.permits.release(1000)
-        with contextlib.suppress(Exception):
-            self.call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(15)
-        self.loop.close()
+        super().__exit__(*exc)
 
 
 @pytest.fixture(scope="module")

@@ -96,13 +96,9 @@ class LiveEnclave:
         self.thread.start()
 
         async def start() -> EnclaveServer:
-            model = LoadedModel(
-                model_id=MODEL, manifest_digest=MODEL_DIGEST, key_release_digest=KEY_RELEASE,
-                embedder=cast(Any, self.embedder), timings=cast(Any, None),
-            )  # fmt: skip
             server = EnclaveServer(
                 ServerConfig(Endpoint.parse("127.0.0.1:0"), **self.limits),
-                nsm=self.world.nsm, identity=self.world.identity, models={MODEL: model},
+                nsm=self.world.nsm, identity=self.world.identity, models=self.models(),
             )  # fmt: skip
             await server.start()
             return server
@@ -111,6 +107,14 @@ class LiveEnclave:
         assert self.server.bound is not None
         self.address = f"127.0.0.1:{self.server.bound.port}"
         return self
+
+    def models(self) -> dict[str, LoadedModel]:
+        """What the server serves: the stand-in as MODEL."""
+        model = LoadedModel(
+            model_id=MODEL, manifest_digest=MODEL_DIGEST, key_release_digest=KEY_RELEASE,
+            embedder=cast(Any, self.embedder), timings=cast(Any, None),
+        )  # fmt: skip
+        return {MODEL: model}
 
     def __exit__(self, *exc: object) -> None:
         self.embedder.gate.set()
