@@ -260,3 +260,43 @@ def test_ephemeral_chat_streams_and_its_receipt_verifies_offline(
     # The audit log holds every receipt, and re-verifies.
     audit = chat_stack.cli("audit", "--mock")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_ephemeral_chat_reads_one_message_a_line_and_keeps_the_chat(chat_stack: Stack) -> None:
+    import subprocess
+
+    from tests.integration.conftest import BIN
+
+    done = subprocess.run(
+        [str(BIN / "ephemeral"), "chat", "--mock", "--host", chat_stack.address, "--model",
+         CHAT_MODEL, "--max-tokens", "4", "--json"],
+        input="the cat sat\n\nthe dog\n", env=chat_stack.env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ends = [json.loads(x) for x in done.stdout.splitlines() if '"end"' in x]
+    first = reference_answer(chat_prompt_ids(ASK), 4)
+    # The second turn is asked with the first question and answer before it.
+    history = [*ASK, ("assistant", first[0]), ("user", "the dog")]
+    second = reference_answer(chat_prompt_ids(history), 4)
+    assert [(e["finish"], e["usage"]["completion_tokens"]) for e in ends] == [
+        (first[1], first[2]),
+        (second[1], second[2]),
+    ]
+    assert [e["usage"]["prompt_tokens"] for e in ends] == [
+        len(chat_prompt_ids(ASK)),
+        len(chat_prompt_ids(history)),
+    ]
+    assert [e["receipt"]["seq"] for e in ends] == [0, 1]  # one session, the blank line skipped
+
+
+def test_ephemeral_chat_refused_is_one_line_and_a_non_zero_exit(chat_stack: Stack) -> None:
+    done = chat_stack.cli(
+        "chat", "--mock", "--host", chat_stack.address, "--model", CHAT_MODEL,
+        "--temperature", "5", "hello",
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ephemeral: inference error: enclave refused the request: temperature must be a"
+        " number from 0 to 2, not 5.0"
+    )
