@@ -149,9 +149,14 @@ class ChatModel:
         )
 
     def start(
-        self, prompt: list[int], params: GenerationParams, cancelled: threading.Event
+        self,
+        prompt: list[int],
+        params: GenerationParams,
+        cancelled: threading.Event,
+        cached: int = 0,
     ) -> StreamState:
-        """A stream's state for the batching scheduler; the same checks as :meth:`stream`."""
+        """A stream's state for the batching scheduler; the same checks as :meth:`stream`.
+        ``cached``: the prompt's first ids a prefix cache already holds."""
         return start_stream(
             self.decoder,
             prompt,
@@ -159,4 +164,5 @@ class ChatModel:
             decode=self.decode,
             eos_token_ids=self.eos_token_ids,
             cancelled=cancelled.is_set,
+            cached=cached,
         )

@@ -59,7 +59,7 @@ from ._server import (
     EnclaveServer,
     ServerConfig,
 )
-from ._streams import KV_TOKENS, MAX_ACTIVE_STREAMS, StreamLimits
+from ._streams import KV_TOKENS, MAX_ACTIVE_STREAMS, PREFIX_TOKENS, StreamLimits
 
 __all__ = ["EnclaveConfig", "main"]
 
@@ -214,6 +214,13 @@ def _parser() -> Parser:
         help=f"KV-cache tokens a chat model's decoding batch may hold (default {KV_TOKENS})",
     )
     p.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=PREFIX_TOKENS,
+        help="KV-cache tokens kept for the sessions' next prompts, each session's its own"
+        f" (default {PREFIX_TOKENS}; 0: none)",
+    )
+    p.add_argument(
         "--device",
         default="cpu",
         choices=sorted(DEVICES),
@@ -313,7 +320,11 @@ def _config(args: argparse.Namespace, mock_profile: MockProfile | None) -> Encla
             else profile.logs
         ),
         batch=BatchConfig(args.batch_size, args.batch_wait_ms),
-        streams=StreamLimits(max_active=args.max_streams, kv_tokens=args.kv_tokens),
+        streams=StreamLimits(
+            max_active=args.max_streams,
+            kv_tokens=args.kv_tokens,
+            prefix_tokens=args.prefix_cache_tokens,
+        ),
         device=args.device,
         threads=args.threads if args.threads is not None else len(os.sched_getaffinity(0)),
         max_pending=args.max_pending,
@@ -497,7 +508,7 @@ async def _run(config: EnclaveConfig) -> int:
 
 def _describe_batches(
     stats: Mapping[str, tuple[int, int, int]],
-    streams: Mapping[str, tuple[int, int, int]] | None = None,
+    streams: Mapping[str, tuple[int, int, int, int]] | None = None,
 ) -> str:
     """What the batcher did, per model: how full ONNX Runtime's batches were is what
     its CPU per inference depends on (docs/benchmarks.md); per chat model, the
@@ -508,8 +519,11 @@ def _describe_batches(
         parts.append(
             f"{model}: {requests} request(s), {texts} text(s) in {batches} batch(es){mean}"
         )
-    for model, (ended, tokens, rounds) in sorted((streams or {}).items()):
-        parts.append(f"{model}: {ended} stream(s), {tokens} token(s) in {rounds} round(s)")
+    for model, (ended, tokens, rounds, reused) in sorted((streams or {}).items()):
+        parts.append(
+            f"{model}: {ended} stream(s), {tokens} token(s) in {rounds} round(s),"
+            f" {reused} prompt token(s) from the sessions' prefix caches"
+        )
     return "; ".join(parts) or "nothing served"
 
 

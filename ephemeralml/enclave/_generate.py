@@ -389,6 +389,22 @@ class DecoderModel:
         )
         return BatchCache(tensors, lengths)
 
+    def row(self, batch: BatchCache, i: int) -> KVCache:
+        """Row ``i`` of ``batch`` as a cache of its own (its padding cut)."""
+        cut = batch.width - batch.lengths[i]
+        return KVCache(
+            tuple(
+                self._placed(np.ascontiguousarray(_host(t)[i : i + 1, :, cut:, :]))
+                for t in batch.tensors
+            )
+        )
+
+    def head(self, cache: KVCache, n: int) -> KVCache:
+        """The first ``n`` positions of ``cache`` (a cached prefix of a prompt)."""
+        return KVCache(
+            tuple(self._placed(np.ascontiguousarray(_host(t)[:, :, :n, :])) for t in cache.tensors)
+        )
+
     def _placed(self, array: npt.NDArray[Any]) -> Any:
         """A cache tensor where the model keeps its cache: on its device with I/O
         binding, else the host array itself."""
@@ -540,6 +556,7 @@ class StreamState:
         decode: Callable[[list[int]], str],
         eos_ids: frozenset[int],
         cancelled: Callable[[], bool] | None,
+        cached: int = 0,
     ) -> None:
         self.params = params
         self.prompt_tokens = len(prompt)
@@ -549,8 +566,11 @@ class StreamState:
         self._text = _Detokenizer(decode, prompt[-_DECODE_CONTEXT:])
         self._stops = _StopText(params.stop)
         self._cancelled = cancelled
-        #: The ids the model runs next: the prompt (prefill), then the last token.
-        self.feed: list[int] = prompt
+        #: The ids the model runs next: the prompt (prefill; without its first
+        #: ``cached`` ids when a cache of them is given), then the last token.
+        self.feed: list[int] = prompt[cached:]
+        #: The ids the stream's KV cache holds once ``feed`` has run.
+        self.fed: list[int] = prompt[:cached]
         self.made = 0
         self.done = False
 
@@ -563,6 +583,7 @@ class StreamState:
 
     def advance(self, logits: npt.NDArray[np.float32]) -> list[Token | Finished]:
         """The events of one step, given the logits of the stream's last position."""
+        self.fed += self.feed
         token = sample_token(logits, self.params, self._rng)
         self.made += 1
         n = self.prompt_tokens
@@ -590,10 +611,17 @@ def start_stream(
     decode: Callable[[list[int]], str],
     eos_token_ids: Sequence[int] = (),
     cancelled: Callable[[], bool] | None = None,
+    cached: int = 0,
 ) -> StreamState:
-    """A :class:`StreamState` for ``prompt``, after :func:`generate`'s checks."""
+    """A :class:`StreamState` for ``prompt``, after :func:`generate`'s checks;
+    ``cached``: how many of its first ids a cache the caller holds already covers
+    (fewer than all: the last prompt id always runs, for its logits)."""
     _check(model, prompt, params, eos_token_ids)
-    return StreamState(model, list(prompt), params, decode, frozenset(eos_token_ids), cancelled)
+    if not 0 <= cached < len(prompt):
+        raise ConfigError(f"a cache of {cached} ids cannot serve a prompt of {len(prompt)}")
+    return StreamState(
+        model, list(prompt), params, decode, frozenset(eos_token_ids), cancelled, cached
+    )
 
 
 @dataclass(frozen=True)

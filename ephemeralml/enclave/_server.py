@@ -239,9 +239,12 @@ class EnclaveServer:
         """Per model: ONNX Runtime batches run, and the requests and texts they held."""
         return {m: (b.batches, b.requests, b.texts) for m, b in self._batchers.items()}
 
-    def stream_stats(self) -> dict[str, tuple[int, int, int]]:
-        """Per chat model: streams ended, tokens made, and decoding rounds run."""
-        return {m: (s.streams, s.tokens, s.rounds) for m, s in self._streams.items()}
+    def stream_stats(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per chat model: streams ended, tokens made, decoding rounds run, and prompt
+        tokens served from the sessions' prefix caches."""
+        return {
+            m: (s.streams, s.tokens, s.rounds, s.prefixes.reused) for m, s in self._streams.items()
+        }
 
     async def close(self) -> None:
         if self._server is not None:
@@ -420,11 +423,14 @@ class EnclaveServer:
         except (ConnectionError, OSError) as e:
             log.info("session %s: connection lost: %s", sid, type(e).__name__)
         finally:
-            # A client that went away stops its generations within one step each.
+            # A client that went away stops its generations within one step each, and
+            # its cached prefixes go.
             for handle in streams.values():
                 handle.cancel()
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+            for streamer in self._streams.values():  # after: none can put one back
+                streamer.prefixes.forget(session)
 
     def _deadline_error(self, why: str) -> LimitError:
         cfg = self.config
@@ -554,7 +560,15 @@ class EnclaveServer:
                     f"{MAX_STREAMS_PER_SESSION} streams of this session are in progress"
                 )
             prompt = chat.prompt_ids(event.request)
-            handle = self._streams[model.model_id].submit(prompt, chat.params(event.request))
+            streamer = self._streams[model.model_id]
+            # The session's own cached prefix (enclave/_streams.py), never another's.
+            prefix = streamer.prefixes.take(session)
+            try:
+                handle = streamer.submit(prompt, chat.params(event.request), prefix)
+            except Error:
+                if prefix is not None:
+                    streamer.prefixes.put(session, prefix)
+                raise
         except Error as e:
             await self._send(session, writer, session.respond_error(event, e))
             return
@@ -570,6 +584,8 @@ class EnclaveServer:
                 ):
                     handle.cancel()  # nobody to send to: stop within a step
                 if isinstance(step, Finished):
+                    if handle.final is not None and step.reason != "cancelled":
+                        streamer.prefixes.put(session, handle.final)
                     frame = session.end_stream(
                         event,
                         model_digest=model.manifest_digest,

@@ -19,6 +19,16 @@ Bounds (protocol.md §7, limits before work), checked when a stream is submitted
   ``kv_tokens``: a stream that could never fit is refused at once, one that could
   waits for room.
 
+Prefix cache, per session: when a stream ends (``stop`` or ``length``), the KV cache of
+what it ran (its prompt and answer) is kept for its session, and the session's next
+prompt runs only from where it departs from those ids (a chat sends the whole
+conversation each turn; only the new turn is prefilled). A session's prompts are only
+ever matched against its own earlier ones, and its entry goes when the session ends,
+so what the cache saves tells nothing across sessions. The entries of all sessions
+hold at most ``prefix_tokens`` tokens together, the least recently used evicted
+first: another session's activity can cost yours its entry (it shows there is load,
+never what was asked).
+
 A stream's events (:class:`~._generate.Token`, :class:`~._generate.Finished`, or the
 :class:`~ephemeralml.common._errors.Error` that ended it) go to an asyncio queue on
 the event loop that submitted it. :meth:`StreamHandle.cancel` is seen before the
@@ -34,15 +44,20 @@ import threading
 from dataclasses import dataclass
 
 from ephemeralml.common._config import positive_count
-from ephemeralml.common._errors import BusyError, Error, InferenceError, LimitError
+from ephemeralml.common._errors import BusyError, ConfigError, Error, InferenceError, LimitError
 
 from ._chat import ChatModel
 from ._generate import BatchCache, Finished, GenerationParams, KVCache, StreamState, Token
+
+#: A session's cached prefix: the ids its KV cache holds, and the cache.
+Prefix = tuple[list[int], KVCache]
 
 __all__ = [
     "KV_TOKENS",
     "MAX_ACTIVE_STREAMS",
     "MAX_WAITING_STREAMS",
+    "PREFIX_TOKENS",
+    "PrefixCache",
     "StreamHandle",
     "StreamLimits",
     "Streams",
@@ -57,6 +72,10 @@ MAX_WAITING_STREAMS = 64
 #: KV-cache tokens the decoding batch may hold. For SmolLM2-135M a token holds
 #: 30 layers x 2 x 3 heads x 64 x 4 bytes = 46 KB, so 16384 tokens are ~750 MB.
 KV_TOKENS = 16384
+#: Tokens the sessions' cached prefixes hold together (~190 MB for SmolLM2).
+PREFIX_TOKENS = 4096
+#: Fewer cached ids than this are not worth a copy of the cache.
+_MIN_REUSE = 8
 
 Event = Token | Finished | Error
 
@@ -66,11 +85,49 @@ class StreamLimits:
     max_active: int = MAX_ACTIVE_STREAMS
     max_waiting: int = MAX_WAITING_STREAMS
     kv_tokens: int = KV_TOKENS
+    #: 0: no prefix cache.
+    prefix_tokens: int = PREFIX_TOKENS
 
     def __post_init__(self) -> None:
         positive_count("max streams", self.max_active)
         positive_count("max waiting streams", self.max_waiting)
         positive_count("kv tokens", self.kv_tokens)
+        if not isinstance(self.prefix_tokens, int) or self.prefix_tokens < 0:
+            raise ConfigError(
+                f"prefix cache tokens must be an integer of at least 0, not {self.prefix_tokens!r}"
+            )
+
+
+class PrefixCache:
+    """Each session's last prefix (module docstring), least recently used evicted
+    first past ``limit`` tokens in all. Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: collections.OrderedDict[object, Prefix] = collections.OrderedDict()
+        self.tokens = 0
+        #: Prompt ids served from the cache, and prompts that used it (stop line).
+        self.reused = self.hits = 0
+
+    def take(self, owner: object) -> Prefix | None:
+        """The session's entry, removed (a stream in flight owns it until it ends)."""
+        entry = self._entries.pop(owner, None)
+        if entry is not None:
+            self.tokens -= len(entry[0])
+        return entry
+
+    def put(self, owner: object, entry: Prefix) -> None:
+        self.take(owner)
+        if len(entry[0]) > self.limit:
+            return
+        while self.tokens + len(entry[0]) > self.limit:
+            _, old = self._entries.popitem(last=False)
+            self.tokens -= len(old[0])
+        self._entries[owner] = entry
+        self.tokens += len(entry[0])
+
+    def forget(self, owner: object) -> None:
+        self.take(owner)
 
 
 class StreamHandle:
@@ -82,11 +139,17 @@ class StreamHandle:
         state: StreamState,
         reserve: int,
         cancelled: threading.Event,
+        start: KVCache | None = None,
     ) -> None:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = cancelled
         self.reserve = reserve
         self.state = state
+        #: The cache the prefill starts from (a session's cached prefix), if any.
+        self.start = start
+        #: When it ended with "stop" or "length": the ids its cache holds, and the
+        #: cache (for its session's prefix cache). Set before its Finished is sent.
+        self.final: Prefix | None = None
         self._loop = loop
 
     def cancel(self) -> None:
@@ -111,6 +174,7 @@ class Streams:
         #: Admitted and not ended, in batch row order (new ones at the end).
         self._active: list[StreamHandle] = []
         self._closed = False
+        self.prefixes = PrefixCache(self.limits.prefix_tokens)
         self._thread = threading.Thread(
             target=self._run, name=f"generate-{model.model_id}", daemon=True
         )
@@ -129,11 +193,27 @@ class Streams:
             self._cond.notify_all()
         self._thread.join(timeout=5)
 
-    def submit(self, prompt: list[int], params: GenerationParams) -> StreamHandle:
-        """Admit a stream, or refuse it now (:class:`LimitError`, :class:`InferenceError`)."""
+    def submit(
+        self, prompt: list[int], params: GenerationParams, prefix: Prefix | None = None
+    ) -> StreamHandle:
+        """Admit a stream, or refuse it now (:class:`LimitError`, :class:`InferenceError`).
+        ``prefix``: the session's cached prefix, used for as many of the prompt's first
+        ids as it holds (never the last: its logits are the first token's)."""
         cancelled = threading.Event()
+        reuse, start = 0, None
+        if prefix is not None:
+            ids, cache = prefix
+            limit = min(len(ids), len(prompt) - 1)
+            while reuse < limit and ids[reuse] == prompt[reuse]:
+                reuse += 1
+            if reuse >= _MIN_REUSE:
+                start = self.model.decoder.head(cache, reuse)
+                self.prefixes.reused += reuse
+                self.prefixes.hits += 1
+            else:
+                reuse = 0
         # The loop's own checks (prompt ids, the context bound), before any work.
-        state = self.model.start(prompt, params, cancelled)
+        state = self.model.start(prompt, params, cancelled, reuse)
         room = self.model.context_limit - len(prompt)
         reserve = len(prompt) + min(params.max_tokens, room)
         if reserve > self.limits.kv_tokens:
@@ -141,7 +221,7 @@ class Streams:
                 f"the stream needs {reserve} tokens of KV cache (prompt and max_tokens);"
                 f" this enclave holds {self.limits.kv_tokens} for all streams"
             )
-        handle = StreamHandle(asyncio.get_running_loop(), state, reserve, cancelled)
+        handle = StreamHandle(asyncio.get_running_loop(), state, reserve, cancelled, start)
         with self._cond:
             if self._closed:
                 raise InferenceError("the enclave is stopping")
@@ -229,11 +309,15 @@ class Streams:
         """Run a new stream's prompt alone; its cache, or None when it has ended."""
         decoder = self.model.decoder
         try:
-            logits, cache = decoder.step(h.state.feed, decoder.empty_cache())
+            logits, cache = decoder.step(h.state.feed, h.start or decoder.empty_cache())
         except Error as e:
             h._emit(e)
             return None
-        return None if self._emit_all(h, h.state.advance(logits)) else cache
+        h.start = None
+        events = h.state.advance(logits)
+        if h.state.done and self.limits.prefix_tokens:
+            h.final = (list(h.state.fed), cache)
+        return None if self._emit_all(h, events) else cache
 
     def _decode(
         self, batch: BatchCache, rows: list[StreamHandle]
@@ -246,7 +330,14 @@ class Streams:
                 h._emit(e)
             return None, list(rows)
         self.rows += len(rows)
-        done = [h for i, h in enumerate(rows) if self._emit_all(h, h.state.advance(logits[i]))]
+        done = []
+        for i, h in enumerate(rows):
+            events = h.state.advance(logits[i])
+            if h.state.done and self.limits.prefix_tokens:
+                # Kept for the session's next prompt, before its end is sent.
+                h.final = (list(h.state.fed), self.model.decoder.row(stepped, i))
+            if self._emit_all(h, events):
+                done.append(h)
         return stepped, done
 
     def _emit_all(self, h: StreamHandle, events: list[Token | Finished]) -> bool:

@@ -111,3 +111,24 @@ def test_a_client_that_goes_away_stops_its_generation(enclave: ChatEnclave) -> N
     # The prefill under way when it went finished; no step ran after it.
     assert (streams.streams, enclave.gate.runs, streams.tokens) == (1, 1, 1)
     assert stream.result is None
+
+
+def test_the_prefix_cache_serves_a_session_its_own_and_no_other(enclave: ChatEnclave) -> None:
+    enclave.gate.permits.release(10_000)
+    streams = enclave.server._streams[CHAT]
+    first = reference_answer(chat_prompt_ids(ASK), 4)[0]
+    history = [*ASK, ("assistant", first), ("user", "the dog")]
+    expected = reference_answer(chat_prompt_ids(history), 4)[0]
+    with connect(enclave.address, policy=_policy(enclave), timeout=10, audit=False) as a:
+        assert a.generate(ASK, model=CHAT, max_tokens=4).finish().text == first
+        assert a.generate(history, model=CHAT, max_tokens=4).finish().text == expected
+        assert streams.prefixes.hits == 1  # the second turn ran from the first's cache
+        with connect(enclave.address, policy=_policy(enclave), timeout=10, audit=False) as b:
+            # The same chat from another session: nothing of a's is used for it.
+            assert b.generate(history, model=CHAT, max_tokens=4).finish().text == expected
+            assert streams.prefixes.hits == 1
+        held = streams.prefixes.tokens
+    deadline = time.monotonic() + 10
+    while streams.prefixes.tokens and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held > 0 and streams.prefixes.tokens == 0  # each went with its session

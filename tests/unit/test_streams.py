@@ -16,8 +16,8 @@ from ephemeralml.common._errors import BusyError, ConfigError, InferenceError, L
 from ephemeralml.common._messages import ChatMessage, GenerateRequest
 from ephemeralml.common._modelfiles import ChatModelFiles, model_files_from_bundle
 from ephemeralml.enclave._chat import ChatModel, render_chatml
-from ephemeralml.enclave._generate import Finished, GenerationParams, Token
-from ephemeralml.enclave._streams import StreamHandle, StreamLimits, Streams
+from ephemeralml.enclave._generate import Finished, GenerationParams, KVCache, Token
+from ephemeralml.enclave._streams import PrefixCache, StreamHandle, StreamLimits, Streams
 from tests.models.tiny_chat import MODEL_ID, chat_prompt_ids, reference_answer, write_tiny_chat
 
 ASK = [("user", "the cat sat")]
@@ -295,3 +295,59 @@ def test_cuda_answers_as_the_cpu_does(files: dict[str, bytes]) -> None:  # pragm
     for prompt in PROMPTS:
         ids = chat_prompt_ids(prompt)
         assert [e.text for e in gpu.stream(ids, params)] == [e.text for e in cpu.stream(ids, params)]
+
+
+def test_a_sessions_next_prompt_runs_from_its_cached_prefix(chat: ChatModel) -> None:
+    """The second turn of a chat, with the first turn's cache: the same answer as
+    without it, and only the new part of the prompt is run."""
+    gate = Gate(chat.decoder.session)
+    chat.decoder.session = gate
+    gate.permits.release(10_000)
+    streams = Streams(chat)
+    streams.start()
+    params = GenerationParams(max_tokens=4)
+    first_ids = chat_prompt_ids(ASK)
+    first_text = reference_answer(first_ids, 4)[0]
+    history = [*ASK, ("assistant", first_text), ("user", "the dog")]
+    second_ids = chat_prompt_ids(history)
+
+    async def main() -> tuple[StreamHandle, list[Token | Finished], int]:
+        one = streams.submit(first_ids, params)
+        await _drain(one)
+        assert one.final is not None
+        runs = gate.runs
+        two = streams.submit(second_ids, params, one.final)
+        events = await _drain(two)
+        return one, events, gate.runs - runs
+
+    try:
+        one, events, runs = asyncio.run(main())
+    finally:
+        streams.close()
+    assert one.final is not None
+    ids, cache = one.final
+    # The cache holds the prompt and every answer token fed back (not the last one).
+    answer = [e.id for e in list(chat.stream(first_ids, params)) if isinstance(e, Token)]
+    assert ids == first_ids + answer[:-1] and cache.length == len(ids)
+    assert events == list(chat.stream(second_ids, params))
+    reused = streams.prefixes.reused
+    assert reused >= 8 and second_ids[:reused] == ids[:reused]
+    assert runs == 4  # one prefill (of the new ids only), then three steps
+    assert streams.prefixes.hits == 1
+
+
+def test_the_prefix_cache_keeps_each_sessions_last_within_its_bound() -> None:
+    cache = PrefixCache(limit=10)
+    empty = KVCache(())
+    a, b, c = object(), object(), object()
+    cache.put(a, ([1] * 4, empty))
+    cache.put(b, ([2] * 4, empty))
+    cache.put(c, ([3] * 4, empty))  # 12 > 10: the least recently used (a) goes
+    assert cache.take(a) is None and cache.tokens == 8
+    cache.put(b, ([2] * 11, empty))  # larger than the bound: not kept, nor the old one
+    assert cache.take(b) is None and cache.tokens == 4
+    entry = cache.take(c)
+    assert entry is not None and entry[0] == [3] * 4 and cache.tokens == 0
+    cache.put(a, ([1], empty))
+    cache.forget(a)
+    assert cache.take(a) is None and cache.tokens == 0
