@@ -384,26 +384,25 @@ class DecoderModel:
             return None
         lengths = tuple(batch.lengths[i] for i in keep)
         cut = batch.width - max(lengths)
-        tensors = tuple(
-            self._placed(np.ascontiguousarray(_host(t)[keep, :, cut:, :])) for t in batch.tensors
+        return BatchCache(
+            self._sliced(batch.tensors, (keep, slice(None), slice(cut, None))), lengths
         )
-        return BatchCache(tensors, lengths)
 
     def row(self, batch: BatchCache, i: int) -> KVCache:
         """Row ``i`` of ``batch`` as a cache of its own (its padding cut)."""
         cut = batch.width - batch.lengths[i]
         return KVCache(
-            tuple(
-                self._placed(np.ascontiguousarray(_host(t)[i : i + 1, :, cut:, :]))
-                for t in batch.tensors
-            )
+            self._sliced(batch.tensors, (slice(i, i + 1), slice(None), slice(cut, None)))
         )
 
     def head(self, cache: KVCache, n: int) -> KVCache:
         """The first ``n`` positions of ``cache`` (a cached prefix of a prompt)."""
-        return KVCache(
-            tuple(self._placed(np.ascontiguousarray(_host(t)[:, :, :n, :])) for t in cache.tensors)
-        )
+        return KVCache(self._sliced(cache.tensors, (slice(None), slice(None), slice(0, n))))
+
+    def _sliced(self, tensors: tuple[Any, ...], index: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Each cache tensor cut by ``index`` (rows, heads, positions), as a new tensor
+        where the model keeps its cache."""
+        return tuple(self._placed(np.ascontiguousarray(_host(t)[index])) for t in tensors)
 
     def _placed(self, array: npt.NDArray[Any]) -> Any:
         """A cache tensor where the model keeps its cache: on its device with I/O
