@@ -289,7 +289,11 @@ def _serve_chat_model(
                str(model_dir), "--model-id", CHAT_MODEL, "--out", str(bundle))  # fmt: skip
     _ephemeral(env, "model", "upload", "--mock", str(bundle), "--model-id", CHAT_MODEL)
     shutil.rmtree(bundle, ignore_errors=True)
-    args = ("--model", MODEL, "--model", CHAT_MODEL, *plan.enclave_args)
+    # No prefix cache: the prompts share their system message, which the cache would
+    # serve to every request after a session's first, and bare ONNX Runtime has no such
+    # cache; TTFT is compared for the same work (--enclave-arg can turn it back on).
+    args = ("--model", MODEL, "--model", CHAT_MODEL, "--prefix-cache-tokens", "0",
+            *plan.enclave_args)  # fmt: skip
     enc = start_enclave(children, "enclave", home, host, enclave_port, args)
     loaded = [x for x in map(parse_loaded_line, enc.prog.lines) if x is not None]
     load = next((x for x in loaded if x["model"] == CHAT_MODEL), {})
