@@ -436,9 +436,7 @@ class ClientSession:
         stream.next_k += 1
         return ChunkReceived(msg.seq, msg.k, text)
 
-    def _on_response(
-        self, msg: SealedResponse
-    ) -> ResponseReceived | RequestFailed | StreamEnded:
+    def _on_response(self, msg: SealedResponse) -> ResponseReceived | RequestFailed | StreamEnded:
         assert self._channel is not None and self.binding is not None
         assert self.attestation is not None and self.transcript_hash is not None
         pending = self._pending.pop(msg.seq, None)
@@ -630,18 +628,19 @@ class EnclaveSession:
             msg.seq, msg.ciphertext, _aad("req", self.session_id, msg.seq)
         )
         digest = hashlib.sha256(body).digest()
+        request: EmbedRequest | GenerateRequest | CancelRequest | None = None
+        error = None
         try:
             request = decode_request(body)
         except (DecodeError, RemoteProtocolError) as e:
-            self._pending.add(msg.seq)
-            return RequestReceived(msg.seq, None, digest, InferenceError(f"bad request: {e}"))
+            error = InferenceError(f"bad request: {e}")
         if isinstance(request, CancelRequest):
             # §2.8: a cancel takes a seq (it is sealed in order) but has no answer.
             return CancelReceived(msg.seq, request.seq)
         self._pending.add(msg.seq)
         if isinstance(request, GenerateRequest):
             self._streams[msg.seq] = _Stream()
-        return RequestReceived(msg.seq, request, digest)
+        return RequestReceived(msg.seq, request, digest, error)
 
     def attest(self, document: bytes, *, timestamp_ms: int) -> bytes:
         """The attest frame for the document the NSM made for this session."""
@@ -684,10 +683,9 @@ class EnclaveSession:
         """Seal ``result`` with a signed receipt for ``event``'s request; ``truncated``
         names the inputs that were cut (only when the request asked for it)."""
         self._expect_state(EnclaveState.READY)
-        seq = self._take(event.seq)
+        self._take(event.seq)
         assert isinstance(event.request, EmbedRequest)
         return self._sealed_result(
-            seq,
             event,
             result,
             model_digest=model_digest,
@@ -702,15 +700,13 @@ class EnclaveSession:
         """The next chunk of the streamed answer to ``event``'s generate request (§2.8)."""
         self._expect_state(EnclaveState.READY)
         assert self._channel is not None
-        stream = self._streams.get(event.seq)
-        if stream is None or event.seq not in self._pending:
+        stream = self._streams.get(event.seq)  # present until the stream's end or refusal
+        if stream is None:
             raise LocalProtocolError(f"request {event.seq} is no stream in progress")
         if not text:
             raise LocalProtocolError("a chunk carries text")
         k, body = stream.next_k, encode_chunk_body(text)
-        ct = self._channel.seal_chunk(
-            event.seq, k, body, _chunk_aad(self.session_id, event.seq, k)
-        )
+        ct = self._channel.seal_chunk(event.seq, k, body, _chunk_aad(self.session_id, event.seq, k))
         stream.hash.update(chunk_link(body))
         stream.next_k += 1
         return encode_frame(SealedChunk(event.seq, k, ct).to_cbor())
@@ -734,8 +730,8 @@ class EnclaveSession:
         stream = self._streams.get(event.seq)
         if stream is None:
             raise LocalProtocolError(f"request {event.seq} is no stream in progress")
-        seq = self._take(event.seq)
-        del self._streams[seq]
+        self._take(event.seq)
+        del self._streams[event.seq]
         assert event.request is not None
         result = GenerateResult(
             model=event.request.model,
@@ -747,7 +743,6 @@ class EnclaveSession:
             device=device,
         )
         return self._sealed_result(
-            seq,
             event,
             result,
             model_digest=model_digest,
@@ -758,7 +753,6 @@ class EnclaveSession:
 
     def _sealed_result(
         self,
-        seq: int,
         event: RequestReceived,
         result: EmbedResult | GenerateResult,
         *,
@@ -772,6 +766,7 @@ class EnclaveSession:
         assert self._channel is not None and self.nonce is not None
         assert self.attestation_hash is not None and self.transcript_hash is not None
         assert self.attestation_time_ms is not None
+        seq = event.seq
         if time_ms > self.attestation_time_ms + MAX_SESSION_S * 1000:
             raise LocalProtocolError("session is older than its maximum lifetime")
         receipt = Receipt(

@@ -508,7 +508,7 @@ async def _run(config: EnclaveConfig) -> int:
 
 def _describe_batches(
     stats: Mapping[str, tuple[int, int, int]],
-    streams: Mapping[str, tuple[int, int, int, int]] | None = None,
+    streams: Mapping[str, tuple[int, int, int, int, int]] | None = None,
 ) -> str:
     """What the batcher did, per model: how full ONNX Runtime's batches were is what
     its CPU per inference depends on (docs/benchmarks.md); per chat model, the
@@ -519,9 +519,10 @@ def _describe_batches(
         parts.append(
             f"{model}: {requests} request(s), {texts} text(s) in {batches} batch(es){mean}"
         )
-    for model, (ended, tokens, rounds, reused) in sorted((streams or {}).items()):
+    for model, (ended, tokens, rounds, rows, reused) in sorted((streams or {}).items()):
+        mean = f", {rows / rounds:.1f} streams a step" if rounds else ""
         parts.append(
-            f"{model}: {ended} stream(s), {tokens} token(s) in {rounds} round(s),"
+            f"{model}: {ended} stream(s), {tokens} token(s) in {rounds} round(s){mean},"
             f" {reused} prompt token(s) from the sessions' prefix caches"
         )
     return "; ".join(parts) or "nothing served"

@@ -239,11 +239,12 @@ class EnclaveServer:
         """Per model: ONNX Runtime batches run, and the requests and texts they held."""
         return {m: (b.batches, b.requests, b.texts) for m, b in self._batchers.items()}
 
-    def stream_stats(self) -> dict[str, tuple[int, int, int, int]]:
-        """Per chat model: streams ended, tokens made, decoding rounds run, and prompt
-        tokens served from the sessions' prefix caches."""
+    def stream_stats(self) -> dict[str, tuple[int, int, int, int, int]]:
+        """Per chat model: streams ended, tokens made, decoding rounds run, rows of the
+        batched steps, and prompt tokens served from the sessions' prefix caches."""
         return {
-            m: (s.streams, s.tokens, s.rounds, s.prefixes.reused) for m, s in self._streams.items()
+            m: (s.streams, s.tokens, s.rounds, s.rows, s.prefixes.reused)
+            for m, s in self._streams.items()
         }
 
     async def close(self) -> None:
@@ -562,13 +563,8 @@ class EnclaveServer:
             prompt = chat.prompt_ids(event.request)
             streamer = self._streams[model.model_id]
             # The session's own cached prefix (enclave/_streams.py), never another's.
-            prefix = streamer.prefixes.take(session)
-            try:
-                handle = streamer.submit(prompt, chat.params(event.request), prefix)
-            except Error:
-                if prefix is not None:
-                    streamer.prefixes.put(session, prefix)
-                raise
+            prefix = streamer.prefixes.get(session)
+            handle = streamer.submit(prompt, chat.params(event.request), prefix)
         except Error as e:
             await self._send(session, writer, session.respond_error(event, e))
             return
@@ -584,7 +580,7 @@ class EnclaveServer:
                 ):
                     handle.cancel()  # nobody to send to: stop within a step
                 if isinstance(step, Finished):
-                    if handle.final is not None and step.reason != "cancelled":
+                    if handle.final is not None:  # set only for "stop" and "length"
                         streamer.prefixes.put(session, handle.final)
                     frame = session.end_stream(
                         event,

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ephemeralml.common._config import positive_count
@@ -109,15 +111,17 @@ class PrefixCache:
         #: Prompt ids served from the cache, and prompts that used it (stop line).
         self.reused = self.hits = 0
 
-    def take(self, owner: object) -> Prefix | None:
-        """The session's entry, removed (a stream in flight owns it until it ends)."""
-        entry = self._entries.pop(owner, None)
+    def get(self, owner: object) -> Prefix | None:
+        """The session's entry (now the most recently used); a stream starting from
+        it copies what it uses, so the entry stays as it is."""
+        entry = self._entries.get(owner)
         if entry is not None:
-            self.tokens -= len(entry[0])
+            self._entries.move_to_end(owner)
         return entry
 
     def put(self, owner: object, entry: Prefix) -> None:
-        self.take(owner)
+        """Replace the session's entry, evicting others as the bound needs."""
+        self.forget(owner)
         if len(entry[0]) > self.limit:
             return
         while self.tokens + len(entry[0]) > self.limit:
@@ -127,7 +131,9 @@ class PrefixCache:
         self.tokens += len(entry[0])
 
     def forget(self, owner: object) -> None:
-        self.take(owner)
+        entry = self._entries.pop(owner, None)
+        if entry is not None:
+            self.tokens -= len(entry[0])
 
 
 class StreamHandle:
@@ -314,10 +320,7 @@ class Streams:
             h._emit(e)
             return None
         h.start = None
-        events = h.state.advance(logits)
-        if h.state.done and self.limits.prefix_tokens:
-            h.final = (list(h.state.fed), cache)
-        return None if self._emit_all(h, events) else cache
+        return None if self._emit_all(h, h.state.advance(logits), lambda: cache) else cache
 
     def _decode(
         self, batch: BatchCache, rows: list[StreamHandle]
@@ -330,17 +333,21 @@ class Streams:
                 h._emit(e)
             return None, list(rows)
         self.rows += len(rows)
-        done = []
-        for i, h in enumerate(rows):
-            events = h.state.advance(logits[i])
-            if h.state.done and self.limits.prefix_tokens:
-                # Kept for the session's next prompt, before its end is sent.
-                h.final = (list(h.state.fed), self.model.decoder.row(stepped, i))
-            if self._emit_all(h, events):
-                done.append(h)
+        row = functools.partial(self.model.decoder.row, stepped)
+        done = [
+            h
+            for i, h in enumerate(rows)
+            if self._emit_all(h, h.state.advance(logits[i]), functools.partial(row, i))
+        ]
         return stepped, done
 
-    def _emit_all(self, h: StreamHandle, events: list[Token | Finished]) -> bool:
+    def _emit_all(
+        self, h: StreamHandle, events: list[Token | Finished], cache: Callable[[], KVCache]
+    ) -> bool:
+        """Send one step's events; True when the stream has ended. An end by ``stop``
+        or ``length`` first keeps the stream's ``cache`` for its session's next prompt."""
+        if h.state.done and self.limits.prefix_tokens and not h.cancelled.is_set():
+            h.final = (list(h.state.fed), cache())
         for e in events:
             if isinstance(e, Token):
                 self.tokens += 1

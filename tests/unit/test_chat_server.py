@@ -132,3 +132,14 @@ def test_the_prefix_cache_serves_a_session_its_own_and_no_other(enclave: ChatEnc
     while streams.prefixes.tokens and time.monotonic() < deadline:
         time.sleep(0.01)
     assert held > 0 and streams.prefixes.tokens == 0  # each went with its session
+
+
+def test_the_stop_line_says_how_full_the_batches_and_the_prefix_caches_were() -> None:
+    from ephemeralml.enclave._cli import _describe_batches
+
+    assert _describe_batches({MODEL: (2, 3, 6)}, {CHAT: (4, 40, 10, 36, 24)}) == (
+        f"{MODEL}: 3 request(s), 6 text(s) in 2 batch(es), 3.0 texts a batch; "
+        f"{CHAT}: 4 stream(s), 40 token(s) in 10 round(s), 3.6 streams a step,"
+        " 24 prompt token(s) from the sessions' prefix caches"
+    )
+    assert _describe_batches({}, {}) == "nothing served"

@@ -342,12 +342,11 @@ def test_the_prefix_cache_keeps_each_sessions_last_within_its_bound() -> None:
     a, b, c = object(), object(), object()
     cache.put(a, ([1] * 4, empty))
     cache.put(b, ([2] * 4, empty))
-    cache.put(c, ([3] * 4, empty))  # 12 > 10: the least recently used (a) goes
-    assert cache.take(a) is None and cache.tokens == 8
-    cache.put(b, ([2] * 11, empty))  # larger than the bound: not kept, nor the old one
-    assert cache.take(b) is None and cache.tokens == 4
-    entry = cache.take(c)
-    assert entry is not None and entry[0] == [3] * 4 and cache.tokens == 0
-    cache.put(a, ([1], empty))
-    cache.forget(a)
-    assert cache.take(a) is None and cache.tokens == 0
+    assert cache.get(a) == ([1] * 4, empty)  # a is now the most recently used
+    cache.put(c, ([3] * 4, empty))  # 12 > 10: the least recently used (b) goes
+    assert cache.get(b) is None and cache.tokens == 8
+    cache.put(a, ([1] * 11, empty))  # larger than the bound: not kept, nor the old one
+    assert cache.get(a) is None and cache.tokens == 4
+    assert cache.get(c) == ([3] * 4, empty) and cache.tokens == 4  # get leaves it there
+    cache.forget(c)
+    assert cache.get(c) is None and cache.tokens == 0
