@@ -36,14 +36,13 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
 import re
 import struct
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,7 +71,7 @@ from ephemeralml.common._binding import EnclaveBinding
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import Error, InferenceError
 from ephemeralml.common._frame import encode_frame
-from ephemeralml.common._hpke import HPKE_SUITE, EnclaveSessionKey, session_info
+from ephemeralml.common._hpke import HPKE_SUITE, session_info
 from ephemeralml.common._messages import (
     CancelRequest,
     ChatMessage,
@@ -557,35 +556,8 @@ def _policy_root(policy: Mapping[str, Any], roots: Mapping[str, Any]) -> dict[st
 
 
 # ---------------------------------------------------------------------------
-# HPKE with a fixed ephemeral key
+# HPKE key pairs from a seed (RFC 9180 DeriveKeyPair)
 # ---------------------------------------------------------------------------
-
-
-class _FixedEphemeralSuite:
-    """HPKE_SUITE, except that senders use a fixed ephemeral key pair (RFC 9180's
-    DeriveKeyPair of ``ikm``), so that ``enc`` and every ciphertext are reproducible."""
-
-    def __init__(self, suite: Any, ikm: bytes) -> None:
-        self._suite = suite
-        self._eks = suite.kem.derive_key_pair(ikm)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._suite, name)
-
-    def create_sender_context(self, pkr: Any, info: bytes = b"", **kw: Any) -> Any:
-        return self._suite.create_sender_context(pkr, info=info, eks=self._eks)
-
-
-@contextlib.contextmanager
-def fixed_ephemeral(ikm: bytes) -> Iterator[None]:
-    # ClientChannel takes no key material (it draws a fresh ephemeral key, as it
-    # must in use); for a reproducible transcript the suite it calls is swapped.
-    old = _hpke.HPKE_SUITE
-    _hpke.HPKE_SUITE = _FixedEphemeralSuite(old, ikm)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        _hpke.HPKE_SUITE = old
 
 
 def x25519_pair(ikm: bytes) -> tuple[bytes, bytes]:
@@ -658,11 +630,9 @@ POLICY_VERSION = 7
 
 
 def enclave_session(spec: SessionSpec, ident: EnclaveIdentity) -> EnclaveSession:
-    enclave = EnclaveSession(ident, session_id=spec.session_id)
-    # EnclaveSession draws its X25519 key itself; the vectors fix it (RFC 9180
-    # DeriveKeyPair of ikm_r) so that the document can name it in advance.
-    enclave._key = EnclaveSessionKey(spec.ikm_r)
-    return enclave
+    # The vectors fix the session's X25519 key (RFC 9180 DeriveKeyPair of ikm_r), so
+    # that the document can name it in advance.
+    return EnclaveSession(ident, session_id=spec.session_id, key_ikm=spec.ikm_r)
 
 
 def client_send(client: ClientSession, request: Any) -> bytes:
@@ -695,7 +665,9 @@ def _handshake(
 ) -> ClientSession:
     """hello, attest, open between the two machines; call with the fixed ephemeral key."""
     doc_ts = parse_unverified(spec.document).timestamp_ms
-    client = ClientSession(client_policy.attestation, nonce=spec.nonce, mode=spec.mode)
+    client = ClientSession(
+        client_policy.attestation, nonce=spec.nonce, mode=spec.mode, ephemeral_ikm=spec.ikm_e
+    )
     hello = client.hello()
     frames.append(Frame("c2e", "hello", hello, {}))
     enclave.receive_data(hello)
@@ -725,31 +697,30 @@ def run_session(
     enclave = enclave_session(spec, ident)
     frames: list[Frame] = []
     events: list[dict[str, Any]] = []
-    with fixed_ephemeral(spec.ikm_e):
-        client = _handshake(spec, enclave, client_policy, frames)
-        for request, answer in zip(spec.requests, spec.answers, strict=True):
-            assert not isinstance(request, CancelRequest)  # streams: run_stream_session
-            seq, req = client.send_request(request)
-            frames.append(Frame("c2e", "req", req, {}))
-            enclave.receive_data(req)
-            rev = enclave.next_event()
-            assert isinstance(rev, RequestReceived) and rev.seq == seq
-            if answer[0] == "result":
-                _, result, time_ms, duration_us, receipt_id, truncated = answer
-                resp = enclave.respond(
-                    rev,
-                    result,
-                    model_digest=MODEL_DIGEST,
-                    time_ms=time_ms,
-                    duration_us=duration_us,
-                    receipt_id=receipt_id,
-                    truncated=truncated,
-                )
-            else:
-                resp = enclave.respond_error(rev, answer[1])
-            frames.append(Frame("e2c", "resp", resp, {}))
-            client.receive_data(resp)
-            events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
+    client = _handshake(spec, enclave, client_policy, frames)
+    for request, answer in zip(spec.requests, spec.answers, strict=True):
+        assert not isinstance(request, CancelRequest)  # streams: run_stream_session
+        seq, req = client.send_request(request)
+        frames.append(Frame("c2e", "req", req, {}))
+        enclave.receive_data(req)
+        rev = enclave.next_event()
+        assert isinstance(rev, RequestReceived) and rev.seq == seq
+        if answer[0] == "result":
+            _, result, time_ms, duration_us, receipt_id, truncated = answer
+            resp = enclave.respond(
+                rev,
+                result,
+                model_digest=MODEL_DIGEST,
+                time_ms=time_ms,
+                duration_us=duration_us,
+                receipt_id=receipt_id,
+                truncated=truncated,
+            )
+        else:
+            resp = enclave.respond_error(rev, answer[1])
+        frames.append(Frame("e2c", "resp", resp, {}))
+        client.receive_data(resp)
+        events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
     assert client.transcript_hash is not None
     return frames, {"transcript_hash": client.transcript_hash.hex(), "events": events}
 
@@ -771,47 +742,46 @@ def run_stream_session(
     frames: list[Frame] = []
     events: list[dict[str, Any]] = []
     received: dict[int, RequestReceived] = {}
-    with fixed_ephemeral(spec.ikm_e):
-        client = _handshake(spec, enclave, client_policy, frames)
-        requests = iter(spec.requests)
-        for step, seq in steps:
-            if step == "req":
-                frame = client_send(client, next(requests))
-                frames.append(Frame("c2e", "req", frame, {}))
-                enclave.receive_data(frame)
-                ev = enclave.next_event()
-                assert isinstance(ev, RequestReceived | CancelReceived) and ev.seq == seq
-                if isinstance(ev, RequestReceived):
-                    received[seq] = ev
-                continue
-            answer = spec.answers[seq]
-            if step == "chunk":
-                k = enclave._streams[seq].next_k
-                out, kind = enclave.chunk(received[seq], answer[1].chunks[k]), "chunk"
-            elif answer[0] == "error":
-                out, kind = enclave.respond_error(received[seq], answer[1]), "resp"
-            else:
-                s: StreamAnswer = answer[1]
-                assert answer[0] == "stream" and enclave._streams[seq].next_k == len(s.chunks)
-                if forge_end_of == seq:
-                    enclave._streams[seq].hash.update(b"forged")
-                out = enclave.end_stream(
-                    received[seq],
-                    model_digest=MODEL_DIGEST,
-                    finish=s.finish,
-                    prompt_tokens=s.prompt_tokens,
-                    completion_tokens=s.completion_tokens,
-                    device=s.device,
-                    time_ms=s.time_ms,
-                    duration_us=s.duration_us,
-                    receipt_id=s.receipt_id,
-                )
-                kind = "resp"
-            frames.append(Frame("e2c", kind, out, {}))
-            if forge_end_of == seq and kind == "resp":
-                continue
-            client.receive_data(out)
-            events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
+    client = _handshake(spec, enclave, client_policy, frames)
+    requests = iter(spec.requests)
+    for step, seq in steps:
+        if step == "req":
+            frame = client_send(client, next(requests))
+            frames.append(Frame("c2e", "req", frame, {}))
+            enclave.receive_data(frame)
+            ev = enclave.next_event()
+            assert isinstance(ev, RequestReceived | CancelReceived) and ev.seq == seq
+            if isinstance(ev, RequestReceived):
+                received[seq] = ev
+            continue
+        answer = spec.answers[seq]
+        if step == "chunk":
+            k = enclave._streams[seq].next_k
+            out, kind = enclave.chunk(received[seq], answer[1].chunks[k]), "chunk"
+        elif answer[0] == "error":
+            out, kind = enclave.respond_error(received[seq], answer[1]), "resp"
+        else:
+            s: StreamAnswer = answer[1]
+            assert answer[0] == "stream" and enclave._streams[seq].next_k == len(s.chunks)
+            if forge_end_of == seq:
+                enclave._streams[seq].hash.update(b"forged")
+            out = enclave.end_stream(
+                received[seq],
+                model_digest=MODEL_DIGEST,
+                finish=s.finish,
+                prompt_tokens=s.prompt_tokens,
+                completion_tokens=s.completion_tokens,
+                device=s.device,
+                time_ms=s.time_ms,
+                duration_us=s.duration_us,
+                receipt_id=s.receipt_id,
+            )
+            kind = "resp"
+        frames.append(Frame("e2c", kind, out, {}))
+        if forge_end_of == seq and kind == "resp":
+            continue
+        client.receive_data(out)
+        events.append(event_json(client.next_event(now=at_ms(spec.now_ms))))
     assert client.transcript_hash is not None
     return frames, {"transcript_hash": client.transcript_hash.hex(), "events": events}
 
@@ -820,26 +790,27 @@ def client_reject(
     spec: SessionSpec, client_policy: ClientPolicy, frames: list[Frame], check: str
 ) -> dict[str, Any]:
     """Replay ``frames`` to a client; it must fail at an e2c frame. Returns the expectation."""
-    with fixed_ephemeral(spec.ikm_e):
-        client = ClientSession(client_policy.attestation, nonce=spec.nonce, mode=spec.mode)
-        requests = iter(spec.requests)
-        for i, f in enumerate(frames):
-            try:
-                if f.direction == "c2e":
-                    if f.type == "hello":
-                        produced = client.hello()
-                    elif f.type == "open":
-                        produced = client.data_to_send()
-                    else:
-                        produced = client_send(client, next(requests))
-                    assert produced == f.data, f"{spec.name}: client frame {i} differs"
-                    continue
-                client.receive_data(f.data)
-                ev = client.next_event(now=at_ms(spec.now_ms))
-                if isinstance(ev, Attested):
-                    client_policy.check_binding(ev.binding)
-            except Error as e:
-                return {"side": "client", "at_frame": i, **rejection(e, check)}
+    client = ClientSession(
+        client_policy.attestation, nonce=spec.nonce, mode=spec.mode, ephemeral_ikm=spec.ikm_e
+    )
+    requests = iter(spec.requests)
+    for i, f in enumerate(frames):
+        try:
+            if f.direction == "c2e":
+                if f.type == "hello":
+                    produced = client.hello()
+                elif f.type == "open":
+                    produced = client.data_to_send()
+                else:
+                    produced = client_send(client, next(requests))
+                assert produced == f.data, f"{spec.name}: client frame {i} differs"
+                continue
+            client.receive_data(f.data)
+            ev = client.next_event(now=at_ms(spec.now_ms))
+            if isinstance(ev, Attested):
+                client_policy.check_binding(ev.binding)
+        except Error as e:
+            return {"side": "client", "at_frame": i, **rejection(e, check)}
     raise AssertionError(f"{spec.name}: the client accepted every frame")
 
 

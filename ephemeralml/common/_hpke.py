@@ -104,7 +104,15 @@ class _Channel:
 class ClientChannel(_Channel):
     """The client's half: seals requests, opens responses."""
 
-    def __init__(self, enclave_public_key: bytes, attestation_sha256: bytes) -> None:
+    def __init__(
+        self,
+        enclave_public_key: bytes,
+        attestation_sha256: bytes,
+        *,
+        ephemeral_ikm: bytes | None = None,
+    ) -> None:
+        """``ephemeral_ikm``: for reproducible test vectors only, the seed of the
+        ephemeral key pair (RFC 9180 DeriveKeyPair); in use HPKE draws a fresh one."""
         if len(enclave_public_key) != PUBLIC_KEY_BYTES:
             raise CiphertextError(
                 f"attested public_key is {len(enclave_public_key)} bytes, not an X25519 key"
@@ -113,8 +121,9 @@ class ClientChannel(_Channel):
             pk = HPKE_SUITE.kem.deserialize_public_key(enclave_public_key)
             # RFC 9180 §7.1.4: DH with a low-order point gives the all-zero secret, and
             # cryptography refuses it with a bare ValueError (issue 7, finding 5).
+            eks = None if ephemeral_ikm is None else HPKE_SUITE.kem.derive_key_pair(ephemeral_ikm)
             self.enc, ctx = HPKE_SUITE.create_sender_context(
-                pk, info=session_info(attestation_sha256)
+                pk, info=session_info(attestation_sha256), eks=eks
             )
         except Exception as e:
             raise CiphertextError(

@@ -260,7 +260,10 @@ class ClientSession:
         nonce: bytes | None = None,
         chain_cache: ChainCache | None = None,
         mode: str = "fresh",
+        ephemeral_ikm: bytes | None = None,
     ) -> None:
+        """``ephemeral_ikm``: for reproducible test vectors only, the seed of the HPKE
+        ephemeral key (RFC 9180 DeriveKeyPair); in use a fresh one is drawn."""
         if mode not in ClientHello.MODES:
             raise LocalProtocolError(f"unknown session mode {mode!r}")
         self.policy = policy
@@ -279,6 +282,7 @@ class ClientSession:
         self._next_seq = 0
         self._pending: dict[int, tuple[EmbedRequest | GenerateRequest, bytes]] = {}
         self._streams: dict[int, _Stream] = {}
+        self._ephemeral_ikm = ephemeral_ikm
 
     # -- outbound
     def hello(self) -> bytes:
@@ -406,7 +410,7 @@ class ClientSession:
                 raise AttestationError("A8 binding: the attestation document has no public_key")
             session_key, self.session_id = doc.public_key, binding.session_id
         self._transcript.update(encode_frame(frame))  # §2.6: framed bytes
-        self._channel = ClientChannel(session_key, doc.sha256)
+        self._channel = ClientChannel(session_key, doc.sha256, ephemeral_ikm=self._ephemeral_ikm)
         open_frame = encode_frame(SessionOpen(self._channel.enc).to_cbor())
         self._transcript.update(open_frame)
         self.transcript_hash = self._transcript.digest()
@@ -530,11 +534,20 @@ class EnclaveIdentity:
 class EnclaveSession:
     """The enclave's half of one session."""
 
-    def __init__(self, identity: EnclaveIdentity, *, session_id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        identity: EnclaveIdentity,
+        *,
+        session_id: bytes | None = None,
+        key_ikm: bytes | None = None,
+    ) -> None:
+        """``session_id`` and ``key_ikm`` (the seed of the session's X25519 key, RFC
+        9180 DeriveKeyPair): for reproducible test vectors only; in use both are drawn
+        fresh."""
         self.identity = identity
         self.session_id = session_id or secrets.token_bytes(SESSION_ID_BYTES)
         self.state = EnclaveState.AWAIT_HELLO
-        self._key = EnclaveSessionKey(secrets.token_bytes(32))
+        self._key = EnclaveSessionKey(key_ikm or secrets.token_bytes(32))
         self._decoder = FrameDecoder(max_bytes=MAX_HANDSHAKE_FRAME_BYTES)
         self._transcript = hashlib.sha256()
         self.transcript_hash: bytes | None = None

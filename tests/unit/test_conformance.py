@@ -8,9 +8,9 @@ client policy's P1/P2, as ``ephemeral verify`` runs them; sessions through
 bytes; policies through the client's policy parser. A JavaScript implementation
 runs the same index and must agree on every vector.
 
-Neither session class takes key material: the enclave's X25519 key is set on the
-session object and the client's HPKE setup runs with the vector's fixed ephemeral
-key (``_FixedEphemeralSuite``), as ``scripts/make_conformance_vectors.py`` did.
+The sessions take the vector's key material through their test-vector seams (the
+enclave's ``key_ikm``, the client's ``ephemeral_ikm``), as
+``scripts/make_conformance_vectors.py`` did.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import importlib.util
 import json
 import re
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ephemeralml.client._policy import ClientPolicy, PemRoot, PolicyDocument
-from ephemeralml.common import _hpke
 from ephemeralml.common._attestation import (
     AttestationPolicy,
     TrustedRoot,
@@ -39,7 +37,7 @@ from ephemeralml.common._attestation import (
 )
 from ephemeralml.common._cbor import encode
 from ephemeralml.common._errors import Error, error_from_code
-from ephemeralml.common._hpke import HPKE_SUITE, EnclaveSessionKey, session_info
+from ephemeralml.common._hpke import HPKE_SUITE, session_info
 from ephemeralml.common._messages import (
     CancelRequest,
     EmbedResult,
@@ -240,43 +238,21 @@ def test_receipt_vector(vector: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------
 
 
-class _FixedEphemeralSuite:
-    """HPKE_SUITE whose senders use the vector's ephemeral key (DeriveKeyPair(ikmE))."""
-
-    def __init__(self, suite: Any, ikm: bytes) -> None:
-        self._suite = suite
-        self._eks = suite.kem.derive_key_pair(ikm)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._suite, name)
-
-    def create_sender_context(self, pkr: Any, info: bytes = b"", **kw: Any) -> Any:
-        return self._suite.create_sender_context(pkr, info=info, eks=self._eks)
-
-
-@pytest.fixture
-def fixed_ephemeral(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def use(ikm: bytes) -> None:
-        monkeypatch.setattr(_hpke, "HPKE_SUITE", _FixedEphemeralSuite(HPKE_SUITE, ikm))
-
-    yield use
-
-
 def _frames(vector: dict[str, Any]) -> list[tuple[dict[str, Any], bytes]]:
     return [(f, _read(f["frame"])) for f in vector["files"]["frames"]]
 
 
-def _replay_client(
-    vector: dict[str, Any], use_ephemeral: Any
-) -> tuple[ClientSession, list[Any]] | tuple[int, Error]:
+def _replay_client(vector: dict[str, Any]) -> tuple[ClientSession, list[Any]] | tuple[int, Error]:
     """The client's view: it must produce every c2e frame and accept every e2c frame."""
     inputs = vector["inputs"]
     client_in = inputs["client"]
     policy = _policy(inputs["policy"])
-    use_ephemeral(bytes.fromhex(client_in["ikmE"]))
     requests = iter(decode_request(_read(p)) for p in client_in["requests"])
     client = ClientSession(
-        policy.attestation, nonce=bytes.fromhex(client_in["nonce"]), mode=inputs["mode"]
+        policy.attestation,
+        nonce=bytes.fromhex(client_in["nonce"]),
+        mode=inputs["mode"],
+        ephemeral_ikm=bytes.fromhex(client_in["ikmE"]),
     )
     events: list[Any] = []
     for i, (f, data) in enumerate(_frames(vector)):
@@ -318,8 +294,11 @@ def _replay_enclave(vector: dict[str, Any]) -> tuple[EnclaveSession, list[Any]] 
         mode=enc_in["mode"],
         pcrs=parse_unverified(doc).pcrs,
     )
-    enclave = EnclaveSession(identity, session_id=bytes.fromhex(enc_in["session_id"]))
-    enclave._key = EnclaveSessionKey(bytes.fromhex(enc_in["ikmR"]))
+    enclave = EnclaveSession(
+        identity,
+        session_id=bytes.fromhex(enc_in["session_id"]),
+        key_ikm=bytes.fromhex(enc_in["ikmR"]),
+    )
     assert enclave.public_key == (parse_unverified(doc).public_key or enclave.public_key)
     out: list[bytes] = []
     events: list[Any] = []
@@ -470,11 +449,11 @@ def _check_transcript_values(vector: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("vector", _of_kind("session"))
-def test_session_vector(vector: dict[str, Any], fixed_ephemeral: Any) -> None:
+def test_session_vector(vector: dict[str, Any]) -> None:
     expect = vector["expect"]
     if expect["outcome"] == "reject":
         run = (
-            _replay_client(vector, fixed_ephemeral)
+            _replay_client(vector)
             if expect["side"] == "client"
             else _replay_enclave(vector)
         )
@@ -489,7 +468,7 @@ def test_session_vector(vector: dict[str, Any], fixed_ephemeral: Any) -> None:
         return
 
     values = expect["values"]
-    client_run = _replay_client(vector, fixed_ephemeral)
+    client_run = _replay_client(vector)
     assert isinstance(client_run[0], ClientSession), f"client: {client_run[1]}"
     client, client_events = client_run
     enclave_run = _replay_enclave(vector)

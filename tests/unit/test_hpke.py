@@ -113,3 +113,18 @@ def test_requests_must_be_sealed_in_order() -> None:
 def test_client_rejects_a_key_that_is_not_x25519() -> None:
     with pytest.raises(CiphertextError, match="attested public_key is 33 bytes, not an X25519 key"):
         ClientChannel(b"\x04" * 33, ATT)
+
+
+def test_the_test_vector_seam_fixes_the_ephemeral_key_and_nothing_else() -> None:
+    """``ephemeral_ikm`` (conformance vectors only) gives the RFC 9180 DeriveKeyPair
+    key as ``enc``; without it every channel draws a fresh one."""
+    from ephemeralml.common._hpke import HPKE_SUITE
+
+    key = EnclaveSessionKey(b"k" * 32)
+    fixed = [ClientChannel(key.public_bytes, ATT, ephemeral_ikm=b"e" * 32) for _ in range(2)]
+    expected = HPKE_SUITE.kem.derive_key_pair(b"e" * 32).public_key.to_public_bytes()
+    assert fixed[0].enc == fixed[1].enc == expected
+    assert ClientChannel(key.public_bytes, ATT).enc != ClientChannel(key.public_bytes, ATT).enc
+    # The fixed channel still opens only under its own attestation.
+    enclave = key.open_channel(fixed[0].enc, ATT)
+    assert enclave.open_request(0, fixed[0].seal_request(0, b"x", b"a"), b"a") == b"x"
