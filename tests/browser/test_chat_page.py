@@ -23,7 +23,7 @@ import pytest
 
 from tests.browser.conftest import Deployment, needs_browser
 from tests.integration.chat_stack import CHAT_MODEL, start_chat_stack
-from tests.integration.conftest import TamperProxy
+from tests.integration.conftest import FrameEdit, TamperProxy
 from tests.models.tiny_chat import chat_prompt_ids, reference_answer
 
 if TYPE_CHECKING:
@@ -140,39 +140,18 @@ def test_the_page_streams_a_chat_answer_with_its_verified_receipt(
     assert second["turns"] == 4 and second["receipts"] == 2 and second["refusal"] is None
 
 
-class DropOneChunk:
-    """A tamper function for :class:`TamperProxy`: passes the enclave's frames on
-    whole, except chunk ``k`` of the first streamed answer, which it drops."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.dropped: list[dict[str, object]] = []
-        self._buf = bytearray()
-
-    def __call__(self, direction: str, offset: int, data: bytes) -> bytes:
-        if direction != "down":
-            return data
-        self._buf += data
-        out = bytearray()
-        while len(self._buf) >= 4:
-            end = 4 + int.from_bytes(self._buf[:4], "big")
-            if len(self._buf) < end:
-                break
-            frame = bytes(self._buf[:end])
-            del self._buf[:end]
-            body = cbor2.loads(frame[4:])
-            if not self.dropped and body.get("t") == "chunk" and body.get("k") == self.k:
-                self.dropped.append(body)
-                continue
-            out += frame
-        return bytes(out)
-
-
 def test_a_dropped_chunk_is_refused_in_the_page(deployment: Deployment, browser: Browser) -> None:
     # The host's relay to the enclave goes through a hostile hop that drops the second
     # chunk of the answer; the first has already been shown when the third arrives.
-    drop = DropOneChunk(1)
-    proxy = TamperProxy(deployment.enclave_port, drop)
+    dropped: list[dict[str, object]] = []
+
+    def drop_second(i: int, m: dict[str, object]) -> list[dict[str, object]]:
+        if i == 1:
+            dropped.append(m)
+            return []
+        return [m]
+
+    proxy = TamperProxy(deployment.enclave_port, FrameEdit(drop_second))
     host = deployment.host(enclave_port=proxy.port)
     web = deployment.web(host)
     page = browser.new_page()
@@ -186,7 +165,7 @@ def test_a_dropped_chunk_is_refused_in_the_page(deployment: Deployment, browser:
         page.close()
         assert (web.stop(), host.stop()) == (0, 0), "".join(web.lines + host.lines)
         proxy.close()
-    assert [(c["seq"], c["k"]) for c in drop.dropped] == [(0, 1)]
+    assert [(c["seq"], c["k"]) for c in dropped] == [(0, 1)]
     assert got["state"] == "refused", got
     assert got["refusal"] == (
         "REFUSED: CiphertextError: S1 chunk 2 of answer 0 out of order: expected chunk 1 "

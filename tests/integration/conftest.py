@@ -32,9 +32,12 @@ from ephemeralml.bench._processes import (
     program_env,
     start_program,
 )
+from ephemeralml.common._cbor import decode_deterministic, encode
+from ephemeralml.common._frame import encode_frame
 
 __all__ = [
     "BIN",
+    "FrameEdit",
     "Program",
     "Stack",
     "TamperProxy",
@@ -195,3 +198,34 @@ class TamperProxy:
         self._srv.close()
         for t in self._threads:
             t.join(timeout=10)
+
+
+class FrameEdit:
+    """A tamper function for :class:`TamperProxy` that sees whole frames going down
+    and may change the streamed-answer chunks (protocol.md §2.8): ``edit(i, m)`` gets
+    the chunk's index among all chunk frames so far and its map, and returns the
+    frames to send instead (a list of maps), or raises OSError to cut the connection.
+    Other frames pass on whole."""
+
+    def __init__(self, edit: Callable[[int, dict], list[dict]]) -> None:  # type: ignore[type-arg]
+        self.edit = edit
+        self.buffer = bytearray()
+        self.chunks = 0
+
+    def __call__(self, direction: str, offset: int, data: bytes) -> bytes:
+        if direction == "up":
+            return data
+        self.buffer += data
+        out = bytearray()
+        while len(self.buffer) >= 4:
+            n = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + n:
+                break
+            frame, self.buffer = bytes(self.buffer[: 4 + n]), self.buffer[4 + n :]
+            m = decode_deterministic(frame[4:])
+            if m.get("t") != "chunk":
+                out += frame
+                continue
+            i, self.chunks = self.chunks, self.chunks + 1
+            out += b"".join(encode_frame(encode(x)) for x in self.edit(i, m))
+        return bytes(out)

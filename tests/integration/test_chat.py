@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from ephemeralml.client._api import EnclaveRefusal, connect, is_refusal
 from ephemeralml.client._policy_client import ClientPolicy
-from ephemeralml.common._cbor import decode_deterministic, encode
 from ephemeralml.common._errors import CiphertextError, InferenceError, TruncatedError
-from ephemeralml.common._frame import encode_frame
 from tests.integration.chat_stack import CHAT_MODEL, chat_stack
-from tests.integration.conftest import Stack, TamperProxy
+from tests.integration.conftest import FrameEdit, Stack, TamperProxy
 from tests.models.tiny_chat import CHAT_WORDS, chat_prompt_ids, reference_answer
 
 pytestmark = pytest.mark.integration
@@ -93,35 +90,6 @@ def test_a_stream_left_unread_is_cancelled_before_the_next_request(chat_stack: S
         assert first.result is not None and first.result.receipt.receipt.seq == 0
         assert again.text == reference_answer(chat_prompt_ids(ASK), 12)[0]
         assert again.receipt.receipt.seq == 2  # the cancel took seq 1
-
-
-class FrameEdit:
-    """A relay that sees whole frames going down and may change them: ``edit(i, m)``
-    gets the index among chunk frames and the frame's map, and returns the frames to
-    send instead (a list of maps), or raises OSError to cut the connection."""
-
-    def __init__(self, edit: Callable[[int, dict], list[dict]]) -> None:  # type: ignore[type-arg]
-        self.edit = edit
-        self.buffer = bytearray()
-        self.chunks = 0
-
-    def __call__(self, direction: str, offset: int, data: bytes) -> bytes:
-        if direction == "up":
-            return data
-        self.buffer += data
-        out = bytearray()
-        while len(self.buffer) >= 4:
-            n = int.from_bytes(self.buffer[:4], "big")
-            if len(self.buffer) < 4 + n:
-                break
-            frame, self.buffer = bytes(self.buffer[: 4 + n]), self.buffer[4 + n :]
-            m = decode_deterministic(frame[4:])
-            if m.get("t") != "chunk":
-                out += frame
-                continue
-            i, self.chunks = self.chunks, self.chunks + 1
-            out += b"".join(encode_frame(encode(x)) for x in self.edit(i, m))
-        return bytes(out)
 
 
 def _drop(i: int, m: dict) -> list[dict]:  # type: ignore[type-arg]
